@@ -1,0 +1,200 @@
+"""The one configuration object of stocktwits-pulse, read from ``PULSE_*`` environment variables.
+
+Producers, processors, the CLI and the embedded stack all take a :class:`Settings`;
+nothing else reads ``os.environ``. ``python -m settings`` prints the README table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "PULSE_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the pipeline cannot use."""
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the pipeline. Field ``foo_bar`` is set by ``PULSE_FOO_BAR``."""
+
+    # --- Kafka ---------------------------------------------------------------------------
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers.")
+    schema_registry_url: str = _setting(
+        "http://127.0.0.1:8081/apis/ccompat/v7",
+        "Confluent-API schema registry URL (Apicurio: `…/apis/ccompat/v7`).",
+    )
+    schema_registry_auth: str = _setting(
+        "", "`user:password` for the schema registry (basic auth).", secret=True
+    )
+    security_protocol: str = _setting(
+        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: str = _setting("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str = _setting("", "SASL user name.")
+    sasl_password: str = _setting("", "SASL password.", secret=True)
+    ssl_ca_location: str = _setting("", "CA bundle (PEM) to verify the brokers.")
+    ssl_certificate_location: str = _setting("", "Client certificate (PEM) for mutual TLS.")
+    ssl_key_location: str = _setting("", "Client private key (PEM) for mutual TLS.")
+    topic_prefix: str = _setting(
+        "", "Prepended to every topic name (e.g. `dev.`); also namespaces schema subjects."
+    )
+    raw_partitions: int = _setting(6, "Partitions of topics keyed by upstream id.")
+    symbol_partitions: int = _setting(
+        6, "Partitions of symbol-keyed topics; the most Faust workers that can share work."
+    )
+    replication_factor: int = _setting(1, "Replication factor of topics the pipeline creates.")
+    # --- Processors ------------------------------------------------------------------------
+    app_id: str = _setting(
+        "stocktwits-pulse", "Faust app id: consumer group and prefix of its internal topics."
+    )
+    windows: str = _setting("1m,5m,1h", "Tumbling event-time windows.")
+    hopping_windows: str = _setting(
+        "1h/5m", "Hopping windows as `size/advance`; empty for none."
+    )
+    grace_ms: int = _setting(
+        30_000, "How far behind the newest event time a mention may arrive and still count."
+    )
+    idle_close_s: float = _setting(
+        10.0, "Wall-clock seconds without input after which open windows are closed anyway."
+    )
+    processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once.")
+    store: str = _setting("memory", "Table store: memory, or rocksdb (needs rocksdict).")
+    dedup_ttl_s: int = _setting(
+        86_400, "How long a message id is remembered for de-duplication (Firehose resumes ≤ 24 h)."
+    )
+    web_port: int = _setting(6066, "Faust web server port: /metrics, /healthz, /readyz.")
+    spike_min_count: int = _setting(10, "A window needs at least this many messages to spike.")
+    spike_z: float = _setting(4.0, "Spike threshold: z-score of the window against the baseline.")
+    spike_cooldown_windows: int = _setting(
+        3, "Windows after a spike in which the same symbol does not fire again."
+    )
+    # --- Producers -------------------------------------------------------------------------
+    firehose_url: str = _setting(
+        "https://firestream.stocktwits.com", "Firehose base URL (`/stream`, `/sentiment`)."
+    )
+    firehose_username: str = _setting("", "Firehose basic-auth user name.")
+    firehose_password: str = _setting("", "Firehose basic-auth password.", secret=True)
+    firehose_read_timeout_s: float = _setting(
+        90.0, "Read timeout on the Firehose connection (upstream asks for > 30 s)."
+    )
+    trending_url: str = _setting(
+        "https://api.parse.bot/scraper/09e16524-4533-449c-b713-8f1299802060/get_trending_symbols",
+        "Trending-symbols endpoint.",
+    )
+    trending_api_key: str = _setting("", "X-API-Key of the trending-symbols API.", secret=True)
+    trending_interval_s: float = _setting(300.0, "Trending poll interval (upstream: 5 min).")
+    chart_url: str = _setting(
+        "https://api-gw-prd.stocktwits.com/api-middleware/external/sentiment/v2",
+        "Sentiment-chart v2 base URL.",
+    )
+    chart_symbols: str = _setting("", "Comma-separated symbols to poll the sentiment chart for.")
+    chart_zoom: str = _setting("1D", "Sentiment-chart zoom: 1D, 1W, 1M, 3M, 6M, 1Y, ALL.")
+    rest_url: str = _setting("https://api.stocktwits.com/api/2", "REST API v2 base URL.")
+    rest_token: str = _setting("", "OAuth2 bearer token for the REST API (optional).", secret=True)
+    rest_streams: str = _setting(
+        "trending", "REST streams to poll: `trending`, `all`, `symbol:AAPL`, comma-separated."
+    )
+    metrics_port: int = _setting(9300, "Prometheus /metrics and /healthz port of a producer.")
+    # --- Embedded local stack ---------------------------------------------------------------
+    local_home: str = _setting(
+        "~/.cache/stocktwits-pulse", "Where `pulse local` keeps jars, data and logs."
+    )
+    local_kafka_port: int = _setting(9092, "Embedded broker port (127.0.0.1).")
+    local_controller_port: int = _setting(9093, "Embedded KRaft controller port.")
+    local_registry_port: int = _setting(8081, "Embedded Apicurio Registry port.")
+    log_level: str = _setting("INFO", "Log level of every command.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``PULSE_*`` variables (``os.environ`` by default) plus overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _convert(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def local_home_path(self) -> Path:
+        return Path(self.local_home).expanduser()
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka connection and security keys, shared by every client."""
+        cfg = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            cfg["security.protocol"] = self.security_protocol
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        cfg.update({k: v for k, v in optional.items() if v})
+        return cfg
+
+    def registry_config(self) -> dict[str, str]:
+        cfg = {"url": self.schema_registry_url}
+        if self.schema_registry_auth:
+            cfg["basic.auth.user.info"] = self.schema_registry_auth
+        return cfg
+
+    def topic(self, base_name: str) -> str:
+        """Full name of a topic, with the configured prefix."""
+        return self.topic_prefix + base_name
+
+    def __repr__(self) -> str:  # secrets must never reach a log line
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from exc
+    return raw
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the fields so the two never drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default if f.default != "" else "(empty)"
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
