@@ -1,0 +1,625 @@
+"""Pure, tolerant parsing of upstream Stocktwits JSON into the Avro records of ``schemas/*.avsc``.
+
+Rules, the same for every source:
+
+- unknown fields are ignored (real messages carry ``giphy``, ``home_country``, ``plus_tier`` …);
+- a missing or null *optional* field becomes its Avro default; an optional field of an unusable
+  type (e.g. ``"followers": "many"``) also becomes its default, because it is decoration, not
+  identity;
+- a missing or mistyped *required* field (ids, ``created_at``, ``body``, ``user``, a symbol's
+  ticker, a score), non-JSON, or an unknown Firehose object raises :class:`ParseError` with a
+  :class:`~schemas.deadletter.Reason`; a half-built record is never returned;
+- every timestamp becomes an ``int`` of UTC epoch milliseconds.
+
+No I/O here: callers hand in bytes or already-decoded JSON and get ``Parsed`` tuples back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import orjson
+
+from schemas.deadletter import Reason
+from schemas.topics import (
+    LIKES,
+    MESSAGES,
+    SENTIMENT_CHART,
+    SENTIMENT_EVENTS,
+    SOCIAL,
+    TRENDING,
+    TopicSpec,
+)
+
+MAX_PAYLOAD_BYTES = 1 << 20  # one SSE event or one HTTP body; a bigger one is hostile or broken
+ACTIONS = ("create", "destroy")
+SENTIMENTS = ("Bullish", "Bearish")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class ParseError(ValueError):
+    """Upstream input that cannot become a record; ``reason`` is the dead-letter code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Parsed(NamedTuple):
+    """One record ready to publish: its topic, Kafka key and Avro value dict."""
+
+    spec: TopicSpec
+    key: str
+    record: dict[str, Any]
+
+
+class Cursor(NamedTuple):
+    """REST API v2 pagination cursor (``since`` = newest id on the page, ``max`` = oldest)."""
+
+    since: int | None
+    max: int | None
+    more: bool
+
+
+class Rejected(NamedTuple):
+    """One element of a multi-item response that failed; the rest of the response stands."""
+
+    raw: bytes
+    error: ParseError
+
+
+class RestPage(NamedTuple):
+    items: list[Parsed]
+    rejected: list[Rejected]
+    cursor: Cursor
+
+
+class TrendingPage(NamedTuple):
+    items: list[Parsed]
+    rejected: list[Rejected]
+    page: int | None
+    has_more: bool
+
+
+class ChartPage(NamedTuple):
+    items: list[Parsed]
+    rejected: list[Rejected]
+
+
+# --- primitives -----------------------------------------------------------------------------
+
+
+def loads(raw: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    """Decode JSON text; too large, invalid UTF-8 or invalid JSON raise :class:`ParseError`."""
+    if len(raw) > max_bytes:
+        raise ParseError(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(Reason.INVALID_JSON, f"not JSON: {exc}") from None
+
+
+def _decoded(raw: bytes | str | Any) -> Any:
+    return loads(raw) if isinstance(raw, bytes | bytearray | str) else raw
+
+
+def _each(values: list[Any], parse: Callable[[Any], Parsed]) -> tuple[list[Parsed], list[Rejected]]:
+    """Parse the elements of a response one by one, so one bad element rejects only itself."""
+    items, rejected = [], []
+    for value in values:
+        try:
+            items.append(parse(value))
+        except ParseError as exc:
+            rejected.append(Rejected(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), exc))
+    return items, rejected
+
+
+def _invalid(message: str) -> ParseError:
+    return ParseError(Reason.INVALID_RECORD, message)
+
+
+def timestamp_ms(value: Any, field: str = "time") -> int:
+    """ISO-8601 text (``2017-02-01T19:16:54Z``, offsets, fractions) or epoch number → UTC ms.
+
+    Naive timestamps are taken as UTC, which is what Stocktwits sends. Numbers above 1e11 are
+    read as milliseconds, smaller ones as seconds.
+    """
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _invalid(f"{field}: not an ISO-8601 timestamp: {value[:64]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return (dt - _EPOCH) // _MS
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return int(value) if abs(value) >= 1e11 else int(value * 1000)
+    raise _invalid(f"{field}: expected a timestamp, got {type(value).__name__}")
+
+
+def _req_int(obj: Mapping[str, Any], field: str) -> int:
+    value = obj.get(field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)  # ids sometimes travel as strings
+    if value is None:
+        raise _invalid(f"missing required field {field!r}")
+    raise _invalid(f"{field}: expected an integer, got {type(value).__name__}")
+
+
+def _req_str(obj: Mapping[str, Any], field: str) -> str:
+    value = obj.get(field)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise _invalid(f"missing required field {field!r}")
+    raise _invalid(f"{field}: expected a string, got {type(value).__name__}")
+
+
+def _req_dict(obj: Mapping[str, Any], field: str) -> Mapping[str, Any]:
+    value = obj.get(field)
+    if isinstance(value, Mapping):
+        return value
+    if value is None:
+        raise _invalid(f"missing required field {field!r}")
+    raise _invalid(f"{field}: expected an object, got {type(value).__name__}")
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _opt_float(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            parsed = float(value.replace(",", ""))
+        except ValueError:
+            return None
+        return parsed if math.isfinite(parsed) else None
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _opt_dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _opt_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _seq_id(value: Any) -> str | None:
+    # seq_ids are 56-digit numbers: only a string keeps them exact
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+# --- Message --------------------------------------------------------------------------------
+
+
+def symbol_ref(obj: Any) -> dict[str, Any]:
+    """A ``SymbolRef`` from a message's or sentiment event's symbol entry."""
+    if not isinstance(obj, Mapping):
+        raise _invalid(f"symbol entry: expected an object, got {type(obj).__name__}")
+    return {
+        "symbol": _req_str(obj, "symbol"),
+        "id": _opt_int(obj.get("id")),
+        "title": _opt_str(obj.get("title")),
+        "exchange": _opt_str(obj.get("exchange")),
+        "sector": _opt_str(obj.get("sector")),
+        "industry": _opt_str(obj.get("industry")),
+        "watchlist_count": _opt_int(obj.get("watchlist_count")),
+        "trending": _opt_bool(obj.get("trending")),
+        "trending_score": _opt_float(obj.get("trending_score")),
+    }
+
+
+def _user(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": _req_int(obj, "id"),
+        "username": _req_str(obj, "username"),
+        "name": _opt_str(obj.get("name")),
+        "official": obj.get("official") is True,
+        "identity": _opt_str(obj.get("identity")),
+        "classification": [c for c in _opt_list(obj.get("classification")) if isinstance(c, str)],
+        "join_date": _opt_str(obj.get("join_date")),
+        "followers": _opt_int(obj.get("followers")),
+        "following": _opt_int(obj.get("following")),
+        "ideas": _opt_int(obj.get("ideas")),
+        "watchlist_stocks_count": _opt_int(obj.get("watchlist_stocks_count")),
+    }
+
+
+def _conversation(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    return {
+        "parent_message_id": _opt_int(value.get("parent_message_id")),
+        "in_reply_to_message_id": _opt_int(value.get("in_reply_to_message_id")),
+        "parent": value.get("parent") is True,
+        "replies": _opt_int(value.get("replies")) or 0,
+    }
+
+
+def _links(value: Any) -> list[dict[str, Any]]:
+    out = []
+    for link in _opt_list(value):
+        # a link without a url carries nothing worth keeping; it is decoration, not identity
+        if isinstance(link, Mapping) and isinstance(link.get("url"), str):
+            out.append(
+                {
+                    "url": link["url"],
+                    "title": _opt_str(link.get("title")),
+                    "shortened_url": _opt_str(link.get("shortened_url")),
+                    "source_name": _opt_str(_opt_dict(link.get("source")).get("name")),
+                }
+            )
+    return out
+
+
+def _source(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    return {
+        "id": _opt_int(value.get("id")),
+        "title": _opt_str(value.get("title")),
+        "url": _opt_str(value.get("url")),
+    }
+
+
+def _prices(value: Any) -> list[dict[str, Any]]:
+    return [
+        {"symbol": p["symbol"], "price": _opt_str(p.get("price"))}
+        for p in _opt_list(value)
+        if isinstance(p, Mapping) and isinstance(p.get("symbol"), str)
+    ]
+
+
+def message(data: Any) -> dict[str, Any]:
+    """A ``Message`` record from a Stocktwits message object (Firehose ``data`` or REST item)."""
+    if not isinstance(data, Mapping):
+        raise _invalid(f"message: expected an object, got {type(data).__name__}")
+    entities = _opt_dict(data.get("entities"))
+    basic = _opt_dict(entities.get("sentiment")).get("basic")  # entities.sentiment may be null
+    score = _opt_float(_opt_dict(data.get("sentiment")).get("sentiment_score"))
+    chart = _opt_dict(entities.get("chart"))
+    reshared = _opt_dict(_opt_dict(data.get("reshare_message")).get("message"))
+    symbols = data.get("symbols")
+    if symbols is not None and not isinstance(symbols, list):
+        raise _invalid(f"symbols: expected a list, got {type(symbols).__name__}")
+    return {
+        "id": _req_int(data, "id"),
+        "body": _req_str(data, "body"),
+        "created_at_ms": timestamp_ms(data.get("created_at"), "created_at"),
+        "user": _user(_req_dict(data, "user")),
+        "symbols": [symbol_ref(s) for s in symbols or ()],
+        "sentiment": basic if basic in SENTIMENTS else None,
+        "sentiment_score": score,
+        "conversation": _conversation(data.get("conversation")),
+        "likes_count": _opt_int(_opt_dict(data.get("likes")).get("total")) or 0,
+        "reshares_count": _opt_int(_opt_dict(data.get("reshares")).get("reshared_count")) or 0,
+        "reshared_message_id": _opt_int(reshared.get("id")),
+        "links": _links(data.get("links")),
+        "source": _source(data.get("source")),
+        "mentioned_users": [
+            u for u in _opt_list(data.get("mentioned_users")) if isinstance(u, str)
+        ],
+        "prices": _prices(data.get("prices")),
+        "chart_url": _opt_str(chart.get("url")) or _opt_str(chart.get("original")),
+    }
+
+
+def message_event(
+    data: Any,
+    *,
+    action: str = "create",
+    event_time_ms: int | None = None,
+    seq_id: str | None = None,
+    origin: str = "firehose",
+) -> Parsed:
+    """A ``MessageEvent`` on stocktwits.messages, keyed by message id.
+
+    A destroy needs only ``data.id``; its body is kept when upstream sent a complete message.
+    """
+    if action not in ACTIONS:
+        raise _invalid(f"action: expected create or destroy, got {action!r}")
+    if action == "destroy":
+        if not isinstance(data, Mapping):
+            raise _invalid(f"message: expected an object, got {type(data).__name__}")
+        message_id = _req_int(data, "id")
+        try:
+            body: dict[str, Any] | None = message(data)
+        except ParseError:
+            body = None  # destroys often carry just the id
+        if event_time_ms is None:
+            if body is None:
+                raise _invalid("destroy without envelope time or created_at")
+            event_time_ms = body["created_at_ms"]
+    else:
+        body = message(data)
+        message_id = body["id"]
+        if event_time_ms is None:
+            event_time_ms = body["created_at_ms"]
+    record = {
+        "action": action,
+        "message_id": message_id,
+        "event_time_ms": event_time_ms,
+        "seq_id": seq_id,
+        "origin": origin,
+        "message": body,
+    }
+    return Parsed(MESSAGES, str(message_id), record)
+
+
+# --- Firehose /stream -----------------------------------------------------------------------
+
+
+def _like(data: Mapping[str, Any], action: str, time_ms: int, seq: str | None) -> Parsed:
+    like_id = _req_int(data, "id")
+    created = data.get("created_at")
+    record = {
+        "action": action,
+        "id": like_id,
+        "message_id": _req_int(data, "message_id"),
+        "user_id": _req_int(data, "user_id"),
+        "liked_user_id": _opt_int(data.get("liked_user_id")),
+        "created_at_ms": time_ms if created is None else timestamp_ms(created, "created_at"),
+        "event_time_ms": time_ms,
+        "seq_id": seq,
+    }
+    return Parsed(LIKES, str(like_id), record)
+
+
+def _social(
+    kind: str, target: str, data: Mapping[str, Any], action: str, time_ms: int, seq: str | None
+) -> Parsed:
+    social_id = _req_int(data, "id")
+    created = data.get("created_at")
+    record = {
+        "kind": kind,
+        "action": action,
+        "id": social_id,
+        "user_id": _req_int(data, "user_id"),
+        "target_user_id": _req_int(data, target),
+        "muted": _opt_bool(data.get("muted")) if kind == "BLOCK" else None,
+        "created_at_ms": time_ms if created is None else timestamp_ms(created, "created_at"),
+        "event_time_ms": time_ms,
+        "seq_id": seq,
+    }
+    return Parsed(SOCIAL, f"{kind}:{social_id}", record)
+
+
+FIREHOSE_OBJECTS = ("Message", "LikeMessage", "Friendship", "Block")
+
+
+def firehose_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
+    """One Firehose ``/stream`` envelope ``{object, action, data, time, seq_id}`` → record.
+
+    Message → stocktwits.messages (create and destroy alike), LikeMessage → stocktwits.likes,
+    Friendship / Block → stocktwits.social.
+    """
+    env = _decoded(raw)
+    if not isinstance(env, Mapping):
+        raise _invalid(f"envelope: expected an object, got {type(env).__name__}")
+    kind = env.get("object")
+    if kind not in FIREHOSE_OBJECTS:
+        raise ParseError(Reason.UNKNOWN_OBJECT, f"unknown Firehose object {kind!r}")
+    action = env.get("action")
+    if action not in ACTIONS:
+        raise _invalid(f"action: expected create or destroy, got {action!r}")
+    data = _req_dict(env, "data")
+    seq = _seq_id(env.get("seq_id"))
+    when = env.get("time")
+    if when is None:  # `time` is documented, but tolerate its absence for creates
+        when = data.get("created_at")
+    time_ms = timestamp_ms(when, "time")
+    if kind == "Message":
+        return message_event(data, action=action, event_time_ms=time_ms, seq_id=seq)
+    if kind == "LikeMessage":
+        return _like(data, action, time_ms, seq)
+    if kind == "Friendship":
+        return _social("FRIENDSHIP", "following_user_id", data, action, time_ms, seq)
+    return _social("BLOCK", "blocked_user_id", data, action, time_ms, seq)
+
+
+def seq_id_of(raw: bytes | str | Mapping[str, Any]) -> str | None:
+    """Best-effort ``seq_id`` of an event, also for ones that fail to parse (resume point)."""
+    try:
+        obj = _decoded(raw)
+    except ParseError:
+        return None
+    return _seq_id(obj.get("seq_id")) if isinstance(obj, Mapping) else None
+
+
+# --- Firehose /sentiment --------------------------------------------------------------------
+
+
+def sentiment_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
+    """One ``/sentiment`` item → ``SentimentEvent`` on stocktwits.sentiment, keyed by message id."""
+    obj = _decoded(raw)
+    if (
+        isinstance(obj, Mapping)
+        and "message_id" not in obj
+        and isinstance(obj.get("data"), Mapping)
+    ):
+        obj = {"seq_id": obj.get("seq_id"), **obj["data"]}  # tolerate an enveloped variant
+    if not isinstance(obj, Mapping):
+        raise _invalid(f"sentiment event: expected an object, got {type(obj).__name__}")
+    score = obj.get("sentiment_score")
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise _invalid(f"sentiment_score: expected a number, got {type(score).__name__}")
+    if not -1.0 <= score <= 1.0:  # also rejects NaN
+        raise _invalid(f"sentiment_score {score!r} outside [-1, 1]")
+    symbols = obj.get("symbols")
+    if symbols is not None and not isinstance(symbols, list):
+        raise _invalid(f"symbols: expected a list, got {type(symbols).__name__}")
+    message_id = _req_int(obj, "message_id")
+    record = {
+        "message_id": message_id,
+        "user_id": _opt_int(obj.get("user_id")),
+        "created_at_ms": timestamp_ms(obj.get("created_at"), "created_at"),
+        "sentiment_score": float(score),
+        "symbols": [symbol_ref(s) for s in symbols or ()],
+        "seq_id": _seq_id(obj.get("seq_id")),
+    }
+    return Parsed(SENTIMENT_EVENTS, str(message_id), record)
+
+
+# --- trending symbols -----------------------------------------------------------------------
+
+
+def _market_index(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise _invalid(f"market index: expected an object, got {type(obj).__name__}")
+    return {
+        "symbol": _req_str(obj, "symbol"),
+        "title": _opt_str(obj.get("title")),
+        "exchange": _opt_str(obj.get("exchange")),
+        "price": _opt_float(obj.get("price")),
+        "change": _opt_float(obj.get("change")),
+        "percent_change": _opt_float(obj.get("percent_change")),
+        "volume": _opt_int(obj.get("volume")),
+    }
+
+
+def trending_page(
+    raw: bytes | str | Mapping[str, Any],
+    *,
+    snapshot_ms: int,
+    asset_class: str | None = None,
+    region: str | None = None,
+) -> TrendingPage:
+    """A trending-symbols response (``{"data": {...}, "status": ...}`` or the bare ``data``)
+    → one ``TrendingSymbol`` per row, keyed by symbol, each carrying the page's market indexes.
+    """
+    obj = _decoded(raw)
+    if isinstance(obj, Mapping) and isinstance(obj.get("data"), Mapping):
+        obj = obj["data"]
+    if not isinstance(obj, Mapping):
+        raise _invalid(f"trending page: expected an object, got {type(obj).__name__}")
+    rows = obj.get("trending_symbols")
+    if not isinstance(rows, list):
+        raise _invalid("trending page: missing trending_symbols list")
+    indexes = [_market_index(m) for m in _opt_list(obj.get("market_indexes"))]
+
+    def parse_row(row: Any) -> Parsed:
+        if not isinstance(row, Mapping):
+            raise _invalid(f"trending row: expected an object, got {type(row).__name__}")
+        symbol = _req_str(row, "symbol")
+        record = {
+            "symbol": symbol,
+            "snapshot_ms": snapshot_ms,
+            "rank": _opt_int(row.get("rank")),
+            "title": _opt_str(row.get("title")),
+            "exchange": _opt_str(row.get("exchange")),
+            "sector": _opt_str(row.get("sector")),
+            "industry": _opt_str(row.get("industry")),
+            "instrument_class": _opt_str(row.get("instrument_class")),
+            "trending_score": _opt_float(row.get("trending_score")),
+            "watchlist_count": _opt_int(row.get("watchlist_count")),
+            "price": _opt_float(row.get("price")),
+            "change": _opt_float(row.get("change")),
+            "percent_change": _opt_float(row.get("percent_change")),
+            "volume": _opt_int(row.get("volume")),
+            "trend_summary": _opt_str(row.get("trend_summary")),
+            "trend_rank_all": _opt_int(row.get("trend_rank_all")),
+            "trend_rank_region": _opt_int(row.get("trend_rank_region")),
+            "asset_class": asset_class,
+            "region": region,
+            "market_indexes": indexes,
+        }
+        return Parsed(TRENDING, symbol, record)
+
+    items, rejected = _each(rows, parse_row)
+    return TrendingPage(items, rejected, _opt_int(obj.get("page")), obj.get("has_more") is True)
+
+
+# --- sentiment chart v2 ---------------------------------------------------------------------
+
+
+def chart_key(symbol: str, zoom: str, time_ms: int) -> str:
+    return f"{symbol}|{zoom}|{time_ms}"
+
+
+def chart_points(
+    raw: bytes | str | Mapping[str, Any], *, symbol: str, zoom: str, fetched_at_ms: int
+) -> ChartPage:
+    """A sentiment-chart response ``{"data": {dateTime: point}}`` → ``SentimentChartPoint``s,
+    oldest first, keyed ``symbol|zoom|time_ms``.
+    """
+    obj = _decoded(raw)
+    data = obj.get("data") if isinstance(obj, Mapping) else None
+    if not isinstance(data, Mapping):
+        raise _invalid("chart: missing data object")
+
+    def parse_point(entry: tuple[str, Any]) -> Parsed:
+        when, point = entry
+        if not isinstance(point, Mapping):
+            raise _invalid(f"chart point {when!r}: expected an object")
+        time_ms = timestamp_ms(point.get("dateTime", when), "dateTime")
+        record = {
+            "symbol": symbol,
+            "zoom": zoom,
+            "time_ms": time_ms,
+            "message_volume_normalized": _opt_float(point.get("messageVolumeNormalized")),
+            "message_volume_label": _opt_str(point.get("messageVolumeNormalizedLabel")),
+            "sentiment_normalized": _opt_float(point.get("sentimentNormalized")),
+            "sentiment_label": _opt_str(point.get("sentimentNormalizedLabel")),
+            "fetched_at_ms": fetched_at_ms,
+        }
+        return Parsed(SENTIMENT_CHART, chart_key(symbol, zoom, time_ms), record)
+
+    items, rejected = _each(list(data.items()), parse_point)
+    items.sort(key=lambda p: p.record["time_ms"])
+    return ChartPage(items, rejected)
+
+
+# --- REST API v2 streams --------------------------------------------------------------------
+
+
+def rest_stream(raw: bytes | str | Any, *, origin: str = "rest") -> RestPage:
+    """A REST v2 stream response ``{"messages": [...], "cursor": {...}}`` (or a bare list of
+    messages, as some captures store them) → ``MessageEvent`` creates, newest first as sent.
+    """
+    obj = _decoded(raw)
+    if isinstance(obj, list):
+        messages, cursor = obj, {}
+    elif isinstance(obj, Mapping) and isinstance(obj.get("messages"), list):
+        messages, cursor = obj["messages"], _opt_dict(obj.get("cursor"))
+    else:
+        raise _invalid("REST stream: expected {'messages': [...]} or a list of messages")
+    items, rejected = _each(messages, lambda m: message_event(m, origin=origin))
+    return RestPage(
+        items,
+        rejected,
+        Cursor(
+            _opt_int(cursor.get("since")), _opt_int(cursor.get("max")), cursor.get("more") is True
+        ),
+    )
