@@ -59,6 +59,10 @@ SENTIMENT_CHART = TopicSpec(
     "stocktwits.sentiment-chart", "sentiment_chart_point.avsc", Keyed.SYMBOL, _COMPACT
 )
 DEAD_LETTER = TopicSpec("stocktwits.deadletter", "dead_letter.avsc", Keyed.SOURCE, _delete(14))
+# Firehose resume points (producers/firehose.py), so a restarted producer needs no local disk
+CHECKPOINTS = TopicSpec(
+    "stocktwits.firehose-checkpoints", "firehose_checkpoint.avsc", Keyed.SOURCE, _COMPACT
+)
 # processor topics
 MENTIONS = TopicSpec("pulse.mentions", "mention.avsc", Keyed.SYMBOL, _delete(3))
 VOLUME = TopicSpec("pulse.volume", "window_volume.avsc", Keyed.SYMBOL, _delete(30))
@@ -74,6 +78,7 @@ ALL: tuple[TopicSpec, ...] = (
     TRENDING,
     SENTIMENT_CHART,
     DEAD_LETTER,
+    CHECKPOINTS,
     MENTIONS,
     VOLUME,
     SENTIMENT,
