@@ -1,0 +1,127 @@
+"""`pulse`: the one command of stocktwits-pulse. Each subcommand has --help."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from settings import Settings, SettingsError
+
+# subcommands implemented elsewhere: name -> (module, function, one-line help)
+DELEGATED: dict[str, tuple[str, str, str]] = {
+    "produce": ("producers.cli", "main", "run a producer: firehose, sentiment, trending, chart, "
+                "rest, replay, synthetic"),
+    "worker": ("processors.app", "main", "run the Faust worker that computes the signals"),
+    "tail": ("consumers.tail", "main", "print a topic decoded to JSON lines"),
+    "alerts": ("consumers.alerts", "main", "POST every spike to webhooks"),
+    "demo": ("demo", "main", "the whole pipeline locally, with a live view"),
+}  # fmt: skip
+
+
+def _local(settings: Settings, args: argparse.Namespace) -> int:
+    from embedded.stack import LocalStack, StackError
+
+    stack = LocalStack.from_settings(settings, name=args.instance)
+    try:
+        if args.action == "up":
+            endpoints = stack.up()
+            print(f"Kafka:           {endpoints.bootstrap_servers}   (log: {endpoints.kafka_log})")
+            print(f"Schema registry: {endpoints.schema_registry_url}   (log: {endpoints.registry_log})")
+            print(f"export PULSE_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
+            print(f"export PULSE_SCHEMA_REGISTRY_URL={endpoints.schema_registry_url}")
+        elif args.action == "down":
+            stack.down()
+            print(f"stopped instance {args.instance!r}")
+        elif args.action == "destroy":
+            stack.destroy()
+            print(f"stopped and deleted instance {args.instance!r}")
+        else:
+            status = stack.status()
+            print(json.dumps(status, indent=2))
+            return 0 if status["kafka"] and status["registry"] else 3
+    except StackError as exc:
+        print(f"pulse local {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.admin import ensure_topics
+    from schemas.serde import Serde
+    from schemas.topics import ALL
+
+    created = ensure_topics(settings)
+    print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
+    if args.register:
+        serde = Serde(settings)
+        for spec in ALL:
+            print(f"{spec.value_subject(settings)}: schema id {serde.register(spec)}")
+    return 0
+
+
+def _roundtrip(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.roundtrip import run
+
+    return run(settings, args.files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pulse",
+        description="stocktwits-pulse: Stocktwits stream → Kafka → per-symbol signals. "
+        "Configuration comes from PULSE_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    local = sub.add_parser("local", help="embedded Kafka + schema registry on 127.0.0.1")
+    local.add_argument("action", choices=["up", "down", "status", "destroy"])
+    local.add_argument("--instance", default="default", help="instance name (default: default)")
+    local.set_defaults(handler=_local)
+
+    topics = sub.add_parser("topics", help="create every pipeline topic (idempotent)")
+    topics.add_argument("--register", action="store_true", help="also register every schema")
+    topics.set_defaults(handler=_topics)
+
+    roundtrip = sub.add_parser(
+        "roundtrip", help="parse captured Stocktwits files, send them through Kafka, decode"
+    )
+    roundtrip.add_argument("files", nargs="+", help="REST API JSON responses or Firehose JSONL")
+    roundtrip.set_defaults(handler=_roundtrip)
+
+    for name, (_, _, text) in DELEGATED.items():
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command in DELEGATED:
+        module, func, _ = DELEGATED[args.command]
+        try:
+            entry: Callable[[Settings, list[str]], int] = getattr(
+                importlib.import_module(module), func
+            )
+        except ImportError as exc:
+            print(f"pulse {args.command}: not available ({exc})", file=sys.stderr)
+            return 2
+        return entry(settings, args.rest)
+    return int(args.handler(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
