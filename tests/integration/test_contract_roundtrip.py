@@ -1,0 +1,72 @@
+"""Every seed sample and every real captured message: parse → registry Avro → Kafka → equal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from producers import parse
+from schemas.roundtrip import load_file, roundtrip
+from settings import Settings
+from tests.conftest import REAL_DATA, SEEDS
+from tests.unit.producers.test_parse import clean_json, envelope, rest_seed_responses, seed_sample
+
+pytestmark = pytest.mark.integration
+
+REAL_FILES = sorted(REAL_DATA.glob("anshulrao-stocktwits-crawler/api_json/*.json")) + sorted(
+    REAL_DATA.glob("bilardi-stocktwits-collector/*.json")
+)
+
+
+def _seed_items() -> list[parse.Parsed]:
+    items = []
+    message = seed_sample("firehose-stream.txt", "StockTwits Post Activity")
+    for action in ("create", "destroy"):
+        items.append(parse.firehose_event(envelope("Message", message, action=action)))
+    text = (SEEDS / "firehose-stream.txt").read_text()
+    for obj, marker in (("LikeMessage", "LikeMessage Data Format"),
+                        ("Friendship", "Friendship Data Format"),
+                        ("Block", "Block Data Format")):  # fmt: skip
+        at = text.index('{\n  "id"', text.index(marker))
+        sample = clean_json(text[at : text.index("\n}", at) + 2])
+        items.append(parse.firehose_event(envelope(obj, sample)))
+    items.append(parse.sentiment_event(seed_sample("firehose-sentiment-stream.txt", "Sample Payload")))
+    trending = seed_sample("trending-symbols-api.txt", '"sample"')
+    items += parse.trending_page(trending, snapshot_ms=1_763_000_000_000).items
+    chart = seed_sample("sentiment-chart-api-v2.txt", "Sample Response")
+    items += parse.chart_points(chart, symbol="AAPL", zoom="1D", fetched_at_ms=1_745_934_000_000).items
+    for _, response in rest_seed_responses():
+        items += parse.rest_stream(json.dumps(response)).items
+    return items
+
+
+def test_every_seed_sample_payload_survives_the_round_trip(settings: Settings) -> None:
+    items = _seed_items()
+    kinds = {p.spec.name for p in items}
+    assert kinds == {"stocktwits.messages", "stocktwits.likes", "stocktwits.social",
+                     "stocktwits.sentiment", "stocktwits.trending", "stocktwits.sentiment-chart"}  # fmt: skip
+    result = roundtrip(settings, items)
+    assert result.sent == len(items) and result.ok, result
+
+
+def test_every_real_captured_message_survives_the_round_trip(settings: Settings) -> None:
+    assert len(REAL_FILES) == 55
+    items: list[parse.Parsed] = []
+    for path in REAL_FILES:
+        got, rejected = load_file(Path(path))
+        assert rejected == [], rejected
+        items += got
+    assert len(items) > 74 * 2  # overlapping ETH.X pages: duplicates travel too, in order
+    result = roundtrip(settings, items)
+    assert result.ok, result.mismatched[:5]
+    assert result.received == len(items)
+
+
+def test_malformed_json_raises_the_typed_error() -> None:
+    for raw in (b'{"object": "Message", "action": "create", "data": {"id": 1,', b"\xff\xfe",
+                b"[]", b'{"object": "Message", "action": "create", "data": {"id": "x"}}'):  # fmt: skip
+        with pytest.raises(parse.ParseError) as err:
+            parse.firehose_event(raw)
+        assert err.value.reason.value in {"invalid_json", "invalid_record"}
