@@ -196,5 +196,24 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+TABLE_START, TABLE_END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the table between the README's markers; True if it changed."""
+    text = path.read_text()
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    new = f"{head}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{tail}"
+    path.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:2] == ["--update-readme"]:
+        readme = Path(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+        print("README table updated" if update_readme(readme) else "README table already current")
+    else:
+        print(markdown_table())
