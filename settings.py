@@ -106,6 +106,18 @@ class Settings:
         "trending", "REST streams to poll: `trending`, `all`, `symbol:AAPL`, comma-separated."
     )
     metrics_port: int = _setting(9300, "Prometheus /metrics and /healthz port of a producer.")
+    # --- Consumers --------------------------------------------------------------------------
+    alert_webhook_urls: str = _setting(
+        "", "Comma-separated webhook URLs `pulse alerts` POSTs each spike to.", secret=True
+    )
+    alert_max_attempts: int = _setting(
+        6, "Attempts per webhook before a spike goes to the dead-letter topic."
+    )
+    alert_backoff_s: float = _setting(
+        0.5, "First retry delay of `pulse alerts`; doubles per attempt (jittered)."
+    )
+    alert_backoff_max_s: float = _setting(30.0, "Longest retry delay of `pulse alerts`.")
+    alert_timeout_s: float = _setting(10.0, "Timeout of one webhook request.")
     # --- Embedded local stack ---------------------------------------------------------------
     local_home: str = _setting(
         "~/.cache/stocktwits-pulse", "Where `pulse local` keeps jars, data and logs."
