@@ -30,7 +30,8 @@ def _local(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "up":
             endpoints = stack.up()
             print(f"Kafka:           {endpoints.bootstrap_servers}   (log: {endpoints.kafka_log})")
-            print(f"Schema registry: {endpoints.schema_registry_url}   (log: {endpoints.registry_log})")
+            registry, registry_log = endpoints.schema_registry_url, endpoints.registry_log
+            print(f"Schema registry: {registry}   (log: {registry_log})")
             print(f"export PULSE_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
             print(f"export PULSE_SCHEMA_REGISTRY_URL={endpoints.schema_registry_url}")
         elif args.action == "down":

@@ -37,9 +37,7 @@ class Settings:
     schema_registry_auth: str = _setting(
         "", "`user:password` for the schema registry (basic auth).", secret=True
     )
-    security_protocol: str = _setting(
-        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
-    )
+    security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     sasl_mechanism: str = _setting("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
     sasl_username: str = _setting("", "SASL user name.")
     sasl_password: str = _setting("", "SASL password.", secret=True)
@@ -59,9 +57,7 @@ class Settings:
         "stocktwits-pulse", "Faust app id: consumer group and prefix of its internal topics."
     )
     windows: str = _setting("1m,5m,1h", "Tumbling event-time windows.")
-    hopping_windows: str = _setting(
-        "1h/5m", "Hopping windows as `size/advance`; empty for none."
-    )
+    hopping_windows: str = _setting("1h/5m", "Hopping windows as `size/advance`; empty for none.")
     grace_ms: int = _setting(
         30_000, "How far behind the newest event time a mention may arrive and still count."
     )

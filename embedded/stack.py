@@ -137,9 +137,7 @@ def _alive(pid: int | None, marker: str) -> bool:
 class LocalStack:
     """One instance of the embedded broker + registry."""
 
-    def __init__(
-        self, home: Path, name: str = "default", ports: Ports | None = None
-    ) -> None:
+    def __init__(self, home: Path, name: str = "default", ports: Ports | None = None) -> None:
         self.home = home.expanduser()
         self.name = name
         self.dir = self.home / "instances" / name
@@ -378,7 +376,8 @@ class LocalStack:
         ]
         pid = self._spawn(cmd, reg_log, cwd=self.registry_home)
         self._save_state(registry_pid=pid)
-        print(f"Apicurio Registry {APICURIO_VERSION} starting on 127.0.0.1:{self.ports.registry} (log: {reg_log})")
+        where = f"127.0.0.1:{self.ports.registry}"
+        print(f"Apicurio Registry {APICURIO_VERSION} starting on {where} (log: {reg_log})")
 
     def _wait_registry(self, deadline: float) -> None:
         url = self.endpoints.schema_registry_url + "/subjects"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Machine-readable codes for ``DeadLetter.reason`` and the ``dlq.reason`` header."""
 
     INVALID_JSON = "invalid_json"  # not JSON, truncated, or not UTF-8

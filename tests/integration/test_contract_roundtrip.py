@@ -32,11 +32,15 @@ def _seed_items() -> list[parse.Parsed]:
         at = text.index('{\n  "id"', text.index(marker))
         sample = clean_json(text[at : text.index("\n}", at) + 2])
         items.append(parse.firehose_event(envelope(obj, sample)))
-    items.append(parse.sentiment_event(seed_sample("firehose-sentiment-stream.txt", "Sample Payload")))
+    items.append(
+        parse.sentiment_event(seed_sample("firehose-sentiment-stream.txt", "Sample Payload"))
+    )
     trending = seed_sample("trending-symbols-api.txt", '"sample"')
     items += parse.trending_page(trending, snapshot_ms=1_763_000_000_000).items
     chart = seed_sample("sentiment-chart-api-v2.txt", "Sample Response")
-    items += parse.chart_points(chart, symbol="AAPL", zoom="1D", fetched_at_ms=1_745_934_000_000).items
+    items += parse.chart_points(
+        chart, symbol="AAPL", zoom="1D", fetched_at_ms=1_745_934_000_000
+    ).items
     for _, response in rest_seed_responses():
         items += parse.rest_stream(json.dumps(response)).items
     return items
@@ -45,8 +49,14 @@ def _seed_items() -> list[parse.Parsed]:
 def test_every_seed_sample_payload_survives_the_round_trip(settings: Settings) -> None:
     items = _seed_items()
     kinds = {p.spec.name for p in items}
-    assert kinds == {"stocktwits.messages", "stocktwits.likes", "stocktwits.social",
-                     "stocktwits.sentiment", "stocktwits.trending", "stocktwits.sentiment-chart"}  # fmt: skip
+    assert kinds == {
+        "stocktwits.messages",
+        "stocktwits.likes",
+        "stocktwits.social",
+        "stocktwits.sentiment",
+        "stocktwits.trending",
+        "stocktwits.sentiment-chart",
+    }
     result = roundtrip(settings, items)
     assert result.sent == len(items) and result.ok, result
 
@@ -65,8 +75,9 @@ def test_every_real_captured_message_survives_the_round_trip(settings: Settings)
 
 
 def test_malformed_json_raises_the_typed_error() -> None:
-    for raw in (b'{"object": "Message", "action": "create", "data": {"id": 1,', b"\xff\xfe",
-                b"[]", b'{"object": "Message", "action": "create", "data": {"id": "x"}}'):  # fmt: skip
+    truncated = b'{"object": "Message", "action": "create", "data": {"id": 1,'
+    mistyped = b'{"object": "Message", "action": "create", "data": {"id": "x"}}'
+    for raw in (truncated, b"\xff\xfe", b"[]", mistyped):
         with pytest.raises(parse.ParseError) as err:
             parse.firehose_event(raw)
         assert err.value.reason.value in {"invalid_json", "invalid_record"}

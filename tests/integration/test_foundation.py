@@ -52,7 +52,9 @@ def test_transactional_writes_are_seen_by_read_committed_only_when_committed(
     producer.produce(topic, b"committed-2")
     producer.commit_transaction(30)
 
-    committed = consume(settings, topic, 3, timeout_s=8, extra={"isolation.level": "read_committed"})
+    committed = consume(
+        settings, topic, 3, timeout_s=8, extra={"isolation.level": "read_committed"}
+    )
     assert [m.value() for m in committed] == [b"committed-1", b"committed-2"]
     raw = consume(settings, topic, 3, timeout_s=15, extra={"isolation.level": "read_uncommitted"})
     assert b"aborted" in [m.value() for m in raw]
