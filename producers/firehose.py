@@ -1,0 +1,464 @@
+"""Firehose ``/stream`` and ``/sentiment`` SSE clients → Kafka, resuming where Kafka says.
+
+One connection per process. Reconnects on 503, other statuses, dropped connections and read
+timeouts with jittered exponential backoff; 401 and 406 stop the process with a clear message
+(retrying cannot fix credentials or a client that does not accept gzip). The resume point is
+read back from Kafka, never from local disk: a compacted checkpoint topic holds the last
+contiguously acknowledged ``seq_id``, and the raw topics are scanned past it for events that
+were written just before a crash, so a restart neither skips nor repeats an event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import confluent_kafka as ck
+
+from producers import metrics, parse
+from producers.backoff import Backoff
+from producers.parse import Parsed, ParseError
+from producers.publish import Publisher, now_ms
+from producers.resume import SeqTracker, seq_after
+from producers.sse import MAX_EVENT_BYTES, SseDecoder, SseEvent
+from schemas.deadletter import Reason
+from schemas.serde import Serde
+from schemas.topics import (
+    CHECKPOINTS,
+    DEAD_LETTER,
+    LIKES,
+    MESSAGES,
+    SENTIMENT_EVENTS,
+    SOCIAL,
+    TopicSpec,
+)
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+SEQ_HEADER = "firehose.seq_id"
+SCAN_SLACK_MS = 60_000  # clock skew allowed between checkpoint time and Kafka record timestamps
+
+
+class FatalUpstreamError(RuntimeError):
+    """The upstream refused us for a reason a retry cannot fix (401, 406)."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One Firehose endpoint: its path, parser, the topics it writes, its metrics label."""
+
+    path: str
+    parse: Callable[[bytes], Parsed]
+    topics: tuple[TopicSpec, ...]
+    source: str
+
+
+STREAM = Stream("stream", parse.firehose_event, (MESSAGES, LIKES, SOCIAL), "firehose")
+SENTIMENT = Stream("sentiment", parse.sentiment_event, (SENTIMENT_EVENTS,), "sentiment")
+
+
+@dataclass
+class Resume:
+    """Where to reconnect from, and the events past it that Kafka already holds."""
+
+    seq_id: str | None = None
+    produced_ms: int = 0
+    already_written: set[str] = field(default_factory=set)
+
+
+# --- resume point from Kafka ----------------------------------------------------------------
+
+
+def _consumer(settings: Settings) -> ck.Consumer:
+    return ck.Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"pulse-resume-{uuid.uuid4().hex}",  # never commits: assign() only
+            "enable.auto.commit": False,
+        }
+    )
+
+
+def _watermarks(consumer: ck.Consumer, tp: ck.TopicPartition) -> tuple[int, int]:
+    """(low, high) offsets; retried while a just-created partition has no leader yet."""
+    for attempt in range(30):
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except ck.KafkaException as exc:
+            if attempt == 29 or not exc.args[0].retriable():
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _read_to_end(consumer: ck.Consumer, parts: list[ck.TopicPartition]) -> list[ck.Message]:
+    """Every record from the given start offsets up to the high watermarks seen now.
+
+    A start of OFFSET_BEGINNING means the log start; a negative offset from
+    ``offsets_for_times`` (nothing that recent) means the partition has nothing to read.
+    """
+    ends: dict[tuple[str, int], int] = {}
+    start: list[ck.TopicPartition] = []
+    for tp in parts:
+        low, high = _watermarks(consumer, tp)
+        offset = low if tp.offset == ck.OFFSET_BEGINNING else tp.offset
+        if 0 <= offset < high:
+            ends[(tp.topic, tp.partition)] = high
+            start.append(ck.TopicPartition(tp.topic, tp.partition, offset))
+    if not start:
+        return []
+    consumer.assign(start)
+    out: list[ck.Message] = []
+    deadline = time.monotonic() + 120
+    while ends and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=1.0):
+            if msg.error():
+                continue
+            out.append(msg)
+            key = (msg.topic(), msg.partition())
+            if msg.offset() + 1 >= ends.get(key, 0):
+                ends.pop(key, None)
+    consumer.unassign()
+    if ends:
+        raise RuntimeError(f"could not read {sorted(ends)} to the end within 120 s")
+    return out
+
+
+def _partitions(consumer: ck.Consumer, topic: str) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    return sorted(meta.partitions)
+
+
+def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> Resume:
+    """The resume point of ``stream`` as recorded in Kafka (no local state)."""
+    serde = serde or Serde(settings)
+    consumer = _consumer(settings)
+    try:
+        topic = CHECKPOINTS.full_name(settings)
+        parts = [
+            ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in _partitions(consumer, topic)
+        ]
+        found: dict[str, Any] | None = None
+        for msg in _read_to_end(consumer, parts):
+            if msg.key() == stream.path.encode() and msg.value() is not None:
+                found = serde.decode(CHECKPOINTS, msg.value())
+        if found is None:
+            log.info("no checkpoint for /%s: starting from the live edge", stream.path)
+            return Resume()
+        resume = Resume(found["seq_id"], found["produced_at_ms"])
+        since = max(0, resume.produced_ms - SCAN_SLACK_MS)
+        scan: list[ck.TopicPartition] = []
+        for spec in (*stream.topics, DEAD_LETTER):
+            name = spec.full_name(settings)
+            wanted = [ck.TopicPartition(name, p, since) for p in _partitions(consumer, name)]
+            if wanted:
+                scan += consumer.offsets_for_times(wanted, timeout=10)
+        for msg in _read_to_end(consumer, scan):
+            for name, value in msg.headers() or ():
+                if name == SEQ_HEADER and value:
+                    seq = value.decode()
+                    if seq_after(seq, resume.seq_id):
+                        resume.already_written.add(seq)
+        log.info(
+            "resuming /%s after seq_id %s; %d later event(s) already in Kafka",
+            stream.path,
+            resume.seq_id,
+            len(resume.already_written),
+        )
+        return resume
+    finally:
+        consumer.close()
+
+
+# --- the stream -----------------------------------------------------------------------------
+
+
+class FirehoseClient:
+    """Reads one Firehose endpoint and publishes every event exactly once, in stream order."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stream: Stream,
+        publisher: Publisher,
+        *,
+        resume: Resume | None = None,
+        backoff: Backoff | None = None,
+        checkpoint_interval_s: float = 1.0,
+        max_events: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.publisher = publisher
+        self.resume = resume or Resume()
+        self.tracker = SeqTracker(self.resume.seq_id, self.resume.produced_ms)
+        self.position = self.resume.seq_id  # last seq_id handed to the producer
+        self.backoff = backoff or Backoff(base_s=0.5, cap_s=60.0)
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.max_events = max_events
+        self.events = self.skipped = self.reconnects = 0
+        self.connected = False
+        self.fatal: str | None = None
+        self.last_event_monotonic = time.monotonic()
+        self._written_checkpoint: str | None = self.resume.seq_id
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- connection loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stream until stopped (or ``max_events``); raises :class:`FatalUpstreamError`."""
+        checkpointer = asyncio.create_task(self._checkpoint_loop())
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=30, sock_read=self.settings.firehose_read_timeout_s
+        )
+        auth = aiohttp.BasicAuth(self.settings.firehose_username, self.settings.firehose_password)
+        headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip"}
+        url = f"{self.settings.firehose_url.rstrip('/')}/{self.stream.path}"
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, auth=auth, headers=headers) as http:
+                while not self._stop.is_set():
+                    cause = await self._connect_once(http, url)
+                    if cause is None or self._stop.is_set():
+                        break
+                    self.reconnects += 1
+                    metrics.RECONNECTS.labels(self.stream.source, cause).inc()
+                    delay = self.backoff.next()
+                    log.warning(
+                        "/%s: %s; reconnecting in %.1fs from seq_id %s",
+                        self.stream.path,
+                        cause,
+                        delay,
+                        self.position,
+                    )
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                    except TimeoutError:
+                        pass
+        except FatalUpstreamError as exc:
+            self.fatal = str(exc)
+            raise
+        finally:
+            checkpointer.cancel()
+            self.connected = False
+            await asyncio.to_thread(self.publisher.flush, 60.0)
+            self.write_checkpoint()
+            await asyncio.to_thread(self.publisher.flush, 30.0)
+
+    async def _connect_once(self, http: aiohttp.ClientSession, url: str) -> str | None:
+        """One connection; returns why it ended (None: stop or done), raises if fatal."""
+        params = {"seq_id": self.position} if self.position else None
+        try:
+            async with http.get(url, params=params) as resp:
+                if resp.status == 401:
+                    raise FatalUpstreamError(
+                        f"/{self.stream.path}: 401 Unauthorized — the Firehose rejected the "
+                        "credentials in PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD"
+                    )
+                if resp.status == 406:
+                    body = (await resp.text())[:300]
+                    raise FatalUpstreamError(
+                        f"/{self.stream.path}: 406 Not Acceptable — the Firehose requires gzip "
+                        f"(Accept-Encoding: gzip) and a client that decompresses it: {body}"
+                    )
+                if resp.status != 200:
+                    return f"HTTP {resp.status}"
+                self.connected = True
+                decoder = SseDecoder(MAX_EVENT_BYTES)  # a fresh one: a cut frame is re-sent
+                async for chunk in resp.content.iter_any():
+                    metrics.BYTES.labels(self.stream.source).inc(len(chunk))
+                    for event in decoder.feed(chunk):
+                        self._handle(event)
+                        if self._done():
+                            return None
+                    if self.events:  # healthy data flow: the next failure starts a fresh backoff
+                        self.backoff.reset()
+                    if self._stop.is_set():
+                        return None
+                return "stream ended"
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            return f"connection dropped ({type(exc).__name__})"
+        except TimeoutError:
+            return "read timeout"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            self.connected = False
+
+    def _done(self) -> bool:
+        return self._stop.is_set() or (
+            self.max_events is not None and self.events + self.skipped >= self.max_events
+        )
+
+    # --- one event ---------------------------------------------------------------------------
+
+    def _handle(self, event: SseEvent) -> None:
+        self.last_event_monotonic = time.monotonic()
+        metrics.LAST_EVENT.labels(self.stream.source).set(time.time())
+        raw = event.data
+        seq = parse.seq_id_of(raw) if not event.truncated else None
+        if seq is not None:
+            if not seq_after(seq, self.resume.seq_id) or seq in self.resume.already_written:
+                self.resume.already_written.discard(seq)
+                self.skipped += 1
+                metrics.DUPLICATES.labels(self.stream.source).inc()
+                self.position = seq
+                return
+        done = self._track(seq)
+        headers = [(SEQ_HEADER, seq.encode())] if seq else None
+        self.events += 1
+        if event.truncated:
+            self.publisher.dead_letter(
+                raw,
+                Reason.TOO_LARGE,
+                f"SSE event over {MAX_EVENT_BYTES} bytes; first bytes kept",
+                stage="parse",
+                on_delivered=done,
+                headers=headers,
+            )
+            return
+        try:
+            item = self.stream.parse(raw)
+        except ParseError as exc:
+            self.publisher.reject(raw, exc, on_delivered=done, headers=headers)
+        else:
+            self.publisher.publish(item, headers=headers, on_delivered=done, raw=raw)
+        if seq is not None:
+            self.position = seq
+
+    def _track(self, seq: str | None) -> Callable[[], None] | None:
+        if seq is None:
+            return None
+        return self.tracker.add(seq, now_ms())
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            self.publisher.poll(0)
+            self.write_checkpoint()
+
+    def write_checkpoint(self) -> None:
+        """Record the contiguously acknowledged position, if it moved."""
+        seq = self.tracker.committed
+        if seq is None or seq == self._written_checkpoint:
+            return
+        record = {
+            "stream": self.stream.path,
+            "seq_id": seq,
+            "produced_at_ms": self.tracker.committed_produced_ms,
+            "written_at_ms": now_ms(),
+        }
+        self.publisher.publish(Parsed(CHECKPOINTS, self.stream.path, record))
+        self._written_checkpoint = seq
+        if seq.isdigit():
+            metrics.LAST_SEQ.labels(self.stream.source).set(float(seq))
+
+    def health(self) -> dict[str, Any]:
+        idle = time.monotonic() - self.last_event_monotonic
+        return {
+            "healthy": self.fatal is None
+            and (self.connected or self.backoff.attempt < 8)
+            and idle < 2 * self.settings.firehose_read_timeout_s,
+            "connected": self.connected,
+            "stream": self.stream.path,
+            "events": self.events,
+            "skipped_duplicates": self.skipped,
+            "reconnects": self.reconnects,
+            "seq_id": self.position,
+            "checkpoint_seq_id": self.tracker.committed,
+            "seconds_since_last_event": round(idle, 1),
+            "fatal": self.fatal,
+            **self.publisher.stats(),
+        }
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def _parser(stream: Stream) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"pulse produce {'firehose' if stream is STREAM else 'sentiment'}",
+        description=f"Stream Firehose /{stream.path} into Kafka "
+        f"({', '.join(s.name for s in stream.topics)}), resuming from the checkpoint in Kafka. "
+        "Credentials: PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD.",
+    )
+    p.add_argument("--from-seq-id", help="resume after this seq_id instead of the checkpoint")
+    p.add_argument("--no-resume", action="store_true", help="ignore the checkpoint: live edge")
+    p.add_argument("--max-events", type=int, help="stop after this many events (demos, tests)")
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between checkpoint writes (default 1)",
+    )
+    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
+    return p
+
+
+def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
+    args = _parser(stream).parse_args(argv)
+    from schemas.admin import ensure_topics
+
+    ensure_topics(settings, (*stream.topics, CHECKPOINTS, DEAD_LETTER))
+    publisher = Publisher(settings, stream.source)
+    if args.no_resume:
+        resume = Resume()
+    elif args.from_seq_id:
+        resume = Resume(args.from_seq_id)
+    else:
+        resume = recover(settings, stream, publisher.serde)
+    client = FirehoseClient(
+        settings,
+        stream,
+        publisher,
+        resume=resume,
+        checkpoint_interval_s=args.checkpoint_interval,
+        max_events=args.max_events,
+    )
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    server = metrics.start_health_server(port, client.health)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, client.stop)
+        await client.run()
+
+    try:
+        asyncio.run(go())
+    except FatalUpstreamError as exc:
+        print(f"pulse produce: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            server.stop()
+    log.info("/%s stopped: %s", stream.path, client.health())
+    return 0 if publisher.failed == 0 else 1
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    """``pulse produce firehose``: Firehose /stream → messages, likes, social topics."""
+    return run_stream(settings, STREAM, argv)
+
+
+def sentiment_main(settings: Settings, argv: list[str]) -> int:
+    """``pulse produce sentiment``: Firehose /sentiment → stocktwits.sentiment."""
+    return run_stream(settings, SENTIMENT, argv)

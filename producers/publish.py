@@ -1,0 +1,305 @@
+"""The one way producers write to Kafka: Avro via the registry, keyed, idempotent, dead-lettered.
+
+``Publisher.publish(parsed)`` encodes a :class:`producers.parse.Parsed` with the topic's
+registry serializer and produces it keyed by its upstream id. What cannot be encoded, or what the
+broker does not accept after librdkafka's own retries, goes to the dead-letter topic with the
+bytes we had and a :class:`~schemas.deadletter.Reason` — nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import confluent_kafka as ck
+import orjson
+
+from producers import metrics
+from producers.parse import Parsed, ParseError
+from schemas import deadletter
+from schemas.deadletter import Reason
+from schemas.serde import Serde
+from schemas.topics import DEAD_LETTER, TopicSpec
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+Delivered = Callable[[], None]
+# a dead letter must itself fit in a Kafka record (broker default ~1 MB): keep a prefix beyond this
+DEAD_LETTER_RAW_MAX = 256 * 1024
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings: no loss, no duplicates from retries, and batches worth sending."""
+    return {
+        **settings.kafka_config(),
+        "enable.idempotence": True,  # implies acks=all, retries, in-order per partition
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        # keep retrying through a broker restart; only after 5 min is a record dead-lettered
+        "delivery.timeout.ms": 300_000,
+        "client.id": "stocktwits-pulse-producer",
+        **overrides,
+    }
+
+
+class Publisher:
+    """Encode, produce and account for every record of one producer process.
+
+    :param source: what the dead-letter records name as source (firehose, rest, replay …).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: str,
+        *,
+        serde: Serde | None = None,
+        producer: ck.Producer | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.serde = serde or Serde(settings)
+        self.producer = producer or ck.Producer(producer_config(settings, **(config or {})))
+        self.produced = self.delivered = self.failed = self.dead_lettered = 0
+        self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
+        self._topics: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def topic(self, spec: TopicSpec) -> str:
+        name = self._topics.get(spec.name)
+        if name is None:
+            name = self._topics[spec.name] = spec.full_name(self.settings)
+        return name
+
+    def encoder(self, spec: TopicSpec) -> Callable[[dict[str, Any]], bytes]:
+        enc = self._encoders.get(spec.name)
+        if enc is None:
+            enc = self._encoders[spec.name] = self.serde.serializer(spec)
+        return enc
+
+    # --- producing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        item: Parsed,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivered: Delivered | None = None,
+        raw: bytes | None = None,
+    ) -> bool:
+        """Encode and produce one record; False if it went to the dead-letter topic instead.
+
+        :param on_delivered: called once the broker acknowledged the record (or its dead letter).
+        :param raw: the upstream bytes, kept for the dead letter if encoding fails.
+        """
+        spec, key, record = item
+        try:
+            value = self.encoder(spec)(record)
+        except Exception as exc:  # noqa: BLE001 - any encoder failure is a bad record, not a crash
+            fallback = raw if raw is not None else orjson.dumps(record, default=str)
+            self.dead_letter(
+                fallback,
+                Reason.SERIALIZE_FAILED,
+                f"{type(exc).__name__}: {exc}",
+                stage="serialize",
+                source_topic=self.topic(spec),
+                on_delivered=on_delivered,
+            )
+            return False
+        self.produce(
+            self.topic(spec), key.encode(), value, headers=headers, on_delivered=on_delivered
+        )
+        return True
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivered: Delivered | None = None,
+    ) -> None:
+        """Produce pre-encoded bytes; waits (serving callbacks) while the local queue is full."""
+        callback = self._on_delivery if on_delivered is None else self._with_callback(on_delivered)
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=callback)
+                break
+            except BufferError:
+                self.producer.poll(0.05)  # queue full: let deliveries drain it
+            except ck.KafkaException as exc:  # refused before queueing, e.g. too large
+                if topic == self.topic(DEAD_LETTER):
+                    log.error("dead letter refused by the client: %s", exc)
+                    if on_delivered is not None:
+                        on_delivered()
+                    return
+                code = exc.args[0].code() if exc.args else None
+                reason = (
+                    Reason.TOO_LARGE
+                    if code == ck.KafkaError.MSG_SIZE_TOO_LARGE
+                    else Reason.DELIVERY_FAILED
+                )
+                self.dead_letter(
+                    value,
+                    reason,
+                    str(exc),
+                    stage="publish",
+                    source_topic=topic,
+                    on_delivered=on_delivered,
+                    headers=headers,
+                )
+                return
+        self.produced += 1
+        self.producer.poll(0)
+
+    def reject(
+        self,
+        raw: bytes | None,
+        error: ParseError,
+        *,
+        on_delivered: Delivered | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Dead-letter upstream input that failed to parse."""
+        self.dead_letter(
+            raw, error.reason, str(error), stage="parse", headers=headers, on_delivered=on_delivered
+        )
+
+    def dead_letter(
+        self,
+        raw: bytes | None,
+        reason: Reason,
+        error: str,
+        *,
+        stage: str,
+        source_topic: str | None = None,
+        on_delivered: Delivered | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Write a ``DeadLetter`` record (raw bytes, reason, source, time), key = source.
+
+        :param headers: extra headers (e.g. the Firehose seq_id, so a resume can find it).
+        """
+        if raw is not None and len(raw) > DEAD_LETTER_RAW_MAX:
+            error = f"{error} [raw truncated from {len(raw)} to {DEAD_LETTER_RAW_MAX} bytes]"
+            raw = raw[:DEAD_LETTER_RAW_MAX]
+        record = deadletter.dead_letter(
+            raw,
+            source=self.source,
+            stage=stage,
+            reason=reason,
+            error=error,
+            source_topic=source_topic,
+        )
+        metrics.DEAD_LETTERS.labels(self.source, reason.value).inc()
+        self.dead_lettered += 1
+        log.warning("dead letter (%s, %s): %s", reason.value, stage, error[:200])
+        try:
+            value = self.encoder(DEAD_LETTER)(record)
+        except Exception:  # the registry is gone: nothing left to write to, so say it loudly
+            log.exception("could not encode a dead letter; raw=%r", (raw or b"")[:200])
+            if on_delivered is not None:
+                on_delivered()
+            return
+        all_headers = deadletter.headers(reason, stage, source_topic) + (headers or [])
+        self.produce(
+            self.topic(DEAD_LETTER),
+            self.source.encode(),
+            value,
+            headers=all_headers,
+            on_delivered=on_delivered,
+        )
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _with_callback(self, done: Delivered) -> Callable[[ck.KafkaError | None, ck.Message], None]:
+        def on_delivery(err: ck.KafkaError | None, msg: ck.Message) -> None:
+            if self._on_delivery(err, msg):
+                done()
+
+        return on_delivery
+
+    def _on_delivery(self, err: ck.KafkaError | None, msg: ck.Message) -> bool:
+        """Count the outcome; a failed record is dead-lettered. True when the record is settled."""
+        topic = msg.topic() or "?"
+        if err is None:
+            self.delivered += 1
+            metrics.EVENTS.labels(self.source, topic).inc()
+            return True
+        self.failed += 1
+        metrics.DELIVERY_ERRORS.labels(self.source, topic).inc()
+        log.error("delivery to %s failed: %s", topic, err)
+        if topic == self.topic(DEAD_LETTER):
+            return False  # a dead letter that cannot be delivered: counted and logged, no loop
+        self.dead_letter(
+            msg.value(), Reason.DELIVERY_FAILED, str(err), stage="publish", source_topic=topic
+        )
+        return False
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self.producer.poll(timeout_s)
+
+    def flush(self, timeout_s: float = 60.0) -> int:
+        """Wait for every outstanding record; returns how many are still not settled."""
+        left = self.producer.flush(timeout_s)
+        if left:
+            log.error("%d record(s) still unacknowledged after %.0fs", left, timeout_s)
+        return int(left)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "produced": self.produced,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dead_lettered": self.dead_lettered,
+            "queued": len(self.producer),
+        }
+
+
+class Stop:
+    """Set by SIGTERM/SIGINT; long-running loops check it and then flush and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def set(self, *_: Any) -> None:
+        if not self.event.is_set():
+            log.info("stop requested: finishing in-flight records")
+        self.event.set()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True if stopped."""
+        return self.event.wait(max(0.0, seconds))
+
+
+@contextmanager
+def handle_signals(stop: Stop) -> Iterator[Stop]:
+    """Route SIGTERM and SIGINT to ``stop`` for the duration (main thread only)."""
+    previous = {s: signal.signal(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
