@@ -1,0 +1,362 @@
+"""``pulse alerts``: POST every spike to webhooks; commit only what was delivered.
+
+At least once: a spike's offset is committed after every webhook answered 2xx, or after the
+spike went to the dead-letter topic (a webhook that kept failing, or a record that cannot be
+decoded). A crash in between redelivers it, so receivers de-duplicate on ``id`` (also sent as
+the ``Idempotency-Key`` header). Records are handled one at a time, in partition order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from consumers.records import jsonable
+from producers.backoff import Backoff, retry_after_s
+from schemas import topics
+from schemas.deadletter import Reason, dead_letter, headers
+from schemas.serde import Serde
+from settings import Settings
+
+log = logging.getLogger(__name__)
+STAGE = "alerts"
+
+DELIVERED = Counter("pulse_alerts_delivered_total", "Spikes a webhook accepted.", ["webhook"])
+ATTEMPTS = Counter("pulse_alerts_attempts_total", "Webhook requests made.", ["webhook"])
+DEAD_LETTERED = Counter(
+    "pulse_alerts_dead_lettered_total", "Spikes sent to the dead-letter topic.", ["reason"]
+)
+COMMITTED = Gauge("pulse_alerts_last_commit_timestamp_seconds", "Wall clock of the last commit.")
+
+
+# --- pure ------------------------------------------------------------------------------------
+def webhook_urls(settings: Settings, extra: list[str] | None = None) -> list[str]:
+    """``PULSE_ALERT_WEBHOOK_URLS`` (comma-separated) plus ``--webhook`` ones, de-duplicated."""
+    urls = [u.strip() for u in settings.alert_webhook_urls.split(",") if u.strip()]
+    return list(dict.fromkeys([*urls, *(extra or [])]))
+
+
+def redact(url: str) -> str:
+    """``scheme://host[:port]``: webhook paths and queries often carry the secret token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+
+
+def alert_id(spike: Mapping[str, Any]) -> str:
+    """Stable id of one spike: the same window of the same symbol is one alert."""
+    return f"{spike['symbol']}:{spike['window_size_ms']}:{spike['window_start_ms']}"
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _size(ms: int) -> str:
+    for unit, n in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % n == 0:
+            return f"{ms // n}{unit}"
+    return f"{ms}ms"
+
+
+def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body POSTed for a spike: the record itself plus id, ISO times and a text line.
+
+    ``text`` makes the body usable as-is by chat webhooks that show a ``text`` field.
+    """
+    spike = jsonable(dict(spike))
+    severity = spike["severity"]
+    text = (
+        f"${spike['symbol']}: {spike['count']} messages in {_size(spike['window_size_ms'])} "
+        f"from {_iso(spike['window_start_ms'])} — {spike['ratio']:.1f}× the expected "
+        f"{spike['expected_count']:.1f} (z={spike['score']:.1f}, {severity})"
+    )
+    return {
+        "type": "pulse.spike",
+        "id": alert_id(spike),
+        "text": text,
+        "window_start": _iso(spike["window_start_ms"]),
+        "window_end": _iso(spike["window_end_ms"]),
+        "spike": spike,
+    }
+
+
+class Verdict:
+    OK, RETRY, FAIL = "ok", "retry", "fail"
+
+
+def classify(status: int) -> str:
+    """2xx delivered; 408, 425, 429 and 5xx worth retrying; any other answer is final."""
+    if 200 <= status < 300:
+        return Verdict.OK
+    if status in (408, 425, 429) or status >= 500:
+        return Verdict.RETRY
+    return Verdict.FAIL
+
+
+def retry_delay_s(
+    backoff: Backoff, answer_headers: Mapping[str, str] | None, now_s: float, cap_s: float
+) -> float:
+    """Next pause: the server's ``Retry-After`` if it sent one (capped), else the backoff."""
+    delay = backoff.next()
+    if answer_headers is not None and (asked := retry_after_s(answer_headers, now_s)) is not None:
+        return min(cap_s, max(asked, 0.0))
+    return delay
+
+
+@dataclass(frozen=True)
+class Delivery:
+    url: str
+    ok: bool
+    attempts: int
+    error: str = ""
+
+
+class Stopped(Exception):
+    """Shutdown was asked for while a delivery waited to retry; do not commit."""
+
+
+# --- I/O -------------------------------------------------------------------------------------
+async def post_with_retries(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: Mapping[str, Any],
+    *,
+    max_attempts: int,
+    backoff: Backoff,
+    cap_s: float,
+    sleep: Callable[[float], Awaitable[None]],
+) -> Delivery:
+    """POST until a 2xx, a final answer, or ``max_attempts``; ``sleep`` may raise Stopped."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    hdrs = {"Content-Type": "application/json", "Idempotency-Key": str(payload["id"])}
+    error = ""
+    for attempt in range(1, max_attempts + 1):
+        ATTEMPTS.labels(redact(url)).inc()
+        answer_headers: Mapping[str, str] | None = None
+        try:
+            async with session.post(url, data=body, headers=hdrs) as resp:
+                await resp.read()
+                verdict = classify(resp.status)
+                answer_headers = resp.headers
+                error = f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            verdict, error = Verdict.RETRY, f"{type(exc).__name__}: {exc}"
+        if verdict == Verdict.OK:
+            return Delivery(url, True, attempt)
+        if verdict == Verdict.FAIL or attempt == max_attempts:
+            break
+        log.info("webhook %s: %s (attempt %d/%d)", redact(url), error, attempt, max_attempts)
+        await sleep(retry_delay_s(backoff, answer_headers, time.time(), cap_s))
+    return Delivery(url, False, attempt, error)
+
+
+class AlertConsumer:
+    """One consumer of pulse.spikes in group ``<app_id>-alerts``."""
+
+    def __init__(
+        self, settings: Settings, urls: list[str], rng: random.Random | None = None
+    ) -> None:
+        if not urls:
+            raise ValueError("no webhook URL: set PULSE_ALERT_WEBHOOK_URLS or pass --webhook")
+        self.settings, self.urls = settings, urls
+        self.topic = topics.SPIKES.full_name(settings)
+        self._rng = rng or random.Random()
+        serde = Serde(settings)
+        self._decode = serde.deserializer(topics.SPIKES)
+        self._encode_dlq = serde.serializer(topics.DEAD_LETTER)
+        self._dlq_topic = topics.DEAD_LETTER.full_name(settings)
+        self.consumer = Consumer(
+            {
+                **settings.kafka_config(),
+                "group.id": f"{settings.app_id}-alerts",
+                "enable.auto.commit": False,  # committed by hand, after delivery
+                "auto.offset.reset": "earliest",  # a new group alerts on what is retained
+            }
+        )
+        self.producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
+        self.last_poll = time.monotonic()
+        self.delivered = self.dead_lettered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer.subscribe([self.topic])
+        timeout = aiohttp.ClientTimeout(total=self.settings.alert_timeout_s)
+
+        async def sleep(delay_s: float) -> None:
+            try:
+                await asyncio.wait_for(stop.wait(), delay_s)
+            except TimeoutError:
+                return
+            raise Stopped
+
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while not stop.is_set():
+                    msg = await asyncio.to_thread(self.consumer.poll, 0.5)
+                    self.last_poll = time.monotonic()
+                    if msg is None:
+                        continue
+                    if msg.error():
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer: %s", msg.error())
+                        continue
+                    try:
+                        await self.handle(msg, session, sleep)
+                    except Stopped:
+                        break  # uncommitted: redelivered to whoever takes the partition
+                    await asyncio.to_thread(self.consumer.commit, message=msg, asynchronous=False)
+                    COMMITTED.set_to_current_time()
+        finally:
+            self.producer.flush(30)
+            self.consumer.close()
+
+    async def handle(
+        self,
+        msg: Message,
+        session: aiohttp.ClientSession,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        """Deliver one spike to every webhook; dead-letter it for each that would not take it."""
+        raw = msg.value()
+        try:
+            spike = self._decode(raw) if raw is not None else None
+            if spike is None:
+                raise ValueError("empty record")
+        except Exception as exc:  # noqa: BLE001 - any decode failure is the record's, not ours
+            await self._dead_letter(msg, Reason.DECODE_FAILED, f"{type(exc).__name__}: {exc}")
+            return
+        payload = alert_payload(spike)
+        cfg = self.settings
+        results = await asyncio.gather(
+            *(
+                post_with_retries(
+                    session, url, payload,
+                    max_attempts=cfg.alert_max_attempts,
+                    backoff=Backoff(cfg.alert_backoff_s, cfg.alert_backoff_max_s, self._rng),
+                    cap_s=cfg.alert_backoff_max_s,
+                    sleep=sleep,
+                )
+                for url in self.urls
+            )
+        )  # fmt: skip
+        for d in results:
+            if d.ok:
+                DELIVERED.labels(redact(d.url)).inc()
+                self.delivered += 1
+            else:
+                error = f"webhook {redact(d.url)}: {d.error} after {d.attempts} attempt(s)"
+                log.warning("alert %s undeliverable: %s", payload["id"], error)
+                await self._dead_letter(msg, Reason.DELIVERY_FAILED, error)
+
+    async def _dead_letter(self, msg: Message, reason: Reason, error: str) -> None:
+        record = dead_letter(
+            msg.value(), source=msg.topic(), stage=STAGE, reason=reason, error=error,
+            source_topic=msg.topic(), source_partition=msg.partition(),
+            source_offset=msg.offset(),
+        )  # fmt: skip
+        failed: list[KafkaError] = []
+
+        def on_delivery(err: KafkaError | None, _: Message) -> None:
+            if err is not None:
+                failed.append(err)
+
+        self.producer.produce(
+            self._dlq_topic,
+            self._encode_dlq(record),
+            key=msg.topic().encode(),
+            headers=headers(reason, STAGE, msg.topic()),
+            on_delivery=on_delivery,
+        )
+        # the dead letter must be durable before the offset that makes us forget the spike
+        remaining = await asyncio.to_thread(self.producer.flush, 30)
+        if remaining or failed:
+            raise RuntimeError(f"dead-letter topic did not take the record: {failed or remaining}")
+        DEAD_LETTERED.labels(reason.value).inc()
+        self.dead_lettered += 1
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_poll < 60
+
+
+async def start_health(alerts: AlertConsumer, port: int) -> web.AppRunner | None:
+    """``/healthz`` (the poll loop is alive) and ``/metrics`` on ``port``; <0 disables."""
+    if port < 0:
+        return None
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = alerts.healthy()
+        return web.json_response({"healthy": ok}, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pulse alerts",
+        description="POST every spike of pulse.spikes as JSON to webhooks (at least once).",
+    )
+    p.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="webhook URL (repeatable); added to PULSE_ALERT_WEBHOOK_URLS",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="port of /healthz and /metrics (default PULSE_METRICS_PORT; <0: off)",
+    )
+    return p  # fmt: skip
+
+
+async def serve(settings: Settings, urls: list[str], health_port: int) -> int:
+    alerts = AlertConsumer(settings, urls)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await start_health(alerts, health_port)
+    log.info("alerts: %s → %s", alerts.topic, ", ".join(redact(u) for u in urls))
+    try:
+        await alerts.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    log.info("alerts: %d delivered, %d dead-lettered", alerts.delivered, alerts.dead_lettered)
+    return 0
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    urls = webhook_urls(settings, args.webhook)
+    if not urls:
+        print("pulse alerts: no webhook URL (PULSE_ALERT_WEBHOOK_URLS or --webhook)")
+        return 2
+    port = settings.metrics_port if args.health_port is None else args.health_port
+    return asyncio.run(serve(settings, urls, port))

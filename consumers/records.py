@@ -1,0 +1,61 @@
+"""Kafka records as JSON (pure): what ``pulse tail`` prints and the board and alerts read."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Where a record sits in Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: str | None
+
+
+def key_text(key: bytes | None) -> str | None:
+    """Keys are UTF-8 strings (README, Contracts); anything else is shown base64-encoded."""
+    if key is None:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(key).decode()
+
+
+def jsonable(value: Any) -> Any:
+    """An Avro-decoded value with bytes and enums made JSON-safe (bytes: UTF-8 if it is)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(value).decode()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def json_line(meta: Meta, value: Any, *, value_only: bool = False) -> str:
+    """One line of ``pulse tail`` output."""
+    if value_only:
+        return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    doc = {
+        "topic": meta.topic,
+        "partition": meta.partition,
+        "offset": meta.offset,
+        "timestamp_ms": meta.timestamp_ms,
+        "key": meta.key,
+        "value": jsonable(value),
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,210 @@
+"""``pulse tail`` and ``pulse alerts`` against the real broker + registry and a local webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from consumers import tail
+from consumers.alerts import AlertConsumer
+from schemas import topics
+from schemas.admin import ensure_topics
+from schemas.serde import Serde
+from settings import Settings
+from tests.conftest import consume
+
+pytestmark = pytest.mark.integration
+M = 60_000
+
+
+def volume(symbol: str, start: int, count: int) -> dict[str, Any]:
+    return {
+        "symbol": symbol, "window_start_ms": start, "window_end_ms": start + M,
+        "window_size_ms": M, "window_advance_ms": M, "message_count": count,
+        "distinct_users": count, "bullish": 1, "bearish": 0, "unlabelled": count - 1,
+        "revision": 0, "emitted_at_ms": start + M,
+    }  # fmt: skip
+
+
+def spike(symbol: str, start: int) -> dict[str, Any]:
+    return {
+        "symbol": symbol, "window_start_ms": start, "window_end_ms": start + M,
+        "window_size_ms": M, "count": 50, "expected_count": 5.0, "score": 9.0,
+        "p_value": None, "ratio": 10.0, "bullish_ratio": None, "sample_message_ids": [7],
+        "severity": "HIGH", "detected_at_ms": start + M,
+    }  # fmt: skip
+
+
+def publish(settings: Settings, spec: topics.TopicSpec, records: list[dict[str, Any]]) -> None:
+    encode = Serde(settings).serializer(spec)
+    p = Producer({**settings.kafka_config(), "enable.idempotence": True})
+    for r in records:
+        p.produce(spec.full_name(settings), encode(r), key=r["symbol"].encode())
+    assert p.flush(30) == 0
+
+
+def test_tail_prints_decoded_json_lines_filtered_by_key(settings: Settings) -> None:
+    ensure_topics(settings, [topics.VOLUME])
+    records = [volume(s, i * M, 10 + i) for i, s in enumerate(["AAPL", "TSLA", "AAPL", "GME"])]
+    publish(settings, topics.VOLUME, records)
+    out = io.StringIO()
+    argv = ["pulse.volume", "--from-beginning", "--key", "AAPL", "--max", "5", "--idle-exit", "8"]
+    assert tail.main(settings, argv, out=out) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["value"] for line in lines] == [records[0], records[2]]
+    assert {line["key"] for line in lines} == {"AAPL"}
+    assert lines[0]["topic"] == topics.VOLUME.full_name(settings)
+    out = io.StringIO()
+    tail.main(settings, [topics.VOLUME.full_name(settings), "--from-beginning", "--max", "4",
+                         "--value-only"], out=out)  # fmt: skip
+    assert sorted(json.loads(x)["message_count"] for x in out.getvalue().splitlines()) == [
+        10, 11, 12, 13
+    ]  # fmt: skip
+
+
+def test_tail_of_an_unknown_topic_is_a_usage_error(settings: Settings) -> None:
+    assert tail.main(settings, ["no.such.topic"]) == 2
+
+
+@dataclass
+class Webhook:
+    """A local webhook that fails on purpose: 503s, 429s, dropped connections, a 400 for BAD."""
+
+    fail_rate: float = 0.0
+    down: bool = False
+    rng: random.Random = field(default_factory=lambda: random.Random(11))
+    accepted: Counter[str] = field(default_factory=Counter)
+    attempts: int = 0
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.attempts += 1
+        body = await request.json()
+        assert request.headers["Idempotency-Key"] == body["id"]
+        if self.down:
+            return web.Response(status=503)
+        if body["spike"]["symbol"] == "BAD":
+            return web.Response(status=400, text="unknown channel")
+        roll = self.rng.random()
+        if roll < self.fail_rate / 3:
+            return web.Response(status=503)
+        if roll < 2 * self.fail_rate / 3:
+            return web.Response(status=429, headers={"Retry-After": "0"})
+        if roll < self.fail_rate:
+            assert request.transport is not None
+            request.transport.close()  # connection dropped mid-request
+            return web.Response(status=500)
+        self.accepted[body["id"]] += 1
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[Webhook]:
+    hook = Webhook()
+    app = web.Application()
+    app.router.add_post("/hook/{token}", hook.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hook.url = f"http://127.0.0.1:{port}/hook/s3cret"
+    yield hook
+    await runner.cleanup()
+
+
+def alert_settings(settings: Settings) -> Settings:
+    return settings.replace(
+        app_id=f"alerts-{uuid.uuid4().hex[:8]}", alert_max_attempts=8,
+        alert_backoff_s=0.02, alert_backoff_max_s=0.2, alert_timeout_s=5.0,
+    )  # fmt: skip
+
+
+def committed(settings: Settings, group: str) -> dict[int, int]:
+    topic = topics.SPIKES.full_name(settings)
+    c = Consumer({**settings.kafka_config(), "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.symbol_partitions)]
+        return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+    finally:
+        c.close()
+
+
+def end_offsets(settings: Settings) -> dict[int, int]:
+    topic = topics.SPIKES.full_name(settings)
+    c = Consumer({**settings.kafka_config(), "group.id": "end-offsets"})
+    try:
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(settings.symbol_partitions)
+        }
+    finally:
+        c.close()
+
+
+async def run_until(alerts: AlertConsumer, done: Any, timeout_s: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(alerts.run(stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not done() and loop.time() < deadline and not task.done():
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def test_every_spike_reaches_the_flaky_webhook_and_the_undeliverable_one_is_dead_lettered(
+    settings: Settings, webhook: Webhook
+) -> None:
+    settings = alert_settings(settings)
+    ensure_topics(settings, [topics.SPIKES, topics.DEAD_LETTER])
+    spikes = [spike(f"S{i:02d}", i * M) for i in range(24)] + [spike("BAD", 0)]
+    publish(settings, topics.SPIKES, spikes)
+    webhook.fail_rate = 0.4
+    alerts = AlertConsumer(settings, [webhook.url], rng=random.Random(3))
+    await run_until(alerts, lambda: alerts.delivered + alerts.dead_lettered >= 25, 60)
+
+    wanted = {f"{s['symbol']}:{M}:{s['window_start_ms']}" for s in spikes[:-1]}
+    assert set(webhook.accepted) == wanted  # every good spike delivered, at least once
+    assert webhook.attempts > len(spikes)  # and the webhook did fail along the way
+    letters = consume(settings, topics.DEAD_LETTER.full_name(settings), 1, timeout_s=15)
+    decoded = Serde(settings).decode(topics.DEAD_LETTER, letters[0].value())
+    assert decoded["reason"] == "delivery_failed" and decoded["stage"] == "alerts"
+    assert "HTTP 400" in decoded["error"] and "s3cret" not in decoded["error"]
+    assert Serde(settings).decode(topics.SPIKES, decoded["raw"])["symbol"] == "BAD"
+    assert dict(letters[0].headers())["dlq.reason"] == b"delivery_failed"
+    # everything handled, so everything committed
+    assert committed(settings, f"{settings.app_id}-alerts") == end_offsets(settings)
+
+
+async def test_nothing_is_committed_while_the_webhook_is_down_and_it_is_redelivered_later(
+    settings: Settings, webhook: Webhook
+) -> None:
+    settings = alert_settings(settings).replace(alert_max_attempts=10_000)
+    ensure_topics(settings, [topics.SPIKES, topics.DEAD_LETTER])
+    spikes = [spike(f"D{i}", i * M) for i in range(4)]
+    publish(settings, topics.SPIKES, spikes)
+    group = f"{settings.app_id}-alerts"
+
+    webhook.down = True
+    first = AlertConsumer(settings, [webhook.url])
+    await run_until(first, lambda: webhook.attempts >= 10, 40)
+    assert webhook.attempts >= 10 and first.delivered == 0
+    assert all(offset < 0 for offset in committed(settings, group).values())  # none committed
+
+    webhook.down = False  # the webhook is back: a new consumer of the group picks up
+    second = AlertConsumer(settings, [webhook.url])
+    await run_until(second, lambda: len(webhook.accepted) >= len(spikes), 40)
+    assert len(webhook.accepted) == len(spikes) and second.dead_lettered == 0
+    assert committed(settings, group) == end_offsets(settings)

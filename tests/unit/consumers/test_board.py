@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from consumers.board import (
+    SENTIMENT,
+    SPIKES,
+    VOLUME,
+    Board,
+    default_window_ms,
+    duration_ms,
+    fold,
+    is_newer,
+    ratio_text,
+    render,
+    top_rows,
+)
+
+M = 60_000
+
+
+def vol(symbol: str, start: int, count: int, *, size: int = M, advance: int | None = None,
+        revision: int = 0, bullish: int = 0, bearish: int = 0) -> dict[str, Any]:  # fmt: skip
+    return {
+        "symbol": symbol, "window_start_ms": start, "window_end_ms": start + size,
+        "window_size_ms": size, "window_advance_ms": advance or size, "message_count": count,
+        "distinct_users": count, "bullish": bullish, "bearish": bearish, "unlabelled": 0,
+        "revision": revision, "emitted_at_ms": 0,
+    }  # fmt: skip
+
+
+def sent(symbol: str, start: int, ratio: float | None, low: float | None = None,
+         high: float | None = None, size: int = M) -> dict[str, Any]:  # fmt: skip
+    return {
+        "symbol": symbol, "window_start_ms": start, "window_end_ms": start + size,
+        "window_size_ms": size, "window_advance_ms": size, "bullish": 0, "bearish": 0,
+        "bullish_ratio": ratio, "bullish_ratio_low": low, "bullish_ratio_high": high,
+        "revision": 0,
+    }  # fmt: skip
+
+
+def spike(symbol: str, start: int, severity: str = "HIGH", detected: int = 0) -> dict[str, Any]:
+    return {
+        "symbol": symbol, "window_start_ms": start, "window_end_ms": start + M,
+        "window_size_ms": M, "count": 40, "expected_count": 4.0, "score": 9.0, "p_value": None,
+        "ratio": 10.0, "bullish_ratio": None, "sample_message_ids": [], "severity": severity,
+        "detected_at_ms": detected or start + M,
+    }  # fmt: skip
+
+
+def fold_all(board: Board, items: list[tuple[str, dict[str, Any]]]) -> Board:
+    for kind, record in items:
+        board = fold(board, kind, record)
+    return board
+
+
+@pytest.mark.parametrize(
+    "text, ms",
+    [("1m", 60_000), ("30s", 30_000), ("1h", 3_600_000), ("250ms", 250), ("2d", 172_800_000)],
+)
+def test_duration_ms(text: str, ms: int) -> None:
+    assert duration_ms(text) == ms
+
+
+def test_bad_duration_is_an_error() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        duration_ms("5 minutes")
+
+
+def test_default_window_is_the_smallest_tumbling_window() -> None:
+    assert default_window_ms("5m,1m,1h") == M
+
+
+@pytest.mark.parametrize(
+    "current, candidate, newer",
+    [
+        (None, vol("A", 0, 1), True),
+        (vol("A", 0, 1), vol("A", M, 1), True),  # later window
+        (vol("A", M, 1), vol("A", 0, 1), False),  # an older window arriving late
+        (vol("A", 0, 1), vol("A", 0, 2, revision=1), True),  # correction
+        (vol("A", 0, 2, revision=1), vol("A", 0, 1), False),  # the original after its fix
+    ],
+)
+def test_is_newer(current: dict[str, Any] | None, candidate: dict[str, Any], newer: bool) -> None:
+    assert is_newer(current, candidate) is newer
+
+
+def test_fold_keeps_the_latest_window_per_symbol_and_counts_what_it_read() -> None:
+    board = fold_all(Board(window_ms=M), [
+        (VOLUME, vol("AAPL", 0, 5)), (VOLUME, vol("AAPL", M, 7)), (VOLUME, vol("AAPL", 0, 99)),
+        (VOLUME, vol("TSLA", M, 3)),
+    ])  # fmt: skip
+    assert {s: r["message_count"] for s, r in board.volume.items()} == {"AAPL": 7, "TSLA": 3}
+    assert board.seen == {VOLUME: 4}
+
+
+def test_fold_ignores_other_window_sizes_and_hopping_windows() -> None:
+    board = fold_all(Board(window_ms=M), [
+        (VOLUME, vol("AAPL", 0, 5)),
+        (VOLUME, vol("AAPL", 0, 50, size=5 * M)),
+        (VOLUME, vol("AAPL", M, 60, size=M, advance=M // 2)),
+    ])  # fmt: skip
+    assert board.volume["AAPL"]["message_count"] == 5
+
+
+def test_fold_does_not_change_the_board_it_was_given() -> None:
+    before = Board(window_ms=M)
+    after = fold(before, VOLUME, vol("AAPL", 0, 5))
+    assert before.volume == {} and after.volume["AAPL"]["message_count"] == 5
+
+
+def test_spikes_newest_first_and_bounded() -> None:
+    board = Board(window_ms=M, max_spikes=3)
+    for i in [2, 0, 4, 1, 3]:
+        board = fold(board, SPIKES, spike(f"S{i}", i * M))
+    assert [s["symbol"] for s in board.spikes] == ["S4", "S3", "S2"]
+
+
+def test_unknown_kind_is_a_bug() -> None:
+    with pytest.raises(ValueError):
+        fold(Board(window_ms=M), "likes", {})
+
+
+def test_top_rows_rank_by_count_drop_stale_and_join_sentiment_of_the_same_window() -> None:
+    board = fold_all(Board(window_ms=M), [
+        (VOLUME, vol("AAPL", 10 * M, 12, bullish=6, bearish=2)),
+        (VOLUME, vol("TSLA", 10 * M, 30)),
+        (VOLUME, vol("GME", 9 * M, 20)),
+        (VOLUME, vol("OLD", 2 * M, 500)),  # quiet for 8 windows: no current volume
+        (SENTIMENT, sent("AAPL", 10 * M, 0.75, 0.41, 0.93)),
+        (SENTIMENT, sent("TSLA", 9 * M, 0.2, 0.1, 0.3)),  # a previous window: not shown
+    ])  # fmt: skip
+    rows = top_rows(board, n=10, stale_windows=5)
+    assert [r.symbol for r in rows] == ["TSLA", "GME", "AAPL"]
+    aapl = rows[2]
+    assert (aapl.bullish_ratio, aapl.low, aapl.high, aapl.labelled) == (0.75, 0.41, 0.93, 8)
+    assert rows[0].bullish_ratio is None
+    assert [r.symbol for r in top_rows(board, n=1)] == ["TSLA"]
+
+
+def test_top_rows_mark_symbols_that_spiked_in_the_newest_or_previous_window() -> None:
+    board = fold_all(Board(window_ms=M), [
+        (VOLUME, vol("A", 10 * M, 40)), (VOLUME, vol("B", 10 * M, 30)),
+        (VOLUME, vol("C", 10 * M, 20)),
+        (SPIKES, spike("A", 10 * M, "HIGH")), (SPIKES, spike("B", 9 * M, "LOW")),
+        (SPIKES, spike("C", 5 * M, "MEDIUM")),  # long ago
+    ])  # fmt: skip
+    assert {r.symbol: r.spike for r in top_rows(board)} == {"A": "HIGH", "B": "LOW", "C": None}
+
+
+def test_empty_board_has_no_rows() -> None:
+    assert top_rows(Board(window_ms=M)) == []
+
+
+@pytest.mark.parametrize(
+    "ratio, low, high, text",
+    [(None, None, None, "–"), (0.5, None, None, "0.50"), (0.625, 0.4, 0.81, "0.62 [0.40–0.81]")],
+)
+def test_ratio_text(ratio: float | None, low: float | None, high: float | None, text: str) -> None:
+    assert ratio_text(ratio, low, high) == text
+
+
+def test_render_shows_symbols_interval_and_spikes() -> None:
+    board = fold_all(Board(window_ms=M), [
+        (VOLUME, vol("AAPL", 10 * M, 12)), (SENTIMENT, sent("AAPL", 10 * M, 0.75, 0.41, 0.93)),
+        (SPIKES, spike("AAPL", 10 * M, "HIGH")),
+    ])  # fmt: skip
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render(board))
+    text = console.export_text()
+    assert "$AAPL" in text and "0.75 [0.41–0.93]" in text and "⚡ HIGH" in text
+    assert "Latest spikes" in text and "10.0" in text
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render(Board(window_ms=M)))
+    assert "waiting for the first closed window" in console.export_text()
