@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ import confluent_kafka as ck
 from producers import metrics, parse
 from producers.backoff import Backoff
 from producers.parse import Parsed, ParseError
-from producers.publish import Publisher, now_ms
+from producers.publish import Publisher, now_ms, partitions, read_consumer, read_to_end
 from producers.resume import SeqTracker, seq_after
 from producers.sse import MAX_EVENT_BYTES, SseDecoder, SseEvent
 from schemas.deadletter import Reason
@@ -79,80 +78,17 @@ class Resume:
 # --- resume point from Kafka ----------------------------------------------------------------
 
 
-def _consumer(settings: Settings) -> ck.Consumer:
-    return ck.Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": f"pulse-resume-{uuid.uuid4().hex}",  # never commits: assign() only
-            "enable.auto.commit": False,
-        }
-    )
-
-
-def _watermarks(consumer: ck.Consumer, tp: ck.TopicPartition) -> tuple[int, int]:
-    """(low, high) offsets; retried while a just-created partition has no leader yet."""
-    for attempt in range(30):
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            return int(low), int(high)
-        except ck.KafkaException as exc:
-            if attempt == 29 or not exc.args[0].retriable():
-                raise
-            time.sleep(0.5)
-    raise AssertionError("unreachable")
-
-
-def _read_to_end(consumer: ck.Consumer, parts: list[ck.TopicPartition]) -> list[ck.Message]:
-    """Every record from the given start offsets up to the high watermarks seen now.
-
-    A start of OFFSET_BEGINNING means the log start; a negative offset from
-    ``offsets_for_times`` (nothing that recent) means the partition has nothing to read.
-    """
-    ends: dict[tuple[str, int], int] = {}
-    start: list[ck.TopicPartition] = []
-    for tp in parts:
-        low, high = _watermarks(consumer, tp)
-        offset = low if tp.offset == ck.OFFSET_BEGINNING else tp.offset
-        if 0 <= offset < high:
-            ends[(tp.topic, tp.partition)] = high
-            start.append(ck.TopicPartition(tp.topic, tp.partition, offset))
-    if not start:
-        return []
-    consumer.assign(start)
-    out: list[ck.Message] = []
-    deadline = time.monotonic() + 120
-    while ends and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=1.0):
-            if msg.error():
-                continue
-            out.append(msg)
-            key = (msg.topic(), msg.partition())
-            if msg.offset() + 1 >= ends.get(key, 0):
-                ends.pop(key, None)
-    consumer.unassign()
-    if ends:
-        raise RuntimeError(f"could not read {sorted(ends)} to the end within 120 s")
-    return out
-
-
-def _partitions(consumer: ck.Consumer, topic: str) -> list[int]:
-    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if meta is None or meta.error is not None:
-        return []
-    return sorted(meta.partitions)
-
-
 def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> Resume:
     """The resume point of ``stream`` as recorded in Kafka (no local state)."""
     serde = serde or Serde(settings)
-    consumer = _consumer(settings)
+    consumer = read_consumer(settings)
     try:
         topic = CHECKPOINTS.full_name(settings)
         parts = [
-            ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in _partitions(consumer, topic)
+            ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions(consumer, topic)
         ]
         found: dict[str, Any] | None = None
-        for msg in _read_to_end(consumer, parts):
+        for msg in read_to_end(consumer, parts):
             if msg.key() == stream.path.encode() and msg.value() is not None:
                 found = serde.decode(CHECKPOINTS, msg.value())
         if found is None:
@@ -163,10 +99,10 @@ def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> R
         scan: list[ck.TopicPartition] = []
         for spec in (*stream.topics, DEAD_LETTER):
             name = spec.full_name(settings)
-            wanted = [ck.TopicPartition(name, p, since) for p in _partitions(consumer, name)]
+            wanted = [ck.TopicPartition(name, p, since) for p in partitions(consumer, name)]
             if wanted:
                 scan += consumer.offsets_for_times(wanted, timeout=10)
-        for msg in _read_to_end(consumer, scan):
+        for msg in read_to_end(consumer, scan):
             for name, value in msg.headers() or ():
                 if name == SEQ_HEADER and value:
                     seq = value.decode()
@@ -227,11 +163,13 @@ class FirehoseClient:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=30, sock_read=self.settings.firehose_read_timeout_s
         )
-        auth = aiohttp.BasicAuth(self.settings.firehose_username, self.settings.firehose_password)
-        headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip"}
+        auth = aiohttp.encode_basic_auth(
+            self.settings.firehose_username, self.settings.firehose_password
+        )
+        headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip", "Authorization": auth}
         url = f"{self.settings.firehose_url.rstrip('/')}/{self.stream.path}"
         try:
-            async with aiohttp.ClientSession(timeout=timeout, auth=auth, headers=headers) as http:
+            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
                 while not self._stop.is_set():
                     cause = await self._connect_once(http, url)
                     if cause is None or self._stop.is_set():

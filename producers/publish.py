@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -303,3 +304,70 @@ def handle_signals(stop: Stop) -> Iterator[Stop]:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# --- reading back what was written (resume points, dedup state) ------------------------------
+
+
+def read_consumer(settings: Settings) -> ck.Consumer:
+    """A consumer for reading back what producers wrote (resume points, dedup keys)."""
+    return ck.Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"pulse-readback-{uuid.uuid4().hex}",  # never commits: assign() only
+            "enable.auto.commit": False,
+        }
+    )
+
+
+def watermarks(consumer: ck.Consumer, tp: ck.TopicPartition) -> tuple[int, int]:
+    """(low, high) offsets; retried while a just-created partition has no leader yet."""
+    for attempt in range(30):
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except ck.KafkaException as exc:
+            if attempt == 29 or not exc.args[0].retriable():
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def read_to_end(consumer: ck.Consumer, parts: list[ck.TopicPartition]) -> list[ck.Message]:
+    """Every record from the given start offsets up to the high watermarks seen now.
+
+    A start of OFFSET_BEGINNING means the log start; a negative offset from
+    ``offsets_for_times`` (nothing that recent) means the partition has nothing to read.
+    """
+    ends: dict[tuple[str, int], int] = {}
+    start: list[ck.TopicPartition] = []
+    for tp in parts:
+        low, high = watermarks(consumer, tp)
+        offset = low if tp.offset == ck.OFFSET_BEGINNING else tp.offset
+        if 0 <= offset < high:
+            ends[(tp.topic, tp.partition)] = high
+            start.append(ck.TopicPartition(tp.topic, tp.partition, offset))
+    if not start:
+        return []
+    consumer.assign(start)
+    out: list[ck.Message] = []
+    deadline = time.monotonic() + 120
+    while ends and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=1.0):
+            if msg.error():
+                continue
+            out.append(msg)
+            key = (msg.topic(), msg.partition())
+            if msg.offset() + 1 >= ends.get(key, 0):
+                ends.pop(key, None)
+    consumer.unassign()
+    if ends:
+        raise RuntimeError(f"could not read {sorted(ends)} to the end within 120 s")
+    return out
+
+
+def partitions(consumer: ck.Consumer, topic: str) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    return sorted(meta.partitions)

@@ -257,8 +257,10 @@ class FakeStocktwits:
             msgs = [m for m in msgs if m["id"] > int(request.query["since"])]
         if "max" in request.query:
             msgs = [m for m in msgs if m["id"] <= int(request.query["max"])]
+        more = len(msgs) > 30  # upstream pages hold at most 30 messages, newest first
+        msgs = sorted(msgs, key=lambda m: -m["id"])[:30]
         ids = [m["id"] for m in msgs]
-        cursor = {"more": False, "since": max(ids, default=None), "max": min(ids, default=None)}
+        cursor = {"more": more, "since": max(ids, default=None), "max": min(ids, default=None)}
         self.rest_remaining = max(0, self.rest_remaining - 1)
         headers = {**limits, "X-RateLimit-Remaining": str(self.rest_remaining)}
         return web.json_response({**body, "messages": msgs, "cursor": cursor}, headers=headers)

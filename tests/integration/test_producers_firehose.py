@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fake_settings(settings: Settings, url: str) -> Settings:
     return settings.replace(
-        firehose_url=url, firehose_username="user", firehose_password="secret",
+        firehose_url=url,
+        firehose_username="user",
+        firehose_password="secret",
         firehose_read_timeout_s=5.0,
-    )  # fmt: skip
+    )
 
 
 def fast_backoff() -> Backoff:
@@ -47,8 +49,16 @@ async def run_client(
     stream = kw.pop("stream", STREAM)
     publisher = Publisher(settings, stream.source)
     resume = await asyncio.to_thread(recover, settings, stream, publisher.serde)
-    client = FirehoseClient(settings, stream, publisher, resume=resume, backoff=fast_backoff(),
-                            max_events=total, checkpoint_interval_s=0.2, **kw)  # fmt: skip
+    client = FirehoseClient(
+        settings,
+        stream,
+        publisher,
+        resume=resume,
+        backoff=fast_backoff(),
+        max_events=total,
+        checkpoint_interval_s=0.2,
+        **kw,
+    )
     await asyncio.wait_for(client.run(), timeout=120)
     return client
 
@@ -65,8 +75,10 @@ async def test_20_disconnects_in_10k_events_every_event_once_in_order(settings: 
     events = message_events(9_900)
     # 100 destroys of earlier messages: a key then carries create → destroy, in that order
     base = events[-1][0]
-    events += [(base + 1 + i, envelope(base + 1 + i, "Message", {"id": 1 + i * 7}, "destroy"))
-               for i in range(100)]  # fmt: skip
+    events += [
+        (base + 1 + i, envelope(base + 1 + i, "Message", {"id": 1 + i * 7}, "destroy"))
+        for i in range(100)
+    ]
     fake = FakeStocktwits(events=events, drop_every=480, drops=20, fail_503=2, multiline_every=9)
     url = await fake.start()
     try:
@@ -107,12 +119,20 @@ async def test_hostile_input_goes_to_dead_letter_and_stream_continues(settings: 
         raw(b'{"seq_id": "SEQ", "object": "Watchlist", "action": "create", "data": {}}'),
         raw(b'{"seq_id": "SEQ", "pad": "' + b"x" * (1 << 21) + b'"}'),
         good(3),
-        (next(seq), envelope(10**20 + 98, "LikeMessage", {"id": 9, "message_id": 1, "user_id": 2,
-                                                          "created_at": "2022-06-29T16:56:05Z"})),
-        (next(seq), envelope(10**20 + 99, "Friendship", {"id": 4, "user_id": 2,
-                                                         "following_user_id": 3})),
+        (
+            next(seq),
+            envelope(
+                10**20 + 98,
+                "LikeMessage",
+                {"id": 9, "message_id": 1, "user_id": 2, "created_at": "2022-06-29T16:56:05Z"},
+            ),
+        ),
+        (
+            next(seq),
+            envelope(10**20 + 99, "Friendship", {"id": 4, "user_id": 2, "following_user_id": 3}),
+        ),
         good(4),
-    ]  # fmt: skip
+    ]
     fake = FakeStocktwits(events=events)
     url = await fake.start()
     try:
@@ -125,8 +145,13 @@ async def test_hostile_input_goes_to_dead_letter_and_stream_continues(settings: 
     assert [k for k, _, _ in decoded(cfg, SOCIAL, 1)] == ["FRIENDSHIP:4"]
     letters = decoded(cfg, DEAD_LETTER, 5)
     reasons = sorted(rec["reason"] for _, rec, _ in letters)
-    assert reasons == ["invalid_json", "invalid_json", "invalid_record", "too_large",
-                       "unknown_object"]  # fmt: skip
+    assert reasons == [
+        "invalid_json",
+        "invalid_json",
+        "invalid_record",
+        "too_large",
+        "unknown_object",
+    ]
     assert all(rec["source"] == "firehose" and rec["raw"] for _, rec, _ in letters)
     utf8 = [rec for _, rec, _ in letters if b"\xff\xfe" in rec["raw"]]
     assert len(utf8) == 1  # kept byte for byte
@@ -134,11 +159,22 @@ async def test_hostile_input_goes_to_dead_letter_and_stream_continues(settings: 
 
 
 async def test_sentiment_stream(settings: Settings) -> None:
-    events = [(10**20 + i, json.dumps({"message_id": 100 + i, "seq_id": str(10**20 + i),
-                                        "created_at": "2017-02-01T19:19:18Z", "user_id": 1,
-                                        "sentiment_score": (i % 21 - 10) / 10,
-                                        "symbols": [{"symbol": "ABC"}]}).encode())
-              for i in range(50)]  # fmt: skip
+    events = [
+        (
+            10**20 + i,
+            json.dumps(
+                {
+                    "message_id": 100 + i,
+                    "seq_id": str(10**20 + i),
+                    "created_at": "2017-02-01T19:19:18Z",
+                    "user_id": 1,
+                    "sentiment_score": (i % 21 - 10) / 10,
+                    "symbols": [{"symbol": "ABC"}],
+                }
+            ).encode(),
+        )
+        for i in range(50)
+    ]
     fake = FakeStocktwits(sentiment_events=events, drop_every=20, drops=2)
     url = await fake.start()
     try:
@@ -169,9 +205,16 @@ def producer_env(settings: Settings, url: str, password: str = "secret") -> dict
 
 async def spawn(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "cli.py"), "produce", "firehose", *args, env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "produce",
+        "firehose",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def test_401_exits_nonzero_with_clear_message(settings: Settings) -> None:
@@ -211,8 +254,11 @@ async def test_kill_and_restart_resumes_without_gap_or_duplicate(settings: Setti
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            if len(fake.requests) and len(await asyncio.to_thread(
-                consume, cfg, MESSAGES.full_name(cfg), 1500, 2.0)) >= 1500:  # fmt: skip
+            if (
+                len(fake.requests)
+                and len(await asyncio.to_thread(consume, cfg, MESSAGES.full_name(cfg), 1500, 2.0))
+                >= 1500
+            ):
                 break
         first.send_signal(signal.SIGKILL)
         await first.wait()

@@ -1,0 +1,521 @@
+"""HTTP pollers: trending symbols, sentiment chart v2, REST API v2 streams → Kafka.
+
+Each poller does one round in ``poll_once()`` (tests call it directly) and ``run()`` repeats it
+on an interval until stopped. Shared rules: 401 stops with a clear error, 429 waits for the
+rate-limit reset (``Retry-After`` / ``X-RateLimit-Reset``, else backoff), 5xx and network errors
+retry with jittered backoff, malformed bodies or items go to the dead-letter topic.
+What was already written is read back from Kafka at start, so a restart does not duplicate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import confluent_kafka as ck
+
+from producers import metrics, parse
+from producers.backoff import Backoff, retry_after_s, throttle_s
+from producers.firehose import FatalUpstreamError
+from producers.parse import ParseError, Rejected
+from producers.publish import Publisher, now_ms, partitions, read_consumer, read_to_end
+from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Http:
+    """GET with the pollers' retry rules; returns the body of the first 200."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        source: str,
+        stop: asyncio.Event,
+        *,
+        backoff: Backoff | None = None,
+        max_attempts: int = 8,
+    ) -> None:
+        self.session, self.source, self.stop = session, source, stop
+        self.backoff = backoff or Backoff(base_s=1.0, cap_s=300.0)
+        self.max_attempts = max_attempts
+        self.last_headers: dict[str, str] = {}
+        self.requests = self.rate_limited = 0
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True if stopped."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), max(0.0, seconds))
+            return True
+        except TimeoutError:
+            return False
+
+    async def get(
+        self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> bytes | None:
+        """The body of a 200, or None after ``max_attempts`` failures (or when stopped)."""
+        for _ in range(self.max_attempts):
+            if self.stop.is_set():
+                return None
+            self.requests += 1
+            try:
+                async with self.session.get(url, params=params, headers=headers) as resp:
+                    body = await resp.read()
+                    self.last_headers = dict(resp.headers)
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, body, cause = 0, b"", type(exc).__name__
+            else:
+                cause = f"HTTP {status}"
+            if status == 200:
+                self.backoff.reset()
+                metrics.BYTES.labels(self.source).inc(len(body))
+                return body
+            if status == 401:
+                raise FatalUpstreamError(
+                    f"{self.source}: 401 Unauthorized from {url}: "
+                    f"{body[:200].decode(errors='replace')}"
+                )
+            metrics.RECONNECTS.labels(self.source, cause).inc()
+            wait = None
+            if status == 429:
+                self.rate_limited += 1
+                wait = retry_after_s(self.last_headers, time.time())
+            if wait is None:
+                wait = self.backoff.next()
+            log.warning("%s: %s from %s; retrying in %.1fs", self.source, cause, url, wait)
+            if await self.sleep(wait):
+                return None
+        log.error("%s: giving up on %s for this round", self.source, url)
+        return None
+
+
+def _reject_all(publisher: Publisher, rejected: list[Rejected]) -> None:
+    for r in rejected:
+        publisher.reject(r.raw, r.error)
+
+
+async def _run_every(
+    interval_s: float, stop: asyncio.Event, once: Callable[[], Awaitable[Any]]
+) -> None:
+    while not stop.is_set():
+        started = time.monotonic()
+        await once()
+        try:
+            await asyncio.wait_for(stop.wait(), max(0.0, interval_s - (time.monotonic() - started)))
+        except TimeoutError:
+            pass
+
+
+# --- trending ---------------------------------------------------------------------------------
+
+
+class TrendingPoller:
+    """Snapshots of the trending-symbols list, every page, one record per symbol."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        http: Http,
+        *,
+        asset_class: str = "all",
+        region: str | None = None,
+        limit: int = 30,
+        max_pages: int = 20,
+    ) -> None:
+        self.settings, self.publisher, self.http = settings, publisher, http
+        self.asset_class, self.region = asset_class, region
+        self.limit = max(1, min(30, limit))  # upstream maximum
+        self.max_pages = max_pages
+        self.snapshots = 0
+
+    async def poll_once(self) -> int:
+        """One snapshot, following ``has_more``; returns the number of rows written."""
+        snapshot_ms = now_ms()
+        written = 0
+        for page in range(1, self.max_pages + 1):
+            params = {"page": str(page), "limit": str(self.limit), "class": self.asset_class}
+            if self.region:
+                params["region"] = self.region
+            body = await self.http.get(
+                self.settings.trending_url, params, {"X-API-Key": self.settings.trending_api_key}
+            )
+            if body is None:
+                break
+            try:
+                result = parse.trending_page(
+                    body, snapshot_ms=snapshot_ms, asset_class=self.asset_class, region=self.region
+                )
+            except ParseError as exc:
+                self.publisher.reject(body, exc)
+                break
+            for item in result.items:
+                self.publisher.publish(item)
+            _reject_all(self.publisher, result.rejected)
+            written += len(result.items)
+            if not result.has_more:
+                break
+        self.snapshots += 1
+        self.publisher.poll(0)
+        return written
+
+
+# --- sentiment chart ----------------------------------------------------------------------
+
+
+def written_keys(settings: Settings, spec: TopicSpec, since_ms: int | None = None) -> list[bytes]:
+    """Keys of ``spec``'s records (all, or those written since ``since_ms``), read from Kafka."""
+    consumer = read_consumer(settings)
+    try:
+        name = spec.full_name(settings)
+        parts = partitions(consumer, name)
+        if since_ms is None:
+            start = [ck.TopicPartition(name, p, ck.OFFSET_BEGINNING) for p in parts]
+        else:
+            wanted = [ck.TopicPartition(name, p, since_ms) for p in parts]
+            start = consumer.offsets_for_times(wanted, timeout=10) if wanted else []
+        return [m.key() for m in read_to_end(consumer, start) if m.key() is not None]
+    finally:
+        consumer.close()
+
+
+class ChartPoller:
+    """Sentiment-chart points per symbol and zoom; writes only points newer than written ones."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        http: Http,
+        symbols: list[str],
+        zoom: str,
+        *,
+        latest: dict[tuple[str, str], int] | None = None,
+    ) -> None:
+        self.settings, self.publisher, self.http = settings, publisher, http
+        self.symbols, self.zoom = symbols, zoom
+        self.latest = latest or {}  # (symbol, zoom) -> newest time_ms written
+
+    @staticmethod
+    def latest_from_keys(keys: list[bytes]) -> dict[tuple[str, str], int]:
+        """Newest point per (symbol, zoom) from topic keys ``symbol|zoom|time_ms``."""
+        latest: dict[tuple[str, str], int] = {}
+        for key in keys:
+            symbol, _, rest = key.decode(errors="replace").partition("|")
+            zoom, _, when = rest.partition("|")
+            if when.isdigit():
+                latest[(symbol, zoom)] = max(latest.get((symbol, zoom), 0), int(when))
+        return latest
+
+    async def poll_once(self) -> int:
+        written = 0
+        auth = aiohttp.encode_basic_auth(
+            self.settings.firehose_username, self.settings.firehose_password
+        )
+        headers = {"Accept": "application/json", "Authorization": auth}
+        for symbol in self.symbols:
+            url = f"{self.settings.chart_url.rstrip('/')}/{symbol}/chart"
+            body = await self.http.get(url, {"zoom": self.zoom}, headers)
+            if body is None:
+                continue
+            try:
+                page = parse.chart_points(
+                    body, symbol=symbol, zoom=self.zoom, fetched_at_ms=now_ms()
+                )
+            except ParseError as exc:
+                self.publisher.reject(body, exc)
+                continue
+            newest = self.latest.get((symbol, self.zoom), -1)
+            for item in page.items:
+                if item.record["time_ms"] > newest:
+                    self.publisher.publish(item)
+                    self.latest[(symbol, self.zoom)] = item.record["time_ms"]
+                    written += 1
+            _reject_all(self.publisher, page.rejected)
+        self.publisher.poll(0)
+        return written
+
+
+# --- REST API v2 streams --------------------------------------------------------------------
+
+
+class SeenIds:
+    """Bounded memory of message ids already written (oldest forgotten first)."""
+
+    def __init__(self, capacity: int = 500_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[int, None] = OrderedDict()
+
+    def __contains__(self, message_id: int) -> bool:
+        return message_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, message_id: int) -> None:
+        self._ids[message_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+
+def stream_path(spec: str) -> str:
+    """``trending`` → ``trending``; ``symbol:AAPL`` → ``symbol/AAPL`` (REST v2 paths)."""
+    kind, _, arg = spec.strip().partition(":")
+    return f"{kind}/{arg}" if arg else kind
+
+
+class RestPoller:
+    """REST v2 streams with a ``since`` cursor each; ids already written are never re-sent."""
+
+    PAGE = 30
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        http: Http,
+        streams: list[str],
+        *,
+        seen: SeenIds | None = None,
+        min_interval_s: float = 18.0,
+        max_pages: int = 10,
+    ) -> None:
+        self.settings, self.publisher, self.http = settings, publisher, http
+        self.streams = [stream_path(s) for s in streams if s.strip()]
+        self.seen = seen or SeenIds()
+        self.since: dict[str, int] = {}
+        self.min_interval_s = min_interval_s
+        self.max_pages = max_pages
+        self.duplicates = 0
+
+    def _headers(self) -> dict[str, str]:
+        if self.settings.rest_token:
+            return {"Authorization": f"Bearer {self.settings.rest_token}"}
+        return {}
+
+    async def poll_stream(self, path: str) -> int:
+        """New messages of one stream: the newest page, then older pages back to ``since``."""
+        url = f"{self.settings.rest_url.rstrip('/')}/streams/{path}.json"
+        since = self.since.get(path)
+        fresh: list[parse.Parsed] = []
+        max_id: int | None = None
+        for _ in range(self.max_pages):
+            params: dict[str, str] = {}
+            if since is not None:
+                params["since"] = str(since)
+            if max_id is not None:
+                params["max"] = str(max_id)
+            body = await self.http.get(url, params, self._headers())
+            if body is None:
+                break
+            try:
+                page = parse.rest_stream(body)
+            except ParseError as exc:
+                self.publisher.reject(body, exc)
+                break
+            _reject_all(self.publisher, page.rejected)
+            fresh += page.items
+            ids = [p.record["message_id"] for p in page.items]
+            # a full page after a known cursor may hide older new messages: page backwards
+            if since is None or len(ids) < self.PAGE or not page.cursor.more or not ids:
+                break
+            max_id = min(ids) - 1
+            await self.http.sleep(self.pause_s())
+        written = 0
+        for item in sorted(fresh, key=lambda p: p.record["message_id"]):  # oldest first
+            message_id = item.record["message_id"]
+            self.since[path] = max(self.since.get(path, 0), message_id)
+            if message_id in self.seen:
+                self.duplicates += 1
+                metrics.DUPLICATES.labels("rest").inc()
+                continue
+            self.seen.add(message_id)
+            self.publisher.publish(item)
+            written += 1
+        self.publisher.poll(0)
+        return written
+
+    def pause_s(self) -> float:
+        return throttle_s(self.http.last_headers, time.time(), self.min_interval_s)
+
+    async def poll_once(self) -> int:
+        written = 0
+        for path in self.streams:
+            written += await self.poll_stream(path)
+            if await self.http.sleep(self.pause_s()):
+                break
+        return written
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
+
+
+def _serve(
+    settings: Settings,
+    source: str,
+    argv_port: int | None,
+    body: Callable[[Publisher, Http, asyncio.Event], Awaitable[None]],
+) -> int:
+    """Topics, publisher, HTTP session, metrics, signals, flush: the frame every poller shares."""
+    from schemas.admin import ensure_topics
+
+    ensure_topics(settings, (TRENDING, SENTIMENT_CHART, MESSAGES, DEAD_LETTER))
+    publisher = Publisher(settings, source)
+    state: dict[str, Any] = {"fatal": None, "last_round": time.monotonic()}
+
+    def health() -> dict[str, Any]:
+        return {
+            "healthy": state["fatal"] is None,
+            "source": source,
+            "fatal": state["fatal"],
+            **publisher.stats(),
+        }
+
+    port = settings.metrics_port if argv_port is None else argv_port
+    server = metrics.start_health_server(port, health)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        timeout = aiohttp.ClientTimeout(total=60, sock_read=45)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await body(publisher, Http(session, source, stop), stop)
+
+    try:
+        asyncio.run(go())
+    except FatalUpstreamError as exc:
+        state["fatal"] = str(exc)
+        print(f"pulse produce {source}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        publisher.flush(60)
+        if server is not None:
+            server.stop()
+    return 0 if publisher.failed == 0 else 1
+
+
+def trending_main(settings: Settings, argv: list[str]) -> int:
+    """``pulse produce trending``: trending-symbols snapshots → stocktwits.trending."""
+    p = argparse.ArgumentParser(
+        prog="pulse produce trending",
+        description="Poll the trending-symbols API (X-API-Key from "
+        "PULSE_TRENDING_API_KEY) into stocktwits.trending.",
+    )
+    p.add_argument(
+        "--class", dest="asset_class", default="all", choices=["all", "equity", "crypto"]
+    )
+    p.add_argument("--region", choices=["US", "CA", "X"])
+    p.add_argument("--limit", type=int, default=30, help="rows per page, at most 30")
+    p.add_argument("--interval", type=float, help="seconds, default PULSE_TRENDING_INTERVAL_S")
+    _common(p)
+    args = p.parse_args(argv)
+
+    async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
+        poller = TrendingPoller(
+            settings,
+            publisher,
+            http,
+            asset_class=args.asset_class,
+            region=args.region,
+            limit=args.limit,
+        )
+        if args.once:
+            await poller.poll_once()
+        else:
+            await _run_every(args.interval or settings.trending_interval_s, stop, poller.poll_once)
+
+    return _serve(settings, "trending", args.metrics_port, body)
+
+
+def chart_main(settings: Settings, argv: list[str]) -> int:
+    """``pulse produce chart``: sentiment-chart v2 points → stocktwits.sentiment-chart."""
+    p = argparse.ArgumentParser(
+        prog="pulse produce chart",
+        description="Poll the sentiment-chart v2 API (basic auth: "
+        "PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD); only points "
+        "newer than those already in Kafka are written.",
+    )
+    p.add_argument("--symbols", help="comma-separated; default PULSE_CHART_SYMBOLS")
+    p.add_argument("--zoom", choices=["1D", "1W", "1M", "3M", "6M", "1Y", "ALL"])
+    p.add_argument("--interval", type=float, default=300.0, help="seconds (default 300)")
+    _common(p)
+    args = p.parse_args(argv)
+    symbols = [s.strip() for s in (args.symbols or settings.chart_symbols).split(",") if s.strip()]
+    if not symbols:
+        p.error("no symbols: pass --symbols or set PULSE_CHART_SYMBOLS")
+
+    async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
+        keys = await asyncio.to_thread(written_keys, settings, SENTIMENT_CHART)
+        poller = ChartPoller(
+            settings,
+            publisher,
+            http,
+            symbols,
+            args.zoom or settings.chart_zoom,
+            latest=ChartPoller.latest_from_keys(keys),
+        )
+        if args.once:
+            await poller.poll_once()
+        else:
+            await _run_every(args.interval, stop, poller.poll_once)
+
+    return _serve(settings, "chart", args.metrics_port, body)
+
+
+def rest_main(settings: Settings, argv: list[str]) -> int:
+    """``pulse produce rest``: REST API v2 streams → stocktwits.messages (origin rest)."""
+    p = argparse.ArgumentParser(
+        prog="pulse produce rest",
+        description="Poll REST API v2 streams into stocktwits.messages, "
+        "the same records as the Firehose; ids already on the topic are "
+        "skipped. Optional bearer token: PULSE_REST_TOKEN.",
+    )
+    p.add_argument("--streams", help="e.g. trending,all,symbol:AAPL; default PULSE_REST_STREAMS")
+    p.add_argument(
+        "--min-interval",
+        type=float,
+        help="least seconds between requests (default 18, 9 with a token: the "
+        "hourly limits of 200 / 400 requests)",
+    )
+    p.add_argument(
+        "--dedup-window",
+        type=float,
+        default=3600.0,
+        help="seconds of the messages topic read back at start for ids already "
+        "written (default 3600)",
+    )
+    _common(p)
+    args = p.parse_args(argv)
+    streams = (args.streams or settings.rest_streams).split(",")
+    interval = args.min_interval or (9.0 if settings.rest_token else 18.0)
+
+    async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
+        seen = SeenIds()
+        since_ms = now_ms() - int(args.dedup_window * 1000)
+        for key in await asyncio.to_thread(written_keys, settings, MESSAGES, since_ms):
+            if key.isdigit():
+                seen.add(int(key))
+        poller = RestPoller(settings, publisher, http, streams, seen=seen, min_interval_s=interval)
+        if args.once:
+            await poller.poll_once()
+        else:
+            await _run_every(0.0, stop, poller.poll_once)
+
+    return _serve(settings, "rest", args.metrics_port, body)
