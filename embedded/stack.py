@@ -340,7 +340,13 @@ class LocalStack:
     def _wait_kafka(self, deadline: float) -> None:
         from confluent_kafka.admin import AdminClient  # heavy import, only when needed
 
-        admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers})
+        assert self.ports is not None
+        while not _port_open(self.ports.kafka):  # before librdkafka, which logs every refusal
+            self._check_alive("kafka_pid", self.endpoints.kafka_log)
+            if time.monotonic() > deadline:
+                raise StackError(f"Kafka did not open its port; see {self.endpoints.kafka_log}")
+            time.sleep(0.3)
+        admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers, "log_level": 2})
         while True:
             self._check_alive("kafka_pid", self.endpoints.kafka_log)
             try:
@@ -411,6 +417,12 @@ class LocalStack:
             _reap(pid)
             tail = _tail(Path(log_file))
             raise StackError(f"{key.split('_')[0]} exited during start-up; see {log_file}\n{tail}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _reap(pid: int | None) -> None:
