@@ -1,0 +1,210 @@
+"""``pulse demo``: the whole pipeline on this machine, with the live board.
+
+Starts the embedded Kafka + registry, creates the topics, runs the Faust worker and one
+producer as child processes (synthetic by default; ``--replay PATH…``; the Firehose when
+its credentials are set) and shows the board. Ctrl-C or SIGTERM stops the producer, then
+the worker, then the stack (unless ``--keep-stack``, or it was already running): nothing
+is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+
+from settings import Settings
+
+STOP_TIMEOUT_S = {"producer": 15.0, "worker": 30.0}  # then SIGKILL
+
+
+def producer_command(settings: Settings, replay: Sequence[str]) -> list[str]:
+    """Which producer the demo runs: replay if asked, the Firehose if credentials are set."""
+    if replay:
+        return ["produce", "replay", *replay]
+    if settings.firehose_username and settings.firehose_password:
+        return ["produce", "firehose"]
+    return ["produce", "synthetic"]
+
+
+def child_env(base: dict[str, str], bootstrap: str, registry_url: str) -> dict[str, str]:
+    """The children's environment: ours, pointed at the stack the demo started."""
+    return {**base, "PULSE_BOOTSTRAP_SERVERS": bootstrap, "PULSE_SCHEMA_REGISTRY_URL": registry_url}
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float) -> int:
+        """SIGTERM to the child's process group, SIGKILL after ``timeout_s``; returns its code."""
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        _signal_group(self.proc.pid, signal.SIGKILL)  # anything it started and left behind
+        return int(self.proc.returncode)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Child:
+    """Run ``pulse ARGV…`` in its own process group, output to ``log_dir/NAME.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    out: IO[bytes] = log_path.open("wb")
+    # own process group: the terminal's Ctrl-C reaches only us, and we stop children in order
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *argv],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    out.close()
+    return Child(name, proc, log_path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pulse demo",
+        description="Embedded Kafka + registry, topics, the Faust worker, a producer and the "
+        "live board, in one command. Ctrl-C stops everything.",
+    )
+    p.add_argument(
+        "--replay",
+        nargs="+",
+        metavar="PATH",
+        default=[],
+        help="replay captured files instead of the synthetic generator",
+    )
+    p.add_argument(
+        "--keep-stack", action="store_true", help="leave Kafka and the registry running afterwards"
+    )
+    p.add_argument(
+        "--no-stack",
+        action="store_true",
+        help="use the cluster of PULSE_BOOTSTRAP_SERVERS instead of the embedded one",
+    )
+    p.add_argument(
+        "--instance", default="default", help="embedded stack instance (default: default)"
+    )
+    p.add_argument("--window", help="window size on the board, e.g. 1m (default: smallest)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop by itself after S seconds (default: run until Ctrl-C)",
+    )
+    return p  # fmt: skip
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    stop = threading.Event()
+    # SIGTERM stops like Ctrl-C; the board loop checks `stop` four times a second
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stack = None
+    stop_stack = False
+    children: list[Child] = []
+    code = 0
+    try:
+        if not args.no_stack:
+            from embedded.stack import LocalStack, StackError
+
+            stack = LocalStack.from_settings(settings, name=args.instance)
+            was_running = all(stack.running().values())
+            console.print(f"starting embedded Kafka + registry (instance {args.instance})…")
+            try:
+                endpoints = stack.up()
+            except StackError as exc:
+                console.print(f"[red]pulse demo: {exc}[/]")
+                return 1
+            stop_stack = not args.keep_stack and not was_running
+            settings = settings.replace(
+                bootstrap_servers=endpoints.bootstrap_servers,
+                schema_registry_url=endpoints.schema_registry_url,
+            )
+        from schemas.admin import ensure_topics
+
+        created = ensure_topics(settings)
+        console.print(
+            f"Kafka {settings.bootstrap_servers} · registry {settings.schema_registry_url}"
+            f" · {len(created)} topic(s) created"
+        )
+        env = child_env(dict(os.environ), settings.bootstrap_servers, settings.schema_registry_url)
+        log_dir = settings.local_home_path / "demo-logs"
+        children.append(spawn("worker", ["worker"], env, log_dir))
+        produce = producer_command(settings, args.replay)
+        children.append(spawn("producer", produce, env, log_dir))
+        console.print(f"worker and `pulse {' '.join(produce)}` started; logs in {log_dir}")
+        watcher = threading.Thread(target=_watch, args=(children, stop, args.duration), daemon=True)
+        watcher.start()
+        from consumers.board import default_window_ms, duration_ms, render, run
+
+        window = duration_ms(args.window) if args.window else default_window_ms(settings.windows)
+        board = run(settings, window_ms=window, stop=stop, console=console)
+        if not console.is_terminal:
+            console.print(render(board))  # the final picture, for logs and pipes
+        failed = [c for c in children if c.proc.poll() not in (None, 0)]
+        for c in failed:
+            console.print(f"[red]{c.name} exited with {c.proc.returncode}[/]; last lines of "
+                          f"{c.log_path}:\n{c.tail()}")  # fmt: skip
+        code = 1 if failed else 0
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for child in reversed(children):  # producer first: the worker drains what it sent
+            rc = child.stop(STOP_TIMEOUT_S[child.name])
+            console.print(f"stopped {child.name} ({rc})")
+        if stack is not None and stop_stack:
+            stack.down()
+            console.print("stopped embedded Kafka + registry")
+        elif stack is not None:
+            console.print(
+                f"Kafka + registry still running: pulse local down --instance {args.instance}"
+            )
+        signal.signal(signal.SIGTERM, previous)
+    return code
+
+
+def _watch(children: list[Child], stop: threading.Event, duration_s: float) -> None:
+    """Stop the demo when a child fails (a producer that finished a replay is fine)."""
+    deadline = time.monotonic() + duration_s if duration_s else None
+    while not stop.wait(0.5):
+        if deadline is not None and time.monotonic() >= deadline:
+            stop.set()
+        for c in children:
+            if c.proc.poll() not in (None, 0) or (c.name == "worker" and c.proc.poll() == 0):
+                stop.set()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from demo import Child, child_env, producer_command, spawn
+from settings import Settings
+
+
+@pytest.mark.parametrize(
+    "settings, replay, command",
+    [
+        (Settings(), [], ["produce", "synthetic"]),
+        (Settings(), ["a.json", "b.jsonl"], ["produce", "replay", "a.json", "b.jsonl"]),
+        (Settings(firehose_username="u", firehose_password="p"), [], ["produce", "firehose"]),
+        (Settings(firehose_username="u"), [], ["produce", "synthetic"]),  # half a credential
+        (Settings(firehose_username="u", firehose_password="p"), ["x"], ["produce", "replay", "x"]),
+    ],
+)
+def test_producer_command(settings: Settings, replay: list[str], command: list[str]) -> None:
+    assert producer_command(settings, replay) == command
+
+
+def test_children_are_pointed_at_the_demo_stack() -> None:
+    env = child_env({"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "elsewhere:9092"}, "h:1", "u")
+    assert env == {"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "h:1",
+                   "PULSE_SCHEMA_REGISTRY_URL": "u"}  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_and_what_it_started(tmp_path: Path) -> None:
+    # a child that ignores SIGTERM and starts a grandchild in its process group
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(g.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    grandchild = int(proc.stdout.readline())  # type: ignore[union-attr]
+    child = Child("worker", proc, tmp_path / "worker.log")
+    started = time.monotonic()
+    assert child.stop(timeout_s=0.5) == -9
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def test_spawn_runs_pulse_with_its_output_in_a_log(tmp_path: Path) -> None:
+    child = spawn("producer", ["produce"], {"PATH": "/usr/bin:/bin"}, tmp_path)
+    assert child.proc.wait(60) == 2  # no kind given: usage, exit 2
+    assert "usage: pulse produce" in child.tail()
+    assert child.stop(1) == 2  # already gone: nothing to do
