@@ -16,7 +16,9 @@ No I/O here: callers hand in bytes or already-decoded JSON and get ``Parsed`` tu
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -623,3 +625,79 @@ def rest_stream(raw: bytes | str | Any, *, origin: str = "rest") -> RestPage:
             _opt_int(cursor.get("since")), _opt_int(cursor.get("max")), cursor.get("more") is True
         ),
     )
+
+
+# --- history CSV (flattened captures) -------------------------------------------------------
+
+CASHTAG = re.compile(r"\$([A-Za-z][A-Za-z0-9]{0,9}(?:\.[A-Za-z]{1,4})?)\b")
+SYNTHETIC_ID_BASE = 1 << 61  # ids at or above this were derived, not issued by Stocktwits
+
+
+def cashtags(text: str) -> list[str]:
+    """``$AAPL``-style tickers in a message body, upper-cased, first occurrence order."""
+    return list(dict.fromkeys(m.upper() for m in CASHTAG.findall(text)))
+
+
+def derived_message_id(created_at: str, user_id: int, text: str) -> int:
+    """A stable id for captures without ``message_id`` (the BTC/ETH history files).
+
+    Deterministic, so replaying the same file twice yields the same keys; at or above
+    :data:`SYNTHETIC_ID_BASE`, far above real Stocktwits ids, so it never collides with one.
+    """
+    digest = hashlib.blake2b(f"{created_at}|{user_id}|{text}".encode(), digest_size=8).digest()
+    return SYNTHETIC_ID_BASE | (int.from_bytes(digest, "big") >> 3)
+
+
+def history_row(
+    row: Mapping[str, str | None], *, default_symbol: str | None = None, origin: str = "replay"
+) -> Parsed:
+    """One row of a flattened history CSV → a ``MessageEvent`` create.
+
+    Columns ``created_at,user_name,user_id,bear_bull_tag,text[,message_id]`` (anshulrao
+    history) or ``id,body,created_at,sentiment,likes,user_id`` (bilardi collection). Symbols
+    are the body's cashtags, else ``default_symbol`` (the file's symbol).
+    """
+    text = row.get("text")
+    if text is None:
+        text = row.get("body")
+    if text is None:
+        raise _invalid("history row: missing text/body column")
+    created = row.get("created_at")
+    created_ms = timestamp_ms(created, "created_at")
+    user_id = _req_int(row, "user_id")
+    raw_id = row.get("message_id") or row.get("id")
+    message_id = (
+        _req_int({"id": raw_id}, "id")
+        if raw_id
+        else derived_message_id(str(created), user_id, text)
+    )
+    symbols = cashtags(text) or ([default_symbol] if default_symbol else [])
+    label = row.get("bear_bull_tag") or row.get("sentiment")
+    likes = _opt_float(row.get("likes"))
+    body = {
+        "id": message_id,
+        "body": text,
+        "created_at_ms": created_ms,
+        "user": _user({"id": user_id, "username": row.get("user_name") or f"user{user_id}"}),
+        "symbols": [symbol_ref({"symbol": s}) for s in symbols],
+        "sentiment": label if label in SENTIMENTS else None,
+        "sentiment_score": None,
+        "conversation": None,
+        "likes_count": int(likes) if likes is not None else 0,
+        "reshares_count": 0,
+        "reshared_message_id": None,
+        "links": [],
+        "source": None,
+        "mentioned_users": [],
+        "prices": [],
+        "chart_url": None,
+    }
+    record = {
+        "action": "create",
+        "message_id": message_id,
+        "event_time_ms": created_ms,
+        "seq_id": None,
+        "origin": origin,
+        "message": body,
+    }
+    return Parsed(MESSAGES, str(message_id), record)

@@ -552,3 +552,105 @@ def test_rest_page_rejects_only_bad_messages() -> None:
     for bad in (b'{"cursor": {}}', b"42", b"{"):
         with pytest.raises(ParseError):
             parse.rest_stream(bad)
+
+
+# --- history CSV -----------------------------------------------------------------------------
+
+HISTORY = REAL / "anshulrao-stocktwits-crawler" / "history"
+
+
+@pytest.mark.parametrize(
+    "text, tags",
+    [
+        ("$AAPL up, $tsla down, $AAPL again", ["AAPL", "TSLA"]),
+        ("$ETH.X and $BTC.X", ["ETH.X", "BTC.X"]),
+        ("costs $5 and $12.50", []),
+        ("no tags", []),
+    ],
+)
+def test_cashtags(text: str, tags: list[str]) -> None:
+    assert parse.cashtags(text) == tags
+
+
+def test_history_row_with_and_without_message_id() -> None:
+    row = {
+        "created_at": "2022-07-20T21:46:57Z",
+        "user_name": "Barbaend",
+        "user_id": "6755135",
+        "bear_bull_tag": "Bullish",
+        "text": "$A Tilray looks good",
+        "message_id": "472907164",
+    }
+    spec, key, rec = parse.history_row(row)
+    assert (spec, key, rec["origin"], rec["event_time_ms"]) == (
+        MESSAGES,
+        "472907164",
+        "replay",
+        1658353617000,
+    )
+    assert_valid(spec, rec)
+    assert (
+        rec["message"]["sentiment"] == "Bullish" and rec["message"]["symbols"][0]["symbol"] == "A"
+    )
+    no_id = {**row, "message_id": None, "bear_bull_tag": "NIL", "text": "Yikes danger zone"}
+    a, b = parse.history_row(no_id, default_symbol="BTC.X"), parse.history_row(no_id)
+    assert a.key == b.key and int(a.key) >= parse.SYNTHETIC_ID_BASE  # stable, never a real id
+    assert a.record["message"]["sentiment"] is None
+    assert [s["symbol"] for s in a.record["message"]["symbols"]] == ["BTC.X"]
+    assert_valid(MESSAGES, a.record)
+
+
+def test_history_row_bilardi_collection_columns() -> None:
+    row = {
+        "id": "516996986",
+        "body": "monday easy",
+        "created_at": "2023-03-12T17:21:40Z",
+        "sentiment": "Bullish",
+        "likes": "1.0",
+        "user_id": "7565455",
+    }
+    rec = parse.history_row(row, default_symbol="TSLA").record
+    assert_valid(MESSAGES, rec)
+    assert (
+        rec["message_id"],
+        rec["message"]["likes_count"],
+        rec["message"]["user"]["username"],
+    ) == (516996986, 1, "user7565455")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"created_at": "x"},
+        {"user_id": ""},
+        {"user_id": None},
+        {"text": None},
+        {"message_id": "abc"},
+    ],
+)
+def test_history_row_rejects(change: dict[str, Any]) -> None:
+    row = {
+        "created_at": "2022-07-20T21:46:57Z",
+        "user_name": "u",
+        "user_id": "1",
+        "text": "t",
+        **change,
+    }
+    with pytest.raises(ParseError):
+        parse.history_row(row)
+
+
+@pytest.mark.parametrize("path", sorted(HISTORY.glob("*.csv*")), ids=lambda p: p.name)
+def test_real_history_files_parse(path: Path) -> None:
+    import csv
+    import gzip
+    import io
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:  # type: ignore[operator]
+        rows = list(csv.DictReader(io.StringIO(f.read())))
+    symbol = path.name.split("_")[0].split(".")[0]
+    parsed = [parse.history_row(r, default_symbol=symbol) for r in rows]
+    assert len(parsed) == len(rows) > 0
+    for item in parsed[:: max(1, len(parsed) // 50)]:
+        assert_valid(MESSAGES, item.record)
