@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from producers import parse
+from producers import metrics, parse
 from producers.parse import Parsed, ParseError
 from producers.publish import Publisher, Stop, handle_signals
 from schemas.topics import DEAD_LETTER, MESSAGES
@@ -205,6 +205,7 @@ def main(settings: Settings, argv: list[str]) -> int:
         help="×N real time, keeping the gaps between events; 0 = as fast as possible",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
     args = p.parse_args(argv)
     from schemas.admin import ensure_topics
 
@@ -215,6 +216,8 @@ def main(settings: Settings, argv: list[str]) -> int:
     specs = {i.parsed.spec for i in items if i.parsed is not None}
     ensure_topics(settings, (*specs, DEAD_LETTER))
     publisher = Publisher(settings, "replay")
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    server = metrics.start_health_server(port, lambda: {"healthy": True, **publisher.stats()})
     stop = Stop()
     with handle_signals(stop):
         started = time.monotonic()
@@ -222,6 +225,8 @@ def main(settings: Settings, argv: list[str]) -> int:
             publisher, items, speed=args.speed, stop=stop, progress=not args.no_progress
         )
         left = publisher.flush(120)
+    if server is not None:
+        server.stop()
     took = time.monotonic() - started
     log.info(
         "replayed %d record(s) from %d file(s) in %.1fs (%d duplicate(s) dropped, %d dead "

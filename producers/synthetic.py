@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import parse
+from producers import metrics, parse
 from producers.publish import Publisher, Stop, handle_signals, now_ms
 from schemas.topics import DEAD_LETTER, MESSAGES
 from settings import Settings
@@ -202,6 +202,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     p.add_argument("--start", help="stream start, ISO-8601 UTC (default: now)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--jsonl", metavar="FILE", help="write Firehose JSON lines here, not Kafka")
+    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
     args = p.parse_args(argv)
     start_ms = parse.timestamp_ms(args.start) if args.start else now_ms()
     config = Config(
@@ -222,6 +223,8 @@ def main(settings: Settings, argv: list[str]) -> int:
 
     ensure_topics(settings, (MESSAGES, DEAD_LETTER))
     publisher = Publisher(settings, "synthetic")
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    server = metrics.start_health_server(port, lambda: {"healthy": True, **publisher.stats()})
     stop = Stop()
     wall0 = time.monotonic()
     n = 0
@@ -235,5 +238,7 @@ def main(settings: Settings, argv: list[str]) -> int:
                 break
             publisher.publish(parse.message_event(m, origin="synthetic"))
         left = publisher.flush(120)
+    if server is not None:
+        server.stop()
     print(f"synthetic: {n} messages in {time.monotonic() - wall0:.1f}s")
     return 0 if left == 0 and publisher.failed == 0 else 1
