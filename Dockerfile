@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The stocktwits-pulse app image: every `pulse` command (producers, worker, alerts, topics).
+# Multi-stage: build wheels with a compiler, ship only the virtualenv on a slim base, non-root.
+# Pin by digest in production (docker buildx imagetools inspect python:3.11.14-slim-bookworm).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md settings.py cli.py demo.py ./
+COPY schemas/ schemas/
+COPY producers/ producers/
+COPY processors/ processors/
+COPY consumers/ consumers/
+COPY embedded/ embedded/
+# not editable: the runtime stage gets a self-contained venv; rocksdb for PULSE_STORE=rocksdb
+RUN pip install --upgrade pip \
+ && pip install ".[rocksdb]" \
+ && python -c "import cli, demo, consumers.alerts, producers.cli, schemas.serde"
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="stocktwits-pulse" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 pulse \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/pulse --create-home pulse
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# the Faust worker keeps its table data under the working directory
+WORKDIR /var/lib/pulse
+USER 10001:10001
+# 6066: worker /healthz /readyz /metrics · 9300: producer and alerts /healthz /metrics
+EXPOSE 6066 9300
+ENTRYPOINT ["pulse"]
+CMD ["--help"]
