@@ -28,13 +28,21 @@ from settings import Settings
 STOP_TIMEOUT_S = {"producer": 15.0, "worker": 30.0}  # then SIGKILL
 
 
-def producer_command(settings: Settings, replay: Sequence[str]) -> list[str]:
+# synthetic bursts (stream seconds after start): a few symbols spike within the first minutes
+DEMO_BURSTS = ("PLTR@300+180x15", "SOFI@600+120x25", "NIO@900+180x20", "COIN@1200+120x30")
+DEMO_SPEED = 4.0  # stream time ×4: 1-minute windows close every 15 s, the first spike in ~2 min
+
+
+def producer_command(
+    settings: Settings, replay: Sequence[str], speed: float | None = None
+) -> list[str]:
     """Which producer the demo runs: replay if asked, the Firehose if credentials are set."""
     if replay:
-        return ["produce", "replay", *replay]
+        return ["produce", "replay", *replay, *(["--speed", str(speed)] if speed else [])]
     if settings.firehose_username and settings.firehose_password:
         return ["produce", "firehose"]
-    return ["produce", "synthetic"]
+    bursts = [arg for b in DEMO_BURSTS for arg in ("--burst", b)]
+    return ["produce", "synthetic", "--speed", str(speed or DEMO_SPEED), *bursts]
 
 
 def child_env(base: dict[str, str], bootstrap: str, registry_url: str) -> dict[str, str]:
@@ -117,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--instance", default="default", help="embedded stack instance (default: default)"
     )
+    p.add_argument(
+        "--speed",
+        type=float,
+        metavar="N",
+        help=f"synthetic or replayed stream time ×N (synthetic default {DEMO_SPEED:g})",
+    )
     p.add_argument("--window", help="window size on the board, e.g. 1m (default: smallest)")
     p.add_argument(
         "--duration",
@@ -165,7 +179,7 @@ def main(settings: Settings, argv: list[str]) -> int:
         env = child_env(dict(os.environ), settings.bootstrap_servers, settings.schema_registry_url)
         log_dir = settings.local_home_path / "demo-logs"
         children.append(spawn("worker", ["worker"], env, log_dir))
-        produce = producer_command(settings, args.replay)
+        produce = producer_command(settings, args.replay, args.speed)
         children.append(spawn("producer", produce, env, log_dir))
         console.print(f"worker and `pulse {' '.join(produce)}` started; logs in {log_dir}")
         watcher = threading.Thread(target=_watch, args=(children, stop, args.duration), daemon=True)

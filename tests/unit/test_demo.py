@@ -6,22 +6,41 @@ from pathlib import Path
 
 import pytest
 
-from demo import Child, child_env, producer_command, spawn
+from demo import DEMO_BURSTS, DEMO_SPEED, Child, child_env, producer_command, spawn
 from settings import Settings
+
+SYNTHETIC = ["produce", "synthetic", "--speed", "4.0"]
 
 
 @pytest.mark.parametrize(
-    "settings, replay, command",
+    "settings, replay, speed, command",
     [
-        (Settings(), [], ["produce", "synthetic"]),
-        (Settings(), ["a.json", "b.jsonl"], ["produce", "replay", "a.json", "b.jsonl"]),
-        (Settings(firehose_username="u", firehose_password="p"), [], ["produce", "firehose"]),
-        (Settings(firehose_username="u"), [], ["produce", "synthetic"]),  # half a credential
-        (Settings(firehose_username="u", firehose_password="p"), ["x"], ["produce", "replay", "x"]),
+        (Settings(), [], None, SYNTHETIC),
+        (Settings(), [], 10.0, ["produce", "synthetic", "--speed", "10.0"]),
+        (Settings(), ["a.json", "b.jsonl"], None, ["produce", "replay", "a.json", "b.jsonl"]),
+        (Settings(), ["a.json"], 60.0, ["produce", "replay", "a.json", "--speed", "60.0"]),
+        (Settings(firehose_username="u", firehose_password="p"), [], None, ["produce", "firehose"]),
+        (Settings(firehose_username="u"), [], None, SYNTHETIC),  # half a credential
+        (Settings(firehose_username="u", firehose_password="p"), ["x"], None,
+         ["produce", "replay", "x"]),
     ],
-)
-def test_producer_command(settings: Settings, replay: list[str], command: list[str]) -> None:
-    assert producer_command(settings, replay) == command
+)  # fmt: skip
+def test_producer_command(
+    settings: Settings, replay: list[str], speed: float | None, command: list[str]
+) -> None:
+    got = producer_command(settings, replay, speed)
+    if command[:2] == ["produce", "synthetic"]:
+        assert got[:4] == command and got.count("--burst") == len(DEMO_BURSTS)
+    else:
+        assert got == command
+
+
+def test_demo_bursts_parse_and_start_within_minutes_of_demo_time() -> None:
+    from producers.synthetic import Burst, symbol_names
+
+    bursts = [Burst.parse(b) for b in DEMO_BURSTS]
+    assert {b.symbol for b in bursts} <= set(symbol_names(500))
+    assert min(b.start_s for b in bursts) / DEMO_SPEED <= 120
 
 
 def test_children_are_pointed_at_the_demo_stack() -> None:
