@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] and argv[0] in DELEGATED:
+        # hand the rest over untouched: argparse's REMAINDER rejects a leading option
+        # (`pulse demo --replay …`, `pulse alerts --webhook …`, `pulse produce --help`)
+        args = argparse.Namespace(command=argv[0], rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

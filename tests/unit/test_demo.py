@@ -86,3 +86,15 @@ def test_spawn_runs_pulse_with_its_output_in_a_log(tmp_path: Path) -> None:
     assert child.proc.wait(60) == 2  # no kind given: usage, exit 2
     assert "usage: pulse produce" in child.tail()
     assert child.stop(1) == 2  # already gone: nothing to do
+
+
+@pytest.mark.parametrize("argv", [["demo", "--help"], ["alerts", "--help"], ["tail", "--help"]])
+def test_pulse_hands_leading_options_to_the_delegated_command(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 0
+    assert f"usage: pulse {argv[0]}" in capsys.readouterr().out
