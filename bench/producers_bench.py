@@ -1,0 +1,102 @@
+"""Producer throughput on one core: (a) parse + Avro-encode + produce, (b) pre-encoded produce.
+
+Input: synthetic Firehose JSON lines (``producers.synthetic``), generated before timing.
+Output: the local broker from ``PULSE_BOOTSTRAP_SERVERS`` / ``PULSE_SCHEMA_REGISTRY_URL``,
+into throwaway topics under a ``bench-<time>.`` prefix. Run:
+
+    PULSE_BOOTSTRAP_SERVERS=127.0.0.1:19092 \\
+    PULSE_SCHEMA_REGISTRY_URL=http://127.0.0.1:18081/apis/ccompat/v7 \\
+    python bench/producers_bench.py --count 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from producers import parse
+from producers.publish import Publisher
+from producers.synthetic import Config, Generator, envelopes
+from schemas.admin import ensure_topics
+from schemas.topics import DEAD_LETTER, MESSAGES
+from settings import Settings
+
+
+def rate(label: str, n: int, nbytes: int, seconds: float) -> None:
+    print(
+        f"{label:<44} {n / seconds:>10,.0f} msg/s {nbytes / seconds / 1e6:>8.1f} MB/s "
+        f"({n:,} in {seconds:.2f}s)"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--count", type=int, default=200_000)
+    p.add_argument("--core", type=int, default=0, help="CPU to pin to (-1: no pinning)")
+    args = p.parse_args()
+    if args.core >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.core})  # the process, librdkafka's threads included
+    settings = Settings.from_env(topic_prefix=f"bench-{int(time.time())}.")
+    ensure_topics(settings, (MESSAGES, DEAD_LETTER))
+
+    print(f"generating {args.count:,} synthetic Firehose events …", flush=True)
+    lines = list(
+        itertools.islice(envelopes(iter(Generator(Config(), 1_656_460_800_000))), args.count)
+    )
+    in_bytes = sum(map(len, lines))
+    print(
+        f"input: {in_bytes / 1e6:.1f} MB of JSON, {in_bytes / len(lines):.0f} B/event; "
+        f"pinned to core {args.core}; broker {settings.bootstrap_servers}\n"
+    )
+
+    publisher = Publisher(settings, "bench")
+    encode = publisher.encoder(MESSAGES)
+    topic = publisher.topic(MESSAGES)
+
+    # parts, for insight (no Kafka)
+    t = time.perf_counter()
+    parsed = [parse.firehose_event(line) for line in lines]
+    rate("parse only", len(lines), in_bytes, time.perf_counter() - t)
+    t = time.perf_counter()
+    values = [encode(item.record) for item in parsed]
+    out_bytes = sum(map(len, values))
+    rate("Avro encode only", len(values), out_bytes, time.perf_counter() - t)
+    del parsed
+
+    # (a) the full path: upstream JSON bytes → parse → Avro → produce, until all acknowledged
+    t = time.perf_counter()
+    for line in lines:
+        publisher.publish(parse.firehose_event(line))
+    assert publisher.flush(120) == 0
+    took_a = time.perf_counter() - t
+    rate("(a) parse + Avro-encode + produce (acked)", len(lines), in_bytes, took_a)
+
+    # (b) the client's own limit: pre-encoded values, produce + delivery reports
+    producer = publisher.producer
+    keys = [str(900_000_000 + i).encode() for i in range(len(values))]
+    t = time.perf_counter()
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    assert producer.flush(120) == 0
+    rate("(b) produce pre-encoded Avro (acked)", len(values), out_bytes, time.perf_counter() - t)
+    print(
+        f"\nAvro value: {out_bytes / len(values):.0f} B/event; delivery errors: "
+        f"{publisher.failed}; topic {topic}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
