@@ -184,12 +184,10 @@ def main(settings: Settings, argv: list[str]) -> int:
         console.print(f"worker and `pulse {' '.join(produce)}` started; logs in {log_dir}")
         watcher = threading.Thread(target=_watch, args=(children, stop, args.duration), daemon=True)
         watcher.start()
-        from consumers.board import default_window_ms, duration_ms, render, run
+        from consumers.board import default_window_ms, duration_ms, run
 
         window = duration_ms(args.window) if args.window else default_window_ms(settings.windows)
-        board = run(settings, window_ms=window, stop=stop, console=console)
-        if not console.is_terminal:
-            console.print(render(board))  # the final picture, for logs and pipes
+        run(settings, window_ms=window, stop=stop, console=console)  # until Ctrl-C or stop
         failed = [c for c in children if c.proc.poll() not in (None, 0)]
         for c in failed:
             console.print(f"[red]{c.name} exited with {c.proc.returncode}[/]; last lines of "
