@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--window", help="window size on the board, e.g. 1m (default: smallest)")
     p.add_argument(
+        "--web", type=int, metavar="PORT", help="also serve the board as a web page on this port"
+    )
+    p.add_argument(
         "--duration",
         type=float,
         default=0.0,
@@ -187,7 +190,8 @@ def main(settings: Settings, argv: list[str]) -> int:
         from consumers.board import default_window_ms, duration_ms, run
 
         window = duration_ms(args.window) if args.window else default_window_ms(settings.windows)
-        run(settings, window_ms=window, stop=stop, console=console)  # until Ctrl-C or stop
+        # until Ctrl-C or stop
+        run(settings, window_ms=window, stop=stop, console=console, web_port=args.web)
         failed = [c for c in children if c.proc.poll() not in (None, 0)]
         for c in failed:
             console.print(f"[red]{c.name} exited with {c.proc.returncode}[/]; last lines of "

@@ -53,7 +53,9 @@ class Board:
     sentiment: Mapping[str, Record] = field(default_factory=dict)
     spikes: tuple[Record, ...] = ()  # newest first
     seen: Mapping[str, int] = field(default_factory=dict)  # records read per topic kind
+    history: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     max_spikes: int = 10
+    max_history: int = 60  # windows of volume kept per symbol, for the chart
 
 
 def _version(r: Record) -> tuple[int, int]:
@@ -80,12 +82,29 @@ def fold(board: Board, kind: str, record: Record) -> Board:
         raise ValueError(f"unknown record kind {kind!r}")
     latest = board.volume if kind == VOLUME else board.sentiment
     symbol = record["symbol"]
-    if not _tumbling_of(record, board.window_ms) or not is_newer(latest.get(symbol), record):
+    if not _tumbling_of(record, board.window_ms):
+        return dataclasses.replace(board, seen=seen)
+    if kind == VOLUME:
+        history = {**board.history, symbol: add_point(board.history.get(symbol, ()), record,
+                                                      board.max_history)}  # fmt: skip
+        board = dataclasses.replace(board, history=history)
+    if not is_newer(latest.get(symbol), record):
         return dataclasses.replace(board, seen=seen)
     updated = {**latest, symbol: record}
     if kind == VOLUME:
         return dataclasses.replace(board, volume=updated, seen=seen)
     return dataclasses.replace(board, sentiment=updated, seen=seen)
+
+
+def add_point(
+    points: tuple[tuple[int, int], ...], volume: Record, keep: int
+) -> tuple[tuple[int, int], ...]:
+    """A symbol's (window start, count) series with this window set (a correction replaces
+    its window), sorted, only the newest ``keep``."""
+    start = int(volume["window_start_ms"])
+    series = dict(points)
+    series[start] = int(volume["message_count"])
+    return tuple(sorted(series.items())[-keep:])
 
 
 def _spike_time(spike: Record) -> tuple[int, int]:
@@ -228,6 +247,32 @@ def render(board: Board, n: int = 15) -> Group:
     return Group(head, top, spikes)
 
 
+SPIKE_FIELDS = (
+    "symbol",
+    "window_start_ms",
+    "window_size_ms",
+    "count",
+    "expected_count",
+    "ratio",
+    "score",
+)
+
+
+def snapshot(board: Board, n: int = 15) -> dict[str, Any]:
+    """The board as JSON for the web page: the same rows as the terminal, plus series."""
+    rows = top_rows(board, n)
+    return {
+        "window_ms": board.window_ms,
+        "newest_window_ms": newest_window_ms(board),
+        "seen": dict(board.seen),
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "spikes": [
+            {k: s.get(k) for k in SPIKE_FIELDS} | {"severity": _severity(s)} for s in board.spikes
+        ],
+        "history": {r.symbol: [list(p) for p in board.history.get(r.symbol, ())] for r in rows},
+    }
+
+
 # --- I/O -------------------------------------------------------------------------------------
 KINDS = {VOLUME: topics.VOLUME, SENTIMENT: topics.SENTIMENT, SPIKES: topics.SPIKES}
 
@@ -291,10 +336,21 @@ def run(
     lookback_s: float = 3600.0,
     stop: threading.Event | None = None,
     console: Console | None = None,
+    web_port: int | None = None,
+    web_host: str = "127.0.0.1",
 ) -> Board:
-    """Show the board until ``stop`` is set or Ctrl-C; returns the last state."""
+    """Show the board until ``stop`` is set or Ctrl-C; returns the last state.
+
+    :param web_port: also serve the board as a web page on this port (consumers/web.py).
+    """
     stop = stop or threading.Event()
     reader = BoardReader(settings, window_ms or default_window_ms(settings.windows), lookback_s)
+    stop_web = None
+    if web_port is not None:
+        from consumers.web import serve_in_thread
+
+        _, stop_web = serve_in_thread(lambda: reader.board, web_port, web_host, top)
+        (console or Console()).print(f"board on http://{web_host}:{web_port}/")
     try:
         with Live(render(reader.board, top), console=console, refresh_per_second=4) as live:
             next_draw = 0.0
@@ -307,6 +363,8 @@ def run(
         pass
     finally:
         reader.close()
+        if stop_web is not None:
+            stop_web()
     return reader.board
 
 
@@ -316,13 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=15, help="symbols to show (default 15)")
     p.add_argument("--lookback", type=float, default=3600.0, metavar="S",
                    help="read records from S seconds ago (default 3600)")  # fmt: skip
+    p.add_argument("--web", type=int, metavar="PORT", help="also serve the board as a web page")
+    p.add_argument("--web-host", default="127.0.0.1", help="address of the web page")
     return p
 
 
 def main(settings: Settings, argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     window = duration_ms(args.window) if args.window else None
-    run(settings, window_ms=window, top=args.top, lookback_s=args.lookback)
+    run(settings, window_ms=window, top=args.top, lookback_s=args.lookback, web_port=args.web,
+        web_host=args.web_host)  # fmt: skip
     return 0
 
 

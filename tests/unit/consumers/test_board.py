@@ -176,3 +176,26 @@ def test_render_shows_symbols_interval_and_spikes() -> None:
     console = Console(width=140, record=True, color_system=None)
     console.print(render(Board(window_ms=M)))
     assert "waiting for the first closed window" in console.export_text()
+
+
+def test_history_keeps_the_newest_windows_per_symbol_in_order() -> None:
+    board = Board(window_ms=M, max_history=3)
+    for start, count in [(2, 20), (0, 5), (1, 10), (3, 30), (1, 11)]:  # (1, 11): a correction
+        board = fold(board, VOLUME, vol("AAPL", start * M, count))
+    assert board.history["AAPL"] == ((1 * M, 11), (2 * M, 20), (3 * M, 30))
+
+
+def test_snapshot_is_json_with_rows_spikes_and_series_of_the_shown_symbols() -> None:
+    import json
+
+    from consumers.board import snapshot
+
+    board = fold_all(Board(window_ms=M), [
+        (VOLUME, vol("AAPL", 9 * M, 10)), (VOLUME, vol("AAPL", 10 * M, 12)),
+        (VOLUME, vol("OLD", 0, 99)), (SPIKES, spike("AAPL", 10 * M)),
+    ])  # fmt: skip
+    snap = json.loads(json.dumps(snapshot(board)))
+    assert [r["symbol"] for r in snap["rows"]] == ["AAPL"]
+    assert snap["rows"][0]["spike"] == "HIGH" and snap["newest_window_ms"] == 10 * M
+    assert snap["history"] == {"AAPL": [[9 * M, 10], [10 * M, 12]]}
+    assert snap["spikes"][0]["severity"] == "HIGH" and snap["spikes"][0]["count"] == 40
