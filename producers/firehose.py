@@ -26,7 +26,14 @@ import confluent_kafka as ck
 from producers import metrics, parse
 from producers.backoff import Backoff
 from producers.parse import Parsed, ParseError
-from producers.publish import Publisher, now_ms, partitions, read_consumer, read_to_end
+from producers.publish import (
+    Publisher,
+    now_ms,
+    offsets_at,
+    partitions,
+    read_consumer,
+    read_to_end,
+)
 from producers.resume import SeqTracker, seq_after
 from producers.sse import MAX_EVENT_BYTES, SseDecoder, SseEvent
 from schemas.deadletter import Reason
@@ -101,7 +108,7 @@ def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> R
             name = spec.full_name(settings)
             wanted = [ck.TopicPartition(name, p, since) for p in partitions(consumer, name)]
             if wanted:
-                scan += consumer.offsets_for_times(wanted, timeout=10)
+                scan += offsets_at(consumer, wanted)
         for msg in read_to_end(consumer, scan):
             for name, value in msg.headers() or ():
                 if name == SEQ_HEADER and value:

@@ -26,7 +26,14 @@ from producers import metrics, parse
 from producers.backoff import Backoff, retry_after_s, throttle_s
 from producers.firehose import FatalUpstreamError
 from producers.parse import ParseError, Rejected
-from producers.publish import Publisher, now_ms, partitions, read_consumer, read_to_end
+from producers.publish import (
+    Publisher,
+    now_ms,
+    offsets_at,
+    partitions,
+    read_consumer,
+    read_to_end,
+)
 from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
 from settings import Settings
 
@@ -183,7 +190,7 @@ def written_keys(settings: Settings, spec: TopicSpec, since_ms: int | None = Non
             start = [ck.TopicPartition(name, p, ck.OFFSET_BEGINNING) for p in parts]
         else:
             wanted = [ck.TopicPartition(name, p, since_ms) for p in parts]
-            start = consumer.offsets_for_times(wanted, timeout=10) if wanted else []
+            start = offsets_at(consumer, wanted)
         return [m.key() for m in read_to_end(consumer, start) if m.key() is not None]
     finally:
         consumer.close()

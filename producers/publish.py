@@ -368,16 +368,30 @@ def read_consumer(settings: Settings) -> ck.Consumer:
 
 
 def watermarks(consumer: ck.Consumer, tp: ck.TopicPartition) -> tuple[int, int]:
-    """(low, high) offsets; retried while a just-created partition has no leader yet."""
-    for attempt in range(30):
+    """(low, high) offsets; retried for 15 s, e.g. while a new partition has no leader yet."""
+    deadline = time.monotonic() + 15
+    while True:
         try:
             low, high = consumer.get_watermark_offsets(tp, timeout=10)
             return int(low), int(high)
-        except ck.KafkaException as exc:
-            if attempt == 29 or not exc.args[0].retriable():
+        except ck.KafkaException:
+            if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
-    raise AssertionError("unreachable")
+            time.sleep(0.3)
+
+
+def offsets_at(consumer: ck.Consumer, parts: list[ck.TopicPartition]) -> list[ck.TopicPartition]:
+    """Earliest offset at or after each partition's timestamp (``offset`` holds the time)."""
+    if not parts:
+        return []
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return list(consumer.offsets_for_times(parts, timeout=10))
+        except ck.KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def read_to_end(consumer: ck.Consumer, parts: list[ck.TopicPartition]) -> list[ck.Message]:
