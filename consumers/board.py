@@ -343,6 +343,9 @@ def run(
 
     :param web_port: also serve the board as a web page on this port (consumers/web.py).
     """
+    from consumers.records import quiet_http_logs
+
+    quiet_http_logs()  # log lines would tear through the live display
     stop = stop or threading.Event()
     reader = BoardReader(settings, window_ms or default_window_ms(settings.windows), lookback_s)
     stop_web = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -59,3 +60,9 @@ def json_line(meta: Meta, value: Any, *, value_only: bool = False) -> str:
         "value": jsonable(value),
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def quiet_http_logs() -> None:
+    """The registry client logs every HTTP request at INFO: noise on a screen or a pipe."""
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)

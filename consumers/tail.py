@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message
 
-from consumers.records import Meta, json_line, key_text
+from consumers.records import Meta, json_line, key_text, quiet_http_logs
 from schemas.serde import Serde
 from schemas.topics import ALL, by_name
 from settings import Settings
@@ -58,6 +58,7 @@ def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
     except KeyError as exc:
         print(f"pulse tail: {exc.args[0]}", file=sys.stderr)
         return 2
+    quiet_http_logs()
     topic = spec.full_name(settings)
     decode = Serde(settings).deserializer(spec)
     keys = set(args.key)
