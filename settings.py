@@ -75,6 +75,21 @@ class Settings:
     spike_cooldown_windows: int = _setting(
         3, "Windows after a spike in which the same symbol does not fire again."
     )
+    spike_windows: str = _setting(
+        "5m", "Tumbling window sizes the spike detector scores (each must be in `windows`)."
+    )
+    spike_warmup_windows: int = _setting(
+        12, "Windows a symbol's baseline must have seen before it may spike."
+    )
+    spike_alpha: float = _setting(
+        0.05, "EWMA weight of the newest window in a symbol's baseline (memory ≈ 1/alpha)."
+    )
+    revision_horizon_ms: int = _setting(
+        3_600_000, "How long after a window's end a destroy still yields a corrected result."
+    )
+    state_dir: str = _setting(
+        "", "Faust data directory (RocksDB tables); empty: `<local_home>/faust`."
+    )
     # --- Producers -------------------------------------------------------------------------
     firehose_url: str = _setting(
         "https://firestream.stocktwits.com", "Firehose base URL (`/stream`, `/sentiment`)."

@@ -1,0 +1,135 @@
+"""Stage 2, pure: one mentions partition's symbols, watermark and closes.
+
+:class:`PartitionEngine` is what the faust agent drives, one per assigned partition; it is
+plain Python so unit tests and the benchmark run it without Kafka. It returns the records to
+publish and the symbols whose table rows changed; the agent does the I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.mentions import Mention, MentionKind
+from processors.windows import (
+    Closed,
+    PartitionClock,
+    SymbolState,
+    WindowConfig,
+    WindowResult,
+    add_mention,
+    close_windows,
+    recovered_watermark,
+    spike_record,
+)
+
+
+@dataclass
+class Outputs:
+    """Records produced by one input record, in emission order."""
+
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    sentiments: list[dict[str, Any]] = field(default_factory=list)
+    spikes: list[dict[str, Any]] = field(default_factory=list)
+    late: list[dict[str, Any]] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+    closed_windows: int = 0
+    corrections: int = 0
+    late_kinds: list[str] = field(default_factory=list)
+
+    def add_result(self, result: WindowResult, emitted_at_ms: int) -> None:
+        self.volumes.append(result.volume_record(emitted_at_ms))
+        self.sentiments.append(result.sentiment_record(emitted_at_ms))
+
+
+class PartitionEngine:
+    """Symbols of one stage-2 partition: apply mentions, advance the watermark, close."""
+
+    def __init__(self, cfg: WindowConfig, states: dict[str, SymbolState] | None = None) -> None:
+        self.cfg = cfg
+        self.states: dict[str, SymbolState] = states or {}
+        self.clock = PartitionClock(
+            cfg.grace_ms, recovered_watermark(list(self.states.values()), cfg.grace_ms)
+        )
+        self._due: list[tuple[int, str]] = []  # (earliest pending end, symbol), may be stale
+        for symbol, state in self.states.items():
+            self._schedule(symbol, state)
+
+    @property
+    def watermark_ms(self) -> int:
+        return self.clock.watermark_ms
+
+    def _schedule(self, symbol: str, state: SymbolState) -> None:
+        end = state.earliest_end_ms(self.cfg.specs)
+        if end is not None:
+            heapq.heappush(self._due, (end, symbol))
+
+    def on_mention(self, mention: Mention, trigger_ms: int, now_ms: int) -> Outputs:
+        """Apply one data mention, then close whatever the new watermark made final.
+
+        :param trigger_ms: Kafka timestamp of the mention; becomes ``emitted_at_ms`` of what
+            it closes, so a replay after a crash rebuilds identical records.
+        :param now_ms: wall-clock time, only for ``LateMention.detected_at_ms``.
+        """
+        out = Outputs()
+        if mention.kind is MentionKind.TICK:
+            raise ValueError("ticks go to on_idle_tick")
+        symbol = mention.symbol
+        state = self.states.get(symbol)
+        if state is None:
+            state = self.states[symbol] = SymbolState()
+        before = state.earliest_end_ms(self.cfg.specs)
+        applied = add_mention(state, mention, self.clock.watermark_ms, self.cfg)
+        if applied.late:
+            out.late.append(
+                {
+                    "mention": mention.to_avro(),
+                    "watermark_ms": self.clock.watermark_ms,
+                    "lateness_ms": applied.lateness_ms,
+                    "detected_at_ms": now_ms,
+                }
+            )
+            out.late_kinds.append(mention.kind.value)
+        if applied.counted:
+            out.changed.add(symbol)
+        for correction in applied.corrections:
+            out.add_result(correction, trigger_ms)
+            out.corrections += 1
+        if state.earliest_end_ms(self.cfg.specs) != before:
+            self._schedule(symbol, state)
+        if self.clock.observe(mention.created_at_ms):
+            self._close_due(trigger_ms, out)
+        return out
+
+    def on_idle_tick(self, trigger_ms: int) -> Outputs:
+        """Input went quiet: close every open window of the partition now."""
+        out = Outputs()
+        ends = [
+            start + spec.size_ms
+            for state in self.states.values()
+            for spec in self.cfg.specs
+            for start in state.pending.get(spec.key, ())
+        ]
+        if ends:
+            self.clock.force(max(ends))
+            self._close_due(trigger_ms, out)
+        return out
+
+    def _close_due(self, trigger_ms: int, out: Outputs) -> None:
+        wm = self.clock.watermark_ms
+        while self._due and self._due[0][0] <= wm:
+            end, symbol = heapq.heappop(self._due)
+            state = self.states[symbol]
+            if state.earliest_end_ms(self.cfg.specs) != end:
+                continue  # stale entry; the live one is elsewhere in the heap
+            for closed in close_windows(state, symbol, wm, self.cfg):
+                self._emit(closed, trigger_ms, out)
+            out.changed.add(symbol)
+            self._schedule(symbol, state)
+
+    def _emit(self, closed: Closed, trigger_ms: int, out: Outputs) -> None:
+        out.add_result(closed.result, trigger_ms)
+        out.closed_windows += 1
+        if closed.verdict is not None and closed.verdict.fired:
+            out.spikes.append(spike_record(closed.result, closed.verdict, trigger_ms))

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the signal engine, one registry per app so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter(
+            "pulse_events_in", "Input records read, by topic.", ["topic"], registry=r
+        )
+        self.duplicates = Counter(
+            "pulse_duplicates", "Raw events dropped as duplicates, by topic.", ["topic"],
+            registry=r,
+        )
+        self.mentions = Counter(
+            "pulse_mentions", "Mentions published by stage 1, by kind.", ["kind"], registry=r
+        )
+        self.windows_emitted = Counter(
+            "pulse_windows_emitted", "Final window results, by window size (ms).", ["size_ms"],
+            registry=r,
+        )
+        self.corrections = Counter(
+            "pulse_window_corrections", "Corrected window results (revision > 0).", registry=r
+        )
+        self.late_events = Counter(
+            "pulse_late_events", "Mentions later than grace, by kind.", ["kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "pulse_dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"],
+            registry=r,
+        )
+        self.spikes = Counter("pulse_spikes", "Spikes fired.", registry=r)
+        self.idle_closes = Counter(
+            "pulse_idle_closes", "Partitions closed by the idle timer.", registry=r
+        )
+        self.dedup_expired = Counter(
+            "pulse_dedup_expired", "Message ids forgotten by the dedup TTL.", registry=r
+        )
+        self.lag_ms = Gauge(
+            "pulse_processing_lag_ms", "Wall clock minus the timestamp of the last record read.",
+            ["stage"], registry=r,
+        )
+        self.watermark_ms = Gauge(
+            "pulse_watermark_ms", "Stage-2 watermark (event time), by partition.", ["partition"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

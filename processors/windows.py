@@ -1,0 +1,439 @@
+"""Stage 2, pure: per-symbol event-time buckets, watermark-driven closes, final results.
+
+A symbol's state keeps *panes*: buckets of the greatest common step of all window sizes and
+advances (1 min for ``1m,5m,1h`` + ``1h/5m``). Every window, tumbling or hopping, is the
+merge of its panes when it closes, so a hopping window reports the whole hour, not the last
+step. A pane remembers each counted message id, which makes retractions exact and repeats
+(at-least-once redelivery) harmless.
+
+Windows close when the partition's watermark (max event time − grace) reaches their end;
+each is emitted once (revision 0). Panes and the list of emitted windows are kept for
+``revision_horizon_ms`` after a window's end, so a destroy arriving later yields a corrected
+result with ``revision + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
+
+from processors import spikes
+from processors.mentions import Mention, MentionKind
+from processors.sentiment import bullish_ratio, wilson_interval
+
+SAMPLE_IDS = 5
+NO_WATERMARK = -(2**62)  # before any event
+_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"30s"``, ``"5m"``, ``"1h"``, ``"1d"`` or plain milliseconds → ms."""
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)?\s*", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2) or "ms"]
+
+
+@dataclass(frozen=True, order=True)
+class WindowSpec:
+    size_ms: int
+    advance_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.advance_ms <= 0 or self.size_ms % self.advance_ms:
+            raise ValueError(f"window size must be a positive multiple of advance: {self}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.size_ms}/{self.advance_ms}"
+
+    @property
+    def hopping(self) -> bool:
+        return self.advance_ms != self.size_ms
+
+
+def parse_windows(tumbling: str, hopping: str) -> tuple[WindowSpec, ...]:
+    """Window specs from settings: ``"1m,5m,1h"`` and ``"1h/5m"`` (comma-separated)."""
+    specs = [
+        WindowSpec(parse_duration_ms(t), parse_duration_ms(t)) for t in tumbling.split(",")
+        if t.strip()
+    ]
+    for h in hopping.split(","):
+        if h.strip():
+            size, advance = h.split("/")
+            specs.append(WindowSpec(parse_duration_ms(size), parse_duration_ms(advance)))
+    return tuple(sorted(set(specs)))
+
+
+def window_start_ms(event_ms: int, size_ms: int) -> int:
+    """Start of the tumbling window holding ``event_ms``."""
+    return event_ms - event_ms % size_ms
+
+
+def window_starts(event_ms: int, spec: WindowSpec) -> list[int]:
+    """Starts of every window of ``spec`` that holds ``event_ms``, oldest first."""
+    last = window_start_ms(event_ms, spec.advance_ms)
+    first = last - spec.size_ms + spec.advance_ms
+    return list(range(first, last + 1, spec.advance_ms))
+
+
+def pane_size_ms(specs: tuple[WindowSpec, ...]) -> int:
+    return reduce(math.gcd, [n for s in specs for n in (s.size_ms, s.advance_ms)])
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    specs: tuple[WindowSpec, ...]
+    grace_ms: int
+    revision_horizon_ms: int
+    spike_specs: tuple[WindowSpec, ...] = ()
+    rule: spikes.SpikeRule = field(default_factory=spikes.SpikeRule)
+
+    @property
+    def pane_ms(self) -> int:
+        return pane_size_ms(self.specs)
+
+    @property
+    def retain_ms(self) -> int:
+        """How long after its start a pane is still needed (last window end + horizon)."""
+        return max(s.size_ms for s in self.specs) + self.revision_horizon_ms
+
+
+@dataclass
+class Pane:
+    messages: dict[int, tuple[int | None, str | None]] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    retracted: set[int] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "m": {str(k): list(v) for k, v in self.messages.items()},
+            "s": {str(k): v for k, v in self.scores.items()},
+            "r": sorted(self.retracted),
+        }
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Pane:
+        return cls(
+            {int(k): (v[0], v[1]) for k, v in row["m"].items()},
+            {int(k): v for k, v in row["s"].items()},
+            set(row["r"]),
+        )
+
+
+@dataclass
+class SymbolState:
+    """Everything stage 2 keeps for one symbol; one changelogged table row."""
+
+    panes: dict[int, Pane] = field(default_factory=dict)
+    pending: dict[str, list[int]] = field(default_factory=dict)  # spec key → open starts
+    emitted: dict[str, dict[int, int]] = field(default_factory=dict)  # → start: revision
+    baselines: dict[str, spikes.Baseline] = field(default_factory=dict)
+    max_event_ms: int = 0
+    watermark_ms: int = NO_WATERMARK  # at the last close; rebuilds the partition's clock
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "panes": {str(k): p.to_json() for k, p in self.panes.items()},
+            "pending": self.pending,
+            "emitted": {s: {str(k): v for k, v in e.items()} for s, e in self.emitted.items()},
+            "baselines": {k: b.to_json() for k, b in self.baselines.items()},
+            "max_event_ms": self.max_event_ms,
+            "watermark_ms": self.watermark_ms,
+        }
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> SymbolState:
+        return cls(
+            panes={int(k): Pane.from_json(p) for k, p in row["panes"].items()},
+            pending={k: list(v) for k, v in row["pending"].items()},
+            emitted={s: {int(k): v for k, v in e.items()} for s, e in row["emitted"].items()},
+            baselines={k: spikes.Baseline.from_json(b) for k, b in row["baselines"].items()},
+            max_event_ms=row["max_event_ms"],
+            watermark_ms=row["watermark_ms"],
+        )
+
+    def earliest_end_ms(self, specs: tuple[WindowSpec, ...]) -> int | None:
+        """End of the first window still waiting to close, if any."""
+        ends = [s.size_ms + self.pending[s.key][0] for s in specs if self.pending.get(s.key)]
+        return min(ends) if ends else None
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """Final (or corrected) tallies of one symbol in one window."""
+
+    symbol: str
+    spec: WindowSpec
+    start_ms: int
+    message_count: int
+    distinct_users: int
+    bullish: int
+    bearish: int
+    unlabelled: int
+    score_sum: float
+    score_count: int
+    revision: int
+    sample_message_ids: tuple[int, ...]
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.spec.size_ms
+
+    def volume_record(self, emitted_at_ms: int) -> dict[str, Any]:
+        """A ``WindowVolume`` (window_volume.avsc)."""
+        return {
+            "symbol": self.symbol,
+            "window_start_ms": self.start_ms,
+            "window_end_ms": self.end_ms,
+            "window_size_ms": self.spec.size_ms,
+            "window_advance_ms": self.spec.advance_ms,
+            "message_count": self.message_count,
+            "distinct_users": self.distinct_users,
+            "bullish": self.bullish,
+            "bearish": self.bearish,
+            "unlabelled": self.unlabelled,
+            "revision": self.revision,
+            "emitted_at_ms": emitted_at_ms,
+        }
+
+    def sentiment_record(self, emitted_at_ms: int) -> dict[str, Any]:
+        """A ``WindowSentiment`` (window_sentiment.avsc)."""
+        interval = wilson_interval(self.bullish, self.bullish + self.bearish)
+        return {
+            "symbol": self.symbol,
+            "window_start_ms": self.start_ms,
+            "window_end_ms": self.end_ms,
+            "window_size_ms": self.spec.size_ms,
+            "window_advance_ms": self.spec.advance_ms,
+            "bullish": self.bullish,
+            "bearish": self.bearish,
+            "bullish_ratio": bullish_ratio(self.bullish, self.bearish),
+            "bullish_ratio_low": interval[0] if interval else None,
+            "bullish_ratio_high": interval[1] if interval else None,
+            "sentiment_score_mean": (
+                self.score_sum / self.score_count if self.score_count else None
+            ),
+            "sentiment_score_count": self.score_count,
+            "revision": self.revision,
+            "emitted_at_ms": emitted_at_ms,
+        }
+
+
+def spike_record(
+    result: WindowResult, verdict: spikes.Verdict, detected_at_ms: int
+) -> dict[str, Any]:
+    """A ``Spike`` (spike.avsc) for a window whose verdict fired."""
+    return {
+        "symbol": result.symbol,
+        "window_start_ms": result.start_ms,
+        "window_end_ms": result.end_ms,
+        "window_size_ms": result.spec.size_ms,
+        "count": verdict.count,
+        "expected_count": verdict.expected_count,
+        "score": verdict.score,
+        "p_value": verdict.p_value,
+        "ratio": verdict.ratio,
+        "bullish_ratio": bullish_ratio(result.bullish, result.bearish),
+        "sample_message_ids": list(result.sample_message_ids),
+        "severity": verdict.severity.value,
+        "detected_at_ms": detected_at_ms,
+    }
+
+
+@dataclass(frozen=True)
+class Closed:
+    """A window that became final, with its spike verdict when it is a spike window."""
+
+    result: WindowResult
+    verdict: spikes.Verdict | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one mention did to a symbol's state."""
+
+    counted: bool = False
+    late: bool = False  # beyond grace (or beyond the revision horizon for a retraction)
+    lateness_ms: int = 0
+    corrections: tuple[WindowResult, ...] = ()
+
+
+def window_result(
+    state: SymbolState, symbol: str, spec: WindowSpec, start_ms: int, revision: int,
+    pane_ms: int,
+) -> WindowResult:
+    users: set[int] = set()
+    ids: list[int] = []
+    bullish = bearish = unlabelled = 0
+    score_sum, score_count = 0.0, 0
+    for pane_start in range(start_ms, start_ms + spec.size_ms, pane_ms):
+        pane = state.panes.get(pane_start)
+        if pane is None:
+            continue
+        for message_id, (user_id, sentiment) in pane.messages.items():
+            ids.append(message_id)
+            if user_id is not None:
+                users.add(user_id)
+            if sentiment == "Bullish":
+                bullish += 1
+            elif sentiment == "Bearish":
+                bearish += 1
+            else:
+                unlabelled += 1
+        score_sum += sum(pane.scores.values())
+        score_count += len(pane.scores)
+    return WindowResult(
+        symbol=symbol,
+        spec=spec,
+        start_ms=start_ms,
+        message_count=len(ids),
+        distinct_users=len(users),
+        bullish=bullish,
+        bearish=bearish,
+        unlabelled=unlabelled,
+        score_sum=score_sum,
+        score_count=score_count,
+        revision=revision,
+        sample_message_ids=tuple(sorted(ids)[:SAMPLE_IDS]),
+    )
+
+
+def _mark_pending(state: SymbolState, event_ms: int, cfg: WindowConfig) -> None:
+    for spec in cfg.specs:
+        pending = state.pending.setdefault(spec.key, [])
+        emitted = state.emitted.get(spec.key, {})
+        for start in window_starts(event_ms, spec):
+            if start not in pending and start not in emitted:
+                pending.append(start)
+        pending.sort()
+
+
+def add_mention(
+    state: SymbolState, mention: Mention, watermark_ms: int, cfg: WindowConfig
+) -> Applied:
+    """Apply a MESSAGE, SCORE or RETRACTION mention to its symbol's state (in place).
+
+    :param watermark_ms: the partition watermark *before* this mention.
+    """
+    t = mention.created_at_ms
+    pane_start = window_start_ms(t, cfg.pane_ms)
+    if mention.kind is MentionKind.RETRACTION:
+        return _retract(state, mention, watermark_ms, cfg)
+    if t < watermark_ms:
+        return Applied(late=True, lateness_ms=watermark_ms - t)
+    state.max_event_ms = max(state.max_event_ms, t)
+    pane = state.panes.setdefault(pane_start, Pane())
+    if mention.kind is MentionKind.MESSAGE:
+        if mention.message_id in pane.messages or mention.message_id in pane.retracted:
+            return Applied()  # redelivered, or already destroyed
+        pane.messages[mention.message_id] = (mention.user_id, mention.sentiment)
+    elif mention.kind is MentionKind.SCORE:
+        if mention.message_id in pane.scores or mention.sentiment_score is None:
+            return Applied()
+        pane.scores[mention.message_id] = mention.sentiment_score
+    else:
+        raise ValueError(f"not a data mention: {mention.kind}")
+    _mark_pending(state, t, cfg)
+    return Applied(counted=True)
+
+
+def _retract(
+    state: SymbolState, mention: Mention, watermark_ms: int, cfg: WindowConfig
+) -> Applied:
+    t = mention.created_at_ms
+    pane_start = window_start_ms(t, cfg.pane_ms)
+    if pane_start + cfg.retain_ms <= watermark_ms:
+        # its windows are past the revision horizon: report it, never correct silently
+        return Applied(late=True, lateness_ms=watermark_ms - t)
+    pane = state.panes.setdefault(pane_start, Pane())
+    pane.retracted.add(mention.message_id)
+    if pane.messages.pop(mention.message_id, None) is None:
+        return Applied()  # never counted here (late, duplicate retraction, before our time)
+    corrections: list[WindowResult] = []
+    symbol = mention.symbol
+    for spec in cfg.specs:
+        emitted = state.emitted.get(spec.key, {})
+        for start in window_starts(t, spec):
+            if start in emitted:
+                emitted[start] += 1
+                corrections.append(
+                    window_result(state, symbol, spec, start, emitted[start], cfg.pane_ms)
+                )
+    return Applied(counted=True, corrections=tuple(corrections))
+
+
+def close_windows(
+    state: SymbolState, symbol: str, watermark_ms: int, cfg: WindowConfig
+) -> list[Closed]:
+    """Emit every pending window whose end the watermark reached, oldest end first; score
+    spike windows; forget panes and emitted marks past the revision horizon."""
+    due: list[tuple[int, int, WindowSpec, int]] = []
+    for spec in cfg.specs:
+        pending = state.pending.get(spec.key, [])
+        while pending and pending[0] + spec.size_ms <= watermark_ms:
+            start = pending.pop(0)
+            due.append((start + spec.size_ms, spec.size_ms, spec, start))
+    due.sort(key=lambda d: (d[0], d[1], d[3]))
+    closed: list[Closed] = []
+    for _, _, spec, start in due:
+        result = window_result(state, symbol, spec, start, 0, cfg.pane_ms)
+        state.emitted.setdefault(spec.key, {})[start] = 0
+        verdict = None
+        if spec in cfg.spike_specs:
+            baseline = state.baselines.setdefault(spec.key, spikes.Baseline())
+            verdict = spikes.observe(baseline, start, spec.size_ms, result.message_count, cfg.rule)
+        closed.append(Closed(result, verdict))
+    state.watermark_ms = max(state.watermark_ms, watermark_ms)
+    _forget(state, cfg)
+    return closed
+
+
+def _forget(state: SymbolState, cfg: WindowConfig) -> None:
+    wm = state.watermark_ms
+    for pane_start in [p for p in state.panes if p + cfg.retain_ms <= wm]:
+        del state.panes[pane_start]
+    for spec in cfg.specs:
+        emitted = state.emitted.get(spec.key)
+        if emitted:
+            horizon = wm - spec.size_ms - cfg.revision_horizon_ms
+            for start in [s for s in emitted if s < horizon]:
+                del emitted[start]
+
+
+def is_idle(state: SymbolState) -> bool:
+    """Nothing open and nothing to correct: the row can be deleted (baselines aside)."""
+    return not state.panes and not any(state.pending.values())
+
+
+@dataclass
+class PartitionClock:
+    """Watermark of one stage-2 partition: max event time seen − grace, never going back."""
+
+    grace_ms: int
+    watermark_ms: int = NO_WATERMARK
+
+    def observe(self, event_ms: int) -> bool:
+        """Advance on a new event time; True when the watermark moved."""
+        candidate = event_ms - self.grace_ms
+        if candidate > self.watermark_ms:
+            self.watermark_ms = candidate
+            return True
+        return False
+
+    def force(self, watermark_ms: int) -> None:
+        """Idle close: jump to ``watermark_ms`` (closes everything open before it)."""
+        self.watermark_ms = max(self.watermark_ms, watermark_ms)
+
+
+def recovered_watermark(states: list[SymbolState], grace_ms: int) -> int:
+    """A partition's watermark rebuilt from its symbols' rows after a restart or rebalance."""
+    best = NO_WATERMARK
+    for s in states:
+        best = max(best, s.watermark_ms)
+        if s.max_event_ms:
+            best = max(best, s.max_event_ms - grace_ms)
+    return best

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import pytest
+
+from processors.mentions import Mention, MentionKind
+from processors.windows import (
+    Pane,
+    PartitionClock,
+    SymbolState,
+    WindowConfig,
+    WindowSpec,
+    add_mention,
+    close_windows,
+    pane_size_ms,
+    parse_duration_ms,
+    parse_windows,
+    recovered_watermark,
+    window_start_ms,
+    window_starts,
+)
+
+M = 60_000
+H = 3_600_000
+TUMBLE_1M = WindowSpec(M, M)
+HOP_1H_5M = WindowSpec(H, 5 * M)
+
+
+@pytest.mark.parametrize(
+    "text, ms", [("30s", 30_000), ("1m", M), ("5m", 5 * M), ("1h", H), ("1d", 24 * H), ("250", 250)]
+)
+def test_parse_duration_ms(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+def test_parse_windows_sorted_and_deduplicated() -> None:
+    specs = parse_windows("5m,1m,1h,1m", "1h/5m")
+    assert specs == (WindowSpec(M, M), WindowSpec(5 * M, 5 * M), HOP_1H_5M, WindowSpec(H, H))
+    assert [s.hopping for s in specs] == [False, False, True, False]
+
+
+def test_window_spec_rejects_advance_not_dividing_size() -> None:
+    with pytest.raises(ValueError):
+        WindowSpec(H, 7 * M)
+
+
+@pytest.mark.parametrize("event_ms, start", [(0, 0), (59_999, 0), (60_000, 60_000)])
+def test_window_start_ms(event_ms: int, start: int) -> None:
+    assert window_start_ms(event_ms, size_ms=60_000) == start
+
+
+@pytest.mark.parametrize(
+    "event_ms, spec, starts",
+    [
+        (90_000, TUMBLE_1M, [60_000]),
+        (0, WindowSpec(10, 5), [-5, 0]),
+        (7, WindowSpec(10, 5), [0, 5]),
+        (H + 1, HOP_1H_5M, list(range(5 * M, H + 1, 5 * M))),
+    ],
+)
+def test_window_starts(event_ms: int, spec: WindowSpec, starts: list[int]) -> None:
+    assert window_starts(event_ms, spec) == starts
+
+
+def test_hopping_window_has_twelve_windows_per_event() -> None:
+    assert len(window_starts(123_456_789, HOP_1H_5M)) == 12
+
+
+def test_pane_size_is_gcd() -> None:
+    assert pane_size_ms(parse_windows("1m,5m,1h", "1h/5m")) == M
+    assert pane_size_ms((WindowSpec(10 * M, 10 * M), WindowSpec(H, 15 * M))) == 5 * M
+
+
+def cfg(specs: tuple[WindowSpec, ...] = (TUMBLE_1M,), grace_ms: int = 0,
+        horizon_ms: int = H) -> WindowConfig:
+    return WindowConfig(specs=specs, grace_ms=grace_ms, revision_horizon_ms=horizon_ms)
+
+
+def msg(message_id: int, t: int, user: int = 1, sentiment: str | None = None,
+        kind: MentionKind = MentionKind.MESSAGE, symbol: str = "AAPL") -> Mention:
+    return Mention(kind, symbol, message_id, t, user, sentiment)
+
+
+def test_tumbling_window_counts_users_and_labels() -> None:
+    state, c = SymbolState(), cfg()
+    for m in [msg(1, 1_000, 7, "Bullish"), msg(2, 2_000, 7, "Bearish"), msg(3, 59_999, 8),
+              msg(4, 60_000, 9)]:
+        assert add_mention(state, m, -1, c).counted
+    closed = close_windows(state, "AAPL", M, c)
+    assert len(closed) == 1
+    r = closed[0].result
+    assert (r.start_ms, r.end_ms, r.message_count, r.distinct_users) == (0, M, 3, 2)
+    assert (r.bullish, r.bearish, r.unlabelled, r.revision) == (1, 1, 1, 0)
+    assert r.sample_message_ids == (1, 2, 3)
+    # emitted once: closing again at a later watermark brings only the next window
+    again = close_windows(state, "AAPL", 2 * M, c)
+    assert [x.result.start_ms for x in again] == [M]
+
+
+def test_hopping_window_emits_the_whole_window() -> None:
+    c = cfg(specs=(HOP_1H_5M,))
+    state = SymbolState()
+    # one mention per 5-minute step over an hour
+    for i in range(12):
+        add_mention(state, msg(i, i * 5 * M + 1), -1, c)
+    closed = close_windows(state, "AAPL", H, c)
+    full = [x.result for x in closed if x.result.start_ms == 0]
+    assert len(full) == 1 and full[0].message_count == 12
+    # windows that started before 0 and ended by the watermark closed too, each partial
+    assert [x.result.message_count for x in closed] == list(range(1, 13))
+
+
+def test_duplicate_message_counts_once() -> None:
+    state, c = SymbolState(), cfg()
+    assert add_mention(state, msg(1, 10), -1, c).counted
+    assert not add_mention(state, msg(1, 10), -1, c).counted
+    assert close_windows(state, "AAPL", M, c)[0].result.message_count == 1
+
+
+def test_late_beyond_grace_is_reported_not_counted() -> None:
+    state, c = SymbolState(), cfg(grace_ms=5_000)
+    clock = PartitionClock(5_000)
+    clock.observe(100_000)
+    applied = add_mention(state, msg(1, 90_000), clock.watermark_ms, c)
+    assert applied.late and applied.lateness_ms == 5_000 and not applied.counted
+    within = add_mention(state, msg(2, 96_000), clock.watermark_ms, c)
+    assert within.counted and not within.late
+
+
+def test_retraction_before_close_removes_contribution() -> None:
+    state, c = SymbolState(), cfg()
+    add_mention(state, msg(1, 10, 1, "Bullish"), -1, c)
+    add_mention(state, msg(2, 20, 2, "Bearish"), -1, c)
+    applied = add_mention(state, msg(1, 10, 1, "Bullish", MentionKind.RETRACTION), -1, c)
+    assert applied.counted and applied.corrections == ()
+    r = close_windows(state, "AAPL", M, c)[0].result
+    assert (r.message_count, r.bullish, r.bearish, r.distinct_users) == (1, 0, 1, 1)
+
+
+def test_retraction_after_emission_yields_correction_with_next_revision() -> None:
+    state, c = SymbolState(), cfg(specs=(TUMBLE_1M, WindowSpec(5 * M, 5 * M)))
+    add_mention(state, msg(1, 10, 1, "Bullish"), -1, c)
+    add_mention(state, msg(2, 20, 2), -1, c)
+    close_windows(state, "AAPL", 5 * M, c)
+    applied = add_mention(state, msg(1, 10, 1, "Bullish", MentionKind.RETRACTION), 5 * M, c)
+    assert [(x.spec.size_ms, x.revision, x.message_count, x.bullish) for x in applied.corrections] \
+        == [(M, 1, 1, 0), (5 * M, 1, 1, 0)]
+    # a second destroy of the same message changes nothing
+    again = add_mention(state, msg(1, 10, 1, "Bullish", MentionKind.RETRACTION), 5 * M, c)
+    assert again.corrections == () and not again.counted
+
+
+def test_retraction_beyond_revision_horizon_is_late() -> None:
+    state, c = SymbolState(), cfg(horizon_ms=M)
+    add_mention(state, msg(1, 10), -1, c)
+    close_windows(state, "AAPL", 3 * M, c)
+    assert state.panes == {}
+    applied = add_mention(state, msg(1, 10, kind=MentionKind.RETRACTION), 3 * M, c)
+    assert applied.late and applied.corrections == ()
+
+
+def test_retraction_of_unknown_message_is_ignored() -> None:
+    state, c = SymbolState(), cfg()
+    add_mention(state, msg(1, 10), -1, c)
+    applied = add_mention(state, msg(99, 10, kind=MentionKind.RETRACTION), -1, c)
+    assert not applied.counted and not applied.late
+    assert close_windows(state, "AAPL", M, c)[0].result.message_count == 1
+
+
+def test_message_redelivered_after_its_retraction_stays_out() -> None:
+    state, c = SymbolState(), cfg()
+    add_mention(state, msg(1, 10), -1, c)
+    add_mention(state, msg(1, 10, kind=MentionKind.RETRACTION), -1, c)
+    assert not add_mention(state, msg(1, 10), -1, c).counted
+
+
+def test_score_mentions_feed_the_sentiment_mean() -> None:
+    state, c = SymbolState(), cfg()
+    add_mention(state, Mention(MentionKind.SCORE, "AAPL", 1, 10, 1, None, 0.5), -1, c)
+    add_mention(state, Mention(MentionKind.SCORE, "AAPL", 2, 20, 1, None, -0.1), -1, c)
+    add_mention(state, Mention(MentionKind.SCORE, "AAPL", 2, 20, 1, None, -0.1), -1, c)
+    r = close_windows(state, "AAPL", M, c)[0].result
+    rec = r.sentiment_record(emitted_at_ms=0)
+    assert rec["sentiment_score_count"] == 2
+    assert rec["sentiment_score_mean"] == pytest.approx(0.2)
+    assert r.message_count == 0
+
+
+def test_state_round_trips_through_json() -> None:
+    import json
+
+    state, c = SymbolState(), cfg(specs=(TUMBLE_1M, HOP_1H_5M))
+    add_mention(state, msg(1, 10, 3, "Bullish"), -1, c)
+    add_mention(state, Mention(MentionKind.SCORE, "AAPL", 1, 10, 3, None, 0.25), -1, c)
+    close_windows(state, "AAPL", M, c)
+    row = json.loads(json.dumps(state.to_json()))
+    assert SymbolState.from_json(row) == state
+    assert Pane.from_json(Pane().to_json()) == Pane()
+
+
+def test_recovered_watermark_is_max_of_rows() -> None:
+    a = SymbolState(max_event_ms=10_000)
+    b = SymbolState(max_event_ms=5_000, watermark_ms=9_500)
+    assert recovered_watermark([a, b], grace_ms=1_000) == 9_500
+    assert recovered_watermark([a], grace_ms=1_000) == 9_000
+
+
+def test_clock_never_goes_back() -> None:
+    clock = PartitionClock(grace_ms=100)
+    assert clock.observe(1_000)
+    assert not clock.observe(500)
+    assert clock.watermark_ms == 900
+    clock.force(800)
+    assert clock.watermark_ms == 900
