@@ -1,0 +1,85 @@
+"""Broker stopped for ~10 s mid-stream and restarted: no event lost, none duplicated.
+
+Stopping the shared broker would break every other test, so this one starts a private,
+throwaway Kafka through the embedded stack (``embedded/``) and uses the shared registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from embedded.stack import LocalStack, free_ports
+from producers.firehose import STREAM, FirehoseClient, Resume
+from producers.publish import Publisher
+from schemas.admin import ensure_topics
+from schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SOCIAL
+from settings import Settings
+from tests.conftest import consume
+from tests.fakes.stocktwits_server import FakeStocktwits, message_events
+from tests.integration.test_producers_firehose import fake_settings, fast_backoff
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def private_broker(settings: Settings) -> Iterator[tuple[LocalStack, Settings]]:
+    stack = LocalStack(
+        settings.local_home_path, name=f"producers-{os.getpid()}", ports=free_ports()
+    )
+    try:
+        endpoints = stack.up(timeout_s=240)
+        yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
+    finally:
+        stack.destroy()
+
+
+def stop_kafka(stack: LocalStack) -> None:
+    pid = stack._load_state()["kafka_pid"]  # no public "stop the broker only" yet
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while stack.running()["kafka"] and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    assert not stack.running()["kafka"]
+
+
+async def test_broker_down_10s_mid_stream_loses_nothing(
+    private_broker: tuple[LocalStack, Settings],
+) -> None:
+    stack, settings = private_broker
+    total = 3_000
+    fake = FakeStocktwits(events=message_events(total), chunk_delay_s=0.004)
+    url = await fake.start()
+    cfg = fake_settings(settings, url)
+    ensure_topics(cfg, (MESSAGES, LIKES, SOCIAL, CHECKPOINTS, DEAD_LETTER))
+    publisher = Publisher(cfg, "firehose")
+    client = FirehoseClient(
+        cfg, STREAM, publisher, resume=Resume(), backoff=fast_backoff(), max_events=total
+    )
+    run = asyncio.create_task(client.run())
+    try:
+        deadline = time.monotonic() + 60
+        while publisher.delivered < 300 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(stop_kafka, stack)
+        down_at = client.events
+        await asyncio.sleep(10)
+        await asyncio.to_thread(stack.up, 240)
+        await asyncio.wait_for(run, timeout=240)
+    finally:
+        await fake.stop()
+    assert down_at < total - 500, "the stream should still be flowing while the broker is down"
+    assert publisher.failed == 0 and publisher.dead_lettered == 0
+    got = await asyncio.to_thread(consume, cfg, MESSAGES.full_name(cfg), total + 1, 30.0)
+    keys = Counter(m.key() for m in got)
+    assert len(keys) == total and max(keys.values()) == 1
