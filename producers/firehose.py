@@ -224,6 +224,7 @@ class FirehoseClient:
                 if resp.status != 200:
                     return f"HTTP {resp.status}"
                 self.connected = True
+                seen_before = self.events + self.skipped
                 decoder = SseDecoder(MAX_EVENT_BYTES)  # a fresh one: a cut frame is re-sent
                 async for chunk in resp.content.iter_any():
                     metrics.BYTES.labels(self.stream.source).inc(len(chunk))
@@ -231,8 +232,8 @@ class FirehoseClient:
                         self._handle(event)
                         if self._done():
                             return None
-                    if self.events:  # healthy data flow: the next failure starts a fresh backoff
-                        self.backoff.reset()
+                    if self.events + self.skipped > seen_before:
+                        self.backoff.reset()  # events flow again: the next failure starts afresh
                     if self._stop.is_set():
                         return None
                 return "stream ended"
