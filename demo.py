@@ -29,7 +29,7 @@ STOP_TIMEOUT_S = {"producer": 15.0, "worker": 30.0}  # then SIGKILL
 
 
 # synthetic bursts (stream seconds after start): a few symbols spike within the first minutes
-DEMO_BURSTS = ("PLTR@300+180x15", "SOFI@600+120x25", "NIO@900+180x20", "COIN@1200+120x30")
+DEMO_BURSTS = ("PLTR@420+180x15", "SOFI@720+120x25", "NIO@1020+180x20", "COIN@1320+120x30")
 DEMO_SPEED = 4.0  # stream time ×4: 1-minute windows close every 15 s, the first spike in ~2 min
 
 
@@ -45,9 +45,19 @@ def producer_command(
     return ["produce", "synthetic", "--speed", str(speed or DEMO_SPEED), *bursts]
 
 
+# Spike detection as deployed scores 5-minute windows after 12 of them (an hour) of baseline;
+# a demo scores 1-minute windows after 5, unless these variables are set already.
+DEMO_DEFAULTS = {"PULSE_SPIKE_WINDOWS": "1m", "PULSE_SPIKE_WARMUP_WINDOWS": "5"}
+
+
 def child_env(base: dict[str, str], bootstrap: str, registry_url: str) -> dict[str, str]:
     """The children's environment: ours, pointed at the stack the demo started."""
-    return {**base, "PULSE_BOOTSTRAP_SERVERS": bootstrap, "PULSE_SCHEMA_REGISTRY_URL": registry_url}
+    return {
+        **DEMO_DEFAULTS,
+        **base,
+        "PULSE_BOOTSTRAP_SERVERS": bootstrap,
+        "PULSE_SCHEMA_REGISTRY_URL": registry_url,
+    }
 
 
 @dataclass

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from demo import DEMO_BURSTS, DEMO_SPEED, Child, child_env, producer_command, spawn
-from settings import Settings
+from demo import DEMO_BURSTS, DEMO_DEFAULTS, DEMO_SPEED, Child, child_env, producer_command, spawn
+from settings import PREFIX, Settings
 
 SYNTHETIC = ["produce", "synthetic", "--speed", "4.0"]
 
@@ -40,13 +41,15 @@ def test_demo_bursts_parse_and_start_within_minutes_of_demo_time() -> None:
 
     bursts = [Burst.parse(b) for b in DEMO_BURSTS]
     assert {b.symbol for b in bursts} <= set(symbol_names(500))
-    assert min(b.start_s for b in bursts) / DEMO_SPEED <= 120
+    assert min(b.start_s for b in bursts) / DEMO_SPEED <= 120  # wall seconds
 
 
-def test_children_are_pointed_at_the_demo_stack() -> None:
+def test_children_are_pointed_at_the_demo_stack_with_quick_spike_defaults() -> None:
     env = child_env({"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "elsewhere:9092"}, "h:1", "u")
     assert env == {"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "h:1",
-                   "PULSE_SCHEMA_REGISTRY_URL": "u"}  # fmt: skip
+                   "PULSE_SCHEMA_REGISTRY_URL": "u", **DEMO_DEFAULTS}  # fmt: skip
+    assert child_env({"PULSE_SPIKE_WINDOWS": "5m"}, "h", "u")["PULSE_SPIKE_WINDOWS"] == "5m"
+    assert set(DEMO_DEFAULTS) <= {PREFIX + f.name.upper() for f in fields(Settings)}
 
 
 def _alive(pid: int) -> bool:
