@@ -117,3 +117,12 @@ def test_env_example_names_only_settings_fields_and_holds_no_values() -> None:
         assert m.group(1) in FIELDS, m.group(1)
         if "PASSWORD" in m.group(1) or "KEY" in m.group(1) or "TOKEN" in m.group(1):
             assert m.group(2) == "", f"{m.group(1)} must stay empty in the example"
+
+
+def test_worker_state_is_on_a_writable_mount(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        if svc.get("command") == ["worker"]:
+            assert svc["read_only"] is True
+            state_dir = svc["environment"]["PULSE_STATE_DIR"]
+            mounts = [m.split(":")[0] for m in svc["tmpfs"]]
+            assert any(state_dir.startswith(m + "/") for m in mounts), name

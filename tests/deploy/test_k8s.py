@@ -188,6 +188,11 @@ def test_workers_are_a_spread_statefulset_with_a_disruption_budget(rendered: lis
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     services = {s["metadata"]["name"]: s for s in by_kind(rendered, "Service")}
     assert services[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    mounts = {
+        m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    state_dir = effective(rendered, "state_dir")
+    assert any(state_dir.startswith(m + "/") for m in mounts), f"{state_dir} is on no volume"
     rocksdb = effective(rendered, "store") == "rocksdb"
     volumes = {v["name"] for v in sts["spec"]["template"]["spec"].get("volumes", [])}
     claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
