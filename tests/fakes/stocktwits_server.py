@@ -76,6 +76,7 @@ class FakeStocktwits:
     events: list[tuple[int, bytes]] = field(default_factory=list)
     sentiment_events: list[tuple[int, bytes]] = field(default_factory=list)
     fail_503: int = 0
+    require_encoding: str = "gzip"  # what Accept-Encoding must offer, else 406
     drop_every: int | None = None
     drops: int = 0
     keepalive_every: int = 50  # events between keep-alive blank lines
@@ -138,7 +139,7 @@ class FakeStocktwits:
         self.connections += 1
         if not self._basic_ok(request):
             return self._refuse(request, 401, "Unauthorized")
-        if "gzip" not in request.headers.get("Accept-Encoding", ""):
+        if self.require_encoding not in request.headers.get("Accept-Encoding", ""):
             return self._refuse(
                 request,
                 406,

@@ -16,7 +16,14 @@ import aiohttp
 import pytest
 
 from producers.backoff import Backoff
-from producers.firehose import SENTIMENT, SEQ_HEADER, STREAM, FirehoseClient, recover
+from producers.firehose import (
+    SENTIMENT,
+    SEQ_HEADER,
+    STREAM,
+    FatalUpstreamError,
+    FirehoseClient,
+    recover,
+)
 from producers.publish import Publisher
 from schemas.admin import ensure_topics
 from schemas.serde import Serde
@@ -235,11 +242,23 @@ async def test_fake_refuses_without_gzip() -> None:
     fake = FakeStocktwits(events=message_events(1))
     url = await fake.start()
     try:
-        async with aiohttp.ClientSession(auth=aiohttp.BasicAuth("user", "secret")) as http:
+        auth = {"Authorization": aiohttp.encode_basic_auth("user", "secret")}
+        async with aiohttp.ClientSession(headers=auth) as http:
             async with http.get(f"{url}/stream", headers={"Accept-Encoding": "identity"}) as r:
                 assert r.status == 406 and "Accept-Encoding: gzip" in await r.text()
     finally:
         await fake.stop()
+
+
+async def test_406_stops_with_a_gzip_message(settings: Settings) -> None:
+    fake = FakeStocktwits(events=message_events(1), require_encoding="br")  # refuses our gzip
+    url = await fake.start()
+    try:
+        with pytest.raises(FatalUpstreamError, match="requires gzip"):
+            await run_client(fake_settings(settings, url), fake, total=1)
+    finally:
+        await fake.stop()
+    assert fake.connections == 1
 
 
 async def test_kill_and_restart_resumes_without_gap_or_duplicate(settings: Settings) -> None:
