@@ -60,6 +60,10 @@ class PartitionEngine:
     def watermark_ms(self) -> int:
         return self.clock.watermark_ms
 
+    def has_open(self) -> bool:
+        """Some window of this partition is still waiting for its close."""
+        return any(st.earliest_end_ms(self.cfg.specs) is not None for st in self.states.values())
+
     def _schedule(self, symbol: str, state: SymbolState) -> None:
         end = state.earliest_end_ms(self.cfg.specs)
         if end is not None:

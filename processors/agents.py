@@ -1,0 +1,270 @@
+"""Faust I/O of the signal engine: read, delegate to the pure modules, write what they return.
+
+Stage 1 (``fan_out``) reads the raw message and /sentiment topics, de-duplicates by message
+id in the ``seen`` table and sends mentions to the symbol-keyed mentions topic. Stage 2
+(``signals``) keeps one :class:`~processors.engine.PartitionEngine` per mentions partition,
+persists every changed symbol row in the ``symbols`` table and sends the closed windows. The
+idle timer writes a TICK record into a quiet partition, so idle closes are ordinary records
+in the log: a replay after a crash closes the same windows at the same place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from confluent_kafka import Producer
+
+from processors.engine import Outputs, PartitionEngine
+from processors.mentions import (
+    ExpiryQueue,
+    Mention,
+    MentionKind,
+    Seen,
+    on_message_event,
+    on_sentiment_event,
+    rebuild_expiry,
+    tick,
+)
+from processors.windows import SymbolState
+from schemas import deadletter, topics
+from schemas.deadletter import Reason
+
+STAGE1, STAGE2 = "stage1", "stage2"
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwise)
+    """Attach agents, the idle timer, rebalance hooks and web pages to ``p.app``."""
+    from processors.app import symbol_partition
+
+    app: faust.App = p.app
+    s = p.settings
+    m = p.metrics
+    n_symbol = s.symbol_partitions
+    messages_name = p.name(topics.MESSAGES)
+    mentions_name = p.name(topics.MENTIONS)
+    decode_message = p.serde.deserializer(topics.MESSAGES)
+    decode_sentiment = p.serde.deserializer(topics.SENTIMENT_EVENTS)
+    decode_mention = p.serde.deserializer(topics.MENTIONS)
+    encode: dict[str, Callable[[dict[str, Any]], bytes]] = {
+        spec.name: p.serde.serializer(spec)
+        for spec in (topics.MENTIONS, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
+                     topics.LATE_EVENTS, topics.DEAD_LETTER)
+    }
+    mentions_out = p.mentions_topic
+    volume_out = p.out_topics[topics.VOLUME.name]
+    sentiment_out = p.out_topics[topics.SENTIMENT.name]
+    spikes_out = p.out_topics[topics.SPIKES.name]
+    late_out = p.out_topics[topics.LATE_EVENTS.name]
+    dlq_out = p.out_topics[topics.DEAD_LETTER.name]
+    ttl_ms = s.dedup_ttl_s * 1000
+
+    expiry: dict[int, ExpiryQueue] = {}
+    engines: dict[int, PartitionEngine] = {}
+    last_data_offset: dict[int, int] = {}
+    last_input_at: dict[int, float] = {}
+    tick_sent_for: dict[int, int] = {}
+    tick_producer: list[Producer] = []
+    p.extra.update(engines=engines, expiry=expiry)
+
+    async def dead_letter(event: Any, reason: Reason, stage: str, error: BaseException) -> None:
+        msg = event.message
+        record = deadletter.dead_letter(
+            event.value,
+            source=msg.topic,
+            stage=stage,
+            reason=reason,
+            error=f"{type(error).__name__}: {error}",
+            source_topic=msg.topic,
+            source_partition=msg.partition,
+            source_offset=msg.offset,
+        )
+        await dlq_out.send(
+            key=msg.topic.encode(),
+            value=encode[topics.DEAD_LETTER.name](record),
+            headers=deadletter.headers(reason, stage, msg.topic),
+        )
+        m.dead_letters.labels(reason.value).inc()
+
+    def expiry_for(partition: int) -> ExpiryQueue:
+        queue = expiry.get(partition)
+        if queue is None:
+            rows = [
+                (key, Seen.from_json(row))
+                for key, row in p.seen.items()
+                if row.get("partition") == partition
+            ]
+            queue = expiry[partition] = rebuild_expiry(rows, ttl_ms)
+        return queue
+
+    def engine_for(partition: int) -> PartitionEngine:
+        engine = engines.get(partition)
+        if engine is None:
+            states = {
+                symbol: SymbolState.from_json(row)
+                for symbol, row in p.symbols.items()
+                if symbol_partition(symbol, n_symbol) == partition
+            }
+            engine = engines[partition] = PartitionEngine(p.cfg, states)
+        return engine
+
+    @app.agent(p.raw_topic, name="pulse-fan-out")
+    async def fan_out(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            msg = event.message
+            m.events_in.labels(msg.topic).inc()
+            m.lag_ms.labels(STAGE1).set(_now_ms() - msg.timestamp * 1000)
+            is_message = msg.topic == messages_name
+            try:
+                record = (decode_message if is_message else decode_sentiment)(event.value)
+                if record is None:
+                    raise ValueError("empty value")
+            except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
+                await dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+                continue
+            try:
+                key = ("m" if is_message else "s") + str(record["message_id"])
+                row = p.seen.get(key)
+                seen = Seen.from_json(row) if row else None
+                apply = on_message_event if is_message else on_sentiment_event
+                new, mentions = apply(record, seen, msg.partition)
+            except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
+                await dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
+                continue
+            queue = expiry_for(msg.partition)
+            if new is not None:
+                p.seen[key] = new.to_json()
+                queue.add(key, new.seen_ms)
+            elif not mentions:
+                m.duplicates.labels(msg.topic).inc()
+            for mention in mentions:
+                await mentions_out.send(
+                    key=mention.symbol.encode(),
+                    value=encode[topics.MENTIONS.name](mention.to_avro()),
+                    partition=symbol_partition(mention.symbol, n_symbol),
+                )
+                m.mentions.labels(mention.kind.value).inc()
+            horizon = queue.max_seen_ms - ttl_ms
+            for old_key in queue.expired():
+                old = p.seen.get(old_key)
+                if old is not None and old["seen_ms"] < horizon:
+                    del p.seen[old_key]
+                    m.dedup_expired.inc()
+
+    async def publish(out: Outputs, partition: int) -> None:
+        # outputs go to the partition of their symbol, which is the partition being read
+        for rec in out.volumes:
+            await volume_out.send(
+                key=rec["symbol"].encode(), value=encode[topics.VOLUME.name](rec),
+                partition=partition,
+            )
+            m.windows_emitted.labels(str(rec["window_size_ms"])).inc()
+        for rec in out.sentiments:
+            await sentiment_out.send(
+                key=rec["symbol"].encode(), value=encode[topics.SENTIMENT.name](rec),
+                partition=partition,
+            )
+        for rec in out.spikes:
+            await spikes_out.send(
+                key=rec["symbol"].encode(), value=encode[topics.SPIKES.name](rec),
+                partition=partition,
+            )
+            m.spikes.inc()
+        for rec, kind in zip(out.late, out.late_kinds, strict=True):
+            await late_out.send(
+                key=rec["mention"]["symbol"].encode(),
+                value=encode[topics.LATE_EVENTS.name](rec),
+                partition=partition,
+            )
+            m.late_events.labels(kind).inc()
+        if out.corrections:
+            m.corrections.inc(out.corrections)
+
+    @app.agent(p.mentions_topic, name="pulse-signals")
+    async def signals(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            msg = event.message
+            part = msg.partition
+            m.events_in.labels(msg.topic).inc()
+            m.lag_ms.labels(STAGE2).set(_now_ms() - msg.timestamp * 1000)
+            try:
+                mention = Mention.from_avro(decode_mention(event.value))
+            except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
+                await dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+                continue
+            engine = engine_for(part)
+            trigger_ms = int(msg.timestamp * 1000)
+            if mention.kind is MentionKind.TICK:
+                # input resumed after the timer fired: the tick is stale, let the data decide
+                if last_data_offset.get(part, mention.message_id) != mention.message_id:
+                    continue
+                out = engine.on_idle_tick(trigger_ms)
+                log.info("idle tick on partition %d closed %d windows", part, out.closed_windows)
+                if out.closed_windows:
+                    m.idle_closes.inc()
+            else:
+                last_data_offset[part] = msg.offset
+                last_input_at[part] = time.monotonic()
+                out = engine.on_mention(mention, trigger_ms, _now_ms())
+            for symbol in out.changed:
+                p.symbols[symbol] = engine.states[symbol].to_json()
+            await publish(out, part)
+            m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
+
+    @app.timer(interval=max(0.5, s.idle_close_s / 4))
+    async def idle_ticks() -> None:
+        now = time.monotonic()
+        for part, engine in list(engines.items()):
+            last = last_data_offset.get(part)
+            if last is None or tick_sent_for.get(part) == last:
+                continue
+            if now - last_input_at.get(part, now) < s.idle_close_s or not engine.has_open():
+                continue
+            if not tick_producer:
+                # a plain producer: in exactly-once mode a faust send outside an event would
+                # sit in a transaction that only commits with new input
+                tick_producer.append(Producer({**s.kafka_config(), "linger.ms": 0}))
+            tick_sent_for[part] = last
+            tick_producer[0].produce(
+                mentions_name, value=encode[topics.MENTIONS.name](tick(last).to_avro()),
+                partition=part,
+            )
+            tick_producer[0].poll(0)
+            log.info("idle tick sent to %s[%d] after offset %d", mentions_name, part, last)
+
+    @app.on_partitions_revoked.connect
+    async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # rebuilt lazily from the tables, which faust restores before streams resume
+        engines.clear()
+        expiry.clear()
+        last_data_offset.clear()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(m.exposition(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        recovery = getattr(app.tables, "recovery", None)
+        completed = getattr(recovery, "completed", None)
+        ready = (
+            not app.rebalancing
+            and completed is not None
+            and completed.is_set()
+            and bool(app.consumer.assignment())
+        )
+        return web.json({"ready": ready}, status=200 if ready else 503)
+
+    p.extra.update(fan_out=fan_out, signals=signals, idle_ticks=idle_ticks)

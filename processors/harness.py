@@ -1,0 +1,207 @@
+"""Drive a real worker from outside: raw records in, output records out.
+
+Used by the processor integration tests and ``bench/processors_bench.py``; it talks to the
+real broker and registry and runs the worker as a child process (``python -m processors``),
+exactly as ``pulse worker`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from schemas import topics
+from schemas.serde import Serde
+from schemas.topics import TopicSpec
+from settings import PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``PULSE_*`` variables that reproduce ``settings`` in a child process."""
+    return {
+        PREFIX + f.name.upper(): str(getattr(settings, f.name))
+        for f in dataclasses.fields(settings)
+    }
+
+
+class WorkerProcess:
+    """One ``python -m processors`` child with its log in a file."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "processors", "--no-prepare"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no goodbye."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+def message_event(
+    message_id: int,
+    created_at_ms: int,
+    symbols: list[str],
+    user_id: int = 1,
+    sentiment: str | None = None,
+    action: str = "create",
+    body: bool = True,
+    event_time_ms: int | None = None,
+) -> dict[str, Any]:
+    """A MessageEvent (message_event.avsc) as the producers write it."""
+    message = None
+    if body:
+        message = {
+            "id": message_id,
+            "body": " ".join(f"${s}" for s in symbols),
+            "created_at_ms": created_at_ms,
+            "user": {"id": user_id, "username": f"u{user_id}"},
+            "symbols": [{"symbol": s} for s in symbols],
+            "sentiment": sentiment,
+        }
+    return {
+        "action": action,
+        "message_id": message_id,
+        "event_time_ms": created_at_ms if event_time_ms is None else event_time_ms,
+        "origin": "synthetic",
+        "message": message,
+    }
+
+
+def sentiment_event(
+    message_id: int, created_at_ms: int, symbols: list[str], score: float, user_id: int = 1
+) -> dict[str, Any]:
+    """A SentimentEvent (sentiment_event.avsc)."""
+    return {
+        "message_id": message_id,
+        "user_id": user_id,
+        "created_at_ms": created_at_ms,
+        "sentiment_score": score,
+        "symbols": [{"symbol": s} for s in symbols],
+    }
+
+
+class RawWriter:
+    """Avro-encodes raw events and produces them keyed by message id."""
+
+    def __init__(self, settings: Settings, serde: Serde | None = None) -> None:
+        self.settings = settings
+        self.serde = serde or Serde(settings)
+        self.producer = Producer(
+            {**settings.kafka_config(), "enable.idempotence": True, "acks": "all",
+             "linger.ms": 20, "queue.buffering.max.messages": 1_000_000}
+        )
+        self._enc = {
+            spec.name: self.serde.serializer(spec)
+            for spec in (topics.MESSAGES, topics.SENTIMENT_EVENTS)
+        }
+
+    def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
+        self.send_bytes(spec, str(record["message_id"]).encode(), self._enc[spec.name](record))
+
+    def send_bytes(self, spec: TopicSpec, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(spec.full_name(self.settings), value, key)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        left = self.producer.flush(60)
+        if left:
+            raise RuntimeError(f"{left} raw records not delivered")
+
+
+def read_records(
+    settings: Settings,
+    spec: TopicSpec,
+    *,
+    expected: int | None = None,
+    idle_s: float = 5.0,
+    timeout_s: float = 60.0,
+    read_committed: bool = True,
+) -> list[dict[str, Any]]:
+    """Decoded values of ``spec`` from the beginning: stop at ``expected`` records, or when
+    nothing new came for ``idle_s`` seconds, or at ``timeout_s``."""
+    decode = Serde(settings).deserializer(spec)
+    consumer = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
+    consumer.subscribe([spec.full_name(settings)])
+    out: list[dict[str, Any]] = []
+    start = last = time.monotonic()
+    try:
+        while time.monotonic() - start < timeout_s:
+            if expected is not None and len(out) >= expected:
+                break
+            if expected is None and out and time.monotonic() - last > idle_s:
+                break
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append(decode(msg.value()))
+            last = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
