@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+from processors.engine import PartitionEngine
+from processors.mentions import Mention, MentionKind
+from processors.windows import SymbolState, WindowConfig, WindowSpec
+
+M = 60_000
+CFG = WindowConfig(specs=(WindowSpec(M, M),), grace_ms=5_000, revision_horizon_ms=M)
+
+
+def mention(message_id: int, t: int, symbol: str = "AAPL") -> Mention:
+    return Mention(MentionKind.MESSAGE, symbol, message_id, t, message_id, None)
+
+
+def test_watermark_of_one_symbol_closes_windows_of_the_others() -> None:
+    engine = PartitionEngine(CFG)
+    engine.on_mention(mention(1, 1_000, "AAPL"), trigger_ms=11, now_ms=0)
+    engine.on_mention(mention(2, 2_000, "TSLA"), trigger_ms=12, now_ms=0)
+    out = engine.on_mention(mention(3, M + 5_000, "NVDA"), trigger_ms=13, now_ms=0)
+    assert sorted((v["symbol"], v["message_count"]) for v in out.volumes) == [
+        ("AAPL", 1), ("TSLA", 1)]
+    assert {v["emitted_at_ms"] for v in out.volumes} == {13}
+    assert out.changed == {"AAPL", "TSLA", "NVDA"}
+
+
+def test_idle_tick_closes_everything_open_and_later_data_is_late() -> None:
+    engine = PartitionEngine(CFG)
+    engine.on_mention(mention(1, 1_000), 1, 0)
+    engine.on_mention(mention(2, M + 1_000), 2, 0)
+    assert engine.has_open()
+    out = engine.on_idle_tick(trigger_ms=99)
+    assert [v["window_start_ms"] for v in out.volumes] == [0, M]
+    assert not engine.has_open()
+    late = engine.on_mention(mention(3, M + 2_000), 100, 7)
+    assert late.late[0]["lateness_ms"] == 2 * M - (M + 2_000)
+    assert late.late[0]["detected_at_ms"] == 7
+    assert engine.on_idle_tick(101).volumes == []
+
+
+def test_engine_rebuilt_from_table_rows_continues_identically() -> None:
+    live = PartitionEngine(CFG)
+    for i, t in enumerate([1_000, 30_000, M + 1_000, M + 2_000]):
+        live.on_mention(mention(i, t, "AAPL" if i % 2 else "TSLA"), i, 0)
+    rows = {s: json.loads(json.dumps(st.to_json())) for s, st in live.states.items()}
+    restored = PartitionEngine(CFG, {s: SymbolState.from_json(r) for s, r in rows.items()})
+    assert restored.watermark_ms == live.watermark_ms
+    a = live.on_mention(mention(9, 3 * M, "AAPL"), 50, 0)
+    b = restored.on_mention(mention(9, 3 * M, "AAPL"), 50, 0)
+    assert a.volumes == b.volumes and a.volumes
+
+
+def test_correction_goes_out_with_the_retraction() -> None:
+    engine = PartitionEngine(CFG)
+    engine.on_mention(mention(1, 1_000), 1, 0)
+    engine.on_mention(mention(2, 2_000), 2, 0)
+    engine.on_mention(mention(3, M + 6_000), 3, 0)  # closes window 0
+    retraction = Mention(MentionKind.RETRACTION, "AAPL", 1, 1_000, 1, None)
+    out = engine.on_mention(retraction, 4, 0)
+    assert [(v["window_start_ms"], v["message_count"], v["revision"]) for v in out.volumes] == [
+        (0, 1, 1)]
+    assert out.corrections == 1
