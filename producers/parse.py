@@ -106,7 +106,7 @@ def loads(raw: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
 
 
 def _decoded(raw: bytes | str | Any) -> Any:
-    return loads(raw) if isinstance(raw, bytes | bytearray | str) else raw
+    return loads(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
 
 
 def _each(values: list[Any], parse: Callable[[Any], Parsed]) -> tuple[list[Parsed], list[Rejected]]:
@@ -138,7 +138,7 @@ def timestamp_ms(value: Any, field: str = "time") -> int:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         return (dt - _EPOCH) // _MS
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return int(value) if abs(value) >= 1e11 else int(value * 1000)
     raise _invalid(f"{field}: expected a timestamp, got {type(value).__name__}")
 
@@ -165,7 +165,7 @@ def _req_str(obj: Mapping[str, Any], field: str) -> str:
 
 def _req_dict(obj: Mapping[str, Any], field: str) -> Mapping[str, Any]:
     value = obj.get(field)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return value
     if value is None:
         raise _invalid(f"missing required field {field!r}")
@@ -183,7 +183,7 @@ def _opt_int(value: Any) -> int | None:
 
 
 def _opt_float(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         try:
@@ -197,7 +197,7 @@ def _opt_float(value: Any) -> float | None:
 def _opt_str(value: Any) -> str | None:
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return None
 
@@ -207,7 +207,7 @@ def _opt_bool(value: Any) -> bool | None:
 
 
 def _opt_dict(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _opt_list(value: Any) -> list[Any]:
@@ -228,7 +228,7 @@ def _seq_id(value: Any) -> str | None:
 
 def symbol_ref(obj: Any) -> dict[str, Any]:
     """A ``SymbolRef`` from a message's or sentiment event's symbol entry."""
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise _invalid(f"symbol entry: expected an object, got {type(obj).__name__}")
     return {
         "symbol": _req_str(obj, "symbol"),
@@ -260,7 +260,7 @@ def _user(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _conversation(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return None
     return {
         "parent_message_id": _opt_int(value.get("parent_message_id")),
@@ -274,7 +274,7 @@ def _links(value: Any) -> list[dict[str, Any]]:
     out = []
     for link in _opt_list(value):
         # a link without a url carries nothing worth keeping; it is decoration, not identity
-        if isinstance(link, Mapping) and isinstance(link.get("url"), str):
+        if isinstance(link, dict) and isinstance(link.get("url"), str):
             out.append(
                 {
                     "url": link["url"],
@@ -287,7 +287,7 @@ def _links(value: Any) -> list[dict[str, Any]]:
 
 
 def _source(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return None
     return {
         "id": _opt_int(value.get("id")),
@@ -300,13 +300,13 @@ def _prices(value: Any) -> list[dict[str, Any]]:
     return [
         {"symbol": p["symbol"], "price": _opt_str(p.get("price"))}
         for p in _opt_list(value)
-        if isinstance(p, Mapping) and isinstance(p.get("symbol"), str)
+        if isinstance(p, dict) and isinstance(p.get("symbol"), str)
     ]
 
 
 def message(data: Any) -> dict[str, Any]:
     """A ``Message`` record from a Stocktwits message object (Firehose ``data`` or REST item)."""
-    if not isinstance(data, Mapping):
+    if not isinstance(data, dict):
         raise _invalid(f"message: expected an object, got {type(data).__name__}")
     entities = _opt_dict(data.get("entities"))
     basic = _opt_dict(entities.get("sentiment")).get("basic")  # entities.sentiment may be null
@@ -353,7 +353,7 @@ def message_event(
     if action not in ACTIONS:
         raise _invalid(f"action: expected create or destroy, got {action!r}")
     if action == "destroy":
-        if not isinstance(data, Mapping):
+        if not isinstance(data, dict):
             raise _invalid(f"message: expected an object, got {type(data).__name__}")
         message_id = _req_int(data, "id")
         try:
@@ -428,7 +428,7 @@ def firehose_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
     Friendship / Block → stocktwits.social.
     """
     env = _decoded(raw)
-    if not isinstance(env, Mapping):
+    if not isinstance(env, dict):
         raise _invalid(f"envelope: expected an object, got {type(env).__name__}")
     kind = env.get("object")
     if kind not in FIREHOSE_OBJECTS:
@@ -457,7 +457,7 @@ def seq_id_of(raw: bytes | str | Mapping[str, Any]) -> str | None:
         obj = _decoded(raw)
     except ParseError:
         return None
-    return _seq_id(obj.get("seq_id")) if isinstance(obj, Mapping) else None
+    return _seq_id(obj.get("seq_id")) if isinstance(obj, dict) else None
 
 
 # --- Firehose /sentiment --------------------------------------------------------------------
@@ -467,15 +467,15 @@ def sentiment_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
     """One ``/sentiment`` item → ``SentimentEvent`` on stocktwits.sentiment, keyed by message id."""
     obj = _decoded(raw)
     if (
-        isinstance(obj, Mapping)
+        isinstance(obj, dict)
         and "message_id" not in obj
-        and isinstance(obj.get("data"), Mapping)
+        and isinstance(obj.get("data"), dict)
     ):
         obj = {"seq_id": obj.get("seq_id"), **obj["data"]}  # tolerate an enveloped variant
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise _invalid(f"sentiment event: expected an object, got {type(obj).__name__}")
     score = obj.get("sentiment_score")
-    if isinstance(score, bool) or not isinstance(score, int | float):
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
         raise _invalid(f"sentiment_score: expected a number, got {type(score).__name__}")
     if not -1.0 <= score <= 1.0:  # also rejects NaN
         raise _invalid(f"sentiment_score {score!r} outside [-1, 1]")
@@ -498,7 +498,7 @@ def sentiment_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
 
 
 def _market_index(obj: Any) -> dict[str, Any]:
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise _invalid(f"market index: expected an object, got {type(obj).__name__}")
     return {
         "symbol": _req_str(obj, "symbol"),
@@ -522,9 +522,9 @@ def trending_page(
     → one ``TrendingSymbol`` per row, keyed by symbol, each carrying the page's market indexes.
     """
     obj = _decoded(raw)
-    if isinstance(obj, Mapping) and isinstance(obj.get("data"), Mapping):
+    if isinstance(obj, dict) and isinstance(obj.get("data"), dict):
         obj = obj["data"]
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise _invalid(f"trending page: expected an object, got {type(obj).__name__}")
     rows = obj.get("trending_symbols")
     if not isinstance(rows, list):
@@ -532,7 +532,7 @@ def trending_page(
     indexes = [_market_index(m) for m in _opt_list(obj.get("market_indexes"))]
 
     def parse_row(row: Any) -> Parsed:
-        if not isinstance(row, Mapping):
+        if not isinstance(row, dict):
             raise _invalid(f"trending row: expected an object, got {type(row).__name__}")
         symbol = _req_str(row, "symbol")
         record = {
@@ -577,13 +577,13 @@ def chart_points(
     oldest first, keyed ``symbol|zoom|time_ms``.
     """
     obj = _decoded(raw)
-    data = obj.get("data") if isinstance(obj, Mapping) else None
-    if not isinstance(data, Mapping):
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, dict):
         raise _invalid("chart: missing data object")
 
     def parse_point(entry: tuple[str, Any]) -> Parsed:
         when, point = entry
-        if not isinstance(point, Mapping):
+        if not isinstance(point, dict):
             raise _invalid(f"chart point {when!r}: expected an object")
         time_ms = timestamp_ms(point.get("dateTime", when), "dateTime")
         record = {
@@ -613,7 +613,7 @@ def rest_stream(raw: bytes | str | Any, *, origin: str = "rest") -> RestPage:
     obj = _decoded(raw)
     if isinstance(obj, list):
         messages, cursor = obj, {}
-    elif isinstance(obj, Mapping) and isinstance(obj.get("messages"), list):
+    elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
         messages, cursor = obj["messages"], _opt_dict(obj.get("cursor"))
     else:
         raise _invalid("REST stream: expected {'messages': [...]} or a list of messages")
