@@ -466,11 +466,7 @@ def seq_id_of(raw: bytes | str | Mapping[str, Any]) -> str | None:
 def sentiment_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
     """One ``/sentiment`` item → ``SentimentEvent`` on stocktwits.sentiment, keyed by message id."""
     obj = _decoded(raw)
-    if (
-        isinstance(obj, dict)
-        and "message_id" not in obj
-        and isinstance(obj.get("data"), dict)
-    ):
+    if isinstance(obj, dict) and "message_id" not in obj and isinstance(obj.get("data"), dict):
         obj = {"seq_id": obj.get("seq_id"), **obj["data"]}  # tolerate an enveloped variant
     if not isinstance(obj, dict):
         raise _invalid(f"sentiment event: expected an object, got {type(obj).__name__}")
