@@ -170,14 +170,14 @@ def main(settings: Settings, argv: list[str]) -> int:
             from embedded.stack import LocalStack, StackError
 
             stack = LocalStack.from_settings(settings, name=args.instance)
-            was_running = all(stack.running().values())
+            # decided before up(): a start that fails half-way must not leave a JVM behind
+            stop_stack = not args.keep_stack and not any(stack.running().values())
             console.print(f"starting embedded Kafka + registry (instance {args.instance})…")
             try:
                 endpoints = stack.up()
             except StackError as exc:
                 console.print(f"[red]pulse demo: {exc}[/]")
                 return 1
-            stop_stack = not args.keep_stack and not was_running
             settings = settings.replace(
                 bootstrap_servers=endpoints.bootstrap_servers,
                 schema_registry_url=endpoints.schema_registry_url,
