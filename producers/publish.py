@@ -8,6 +8,7 @@ bytes we had and a :class:`~schemas.deadletter.Reason` — nothing is dropped si
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -119,7 +120,7 @@ class Publisher:
         self.produced = self.delivered = self.failed = self.dead_lettered = 0
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._topics: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._deferred: list[Callable[[], None]] = []
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -183,13 +184,17 @@ class Publisher:
         on_delivered: Delivered | None = None,
     ) -> None:
         """Produce pre-encoded bytes; waits (serving callbacks) while the local queue is full."""
-        callback = self._on_delivery if on_delivered is None else self._with_callback(on_delivered)
+        callback = (
+            self._on_delivery
+            if on_delivered is None and headers is None
+            else functools.partial(self._on_delivery, done=on_delivered, headers=headers)
+        )
         while True:
             try:
                 self.producer.produce(topic, value, key, headers=headers, on_delivery=callback)
                 break
             except BufferError:
-                self.producer.poll(0.05)  # queue full: let deliveries drain it
+                self._poll(0.05)  # queue full: let deliveries drain it
             except ck.KafkaException as exc:  # refused before queueing, e.g. too large
                 if topic == self.topic(DEAD_LETTER):
                     log.error("dead letter refused by the client: %s", exc)
@@ -213,7 +218,7 @@ class Publisher:
                 )
                 return
         self.produced += 1
-        self.producer.poll(0)
+        self._poll(0)
 
     def reject(
         self,
@@ -275,36 +280,61 @@ class Publisher:
 
     # --- delivery ---------------------------------------------------------------------------
 
-    def _with_callback(self, done: Delivered) -> Callable[[ck.KafkaError | None, ck.Message], None]:
-        def on_delivery(err: ck.KafkaError | None, msg: ck.Message) -> None:
-            if self._on_delivery(err, msg):
-                done()
-
-        return on_delivery
-
-    def _on_delivery(self, err: ck.KafkaError | None, msg: ck.Message) -> bool:
-        """Count the outcome; a failed record is dead-lettered. True when the record is settled."""
+    def _on_delivery(
+        self,
+        err: ck.KafkaError | None,
+        msg: ck.Message,
+        done: Delivered | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Count the outcome; a failed record is dead-lettered, and ``done`` then waits for
+        its dead letter, so a Firehose checkpoint never passes an event that is nowhere."""
         topic = msg.topic() or "?"
         if err is None:
             self.delivered += 1
             metrics.EVENTS.labels(self.source, topic).inc()
-            return True
+            if done is not None:
+                done()
+            return
         self.failed += 1
         metrics.DELIVERY_ERRORS.labels(self.source, topic).inc()
         log.error("delivery to %s failed: %s", topic, err)
         if topic == self.topic(DEAD_LETTER):
-            return False  # a dead letter that cannot be delivered: counted and logged, no loop
-        self.dead_letter(
-            msg.value(), Reason.DELIVERY_FAILED, str(err), stage="publish", source_topic=topic
+            return  # a dead letter that cannot be delivered: counted and logged, no loop
+        # librdkafka forbids producing from inside its callback: write the dead letter after
+        # the poll() or flush() that delivered this report returns
+        value = msg.value()
+        self._deferred.append(
+            lambda: self.dead_letter(
+                value,
+                Reason.DELIVERY_FAILED,
+                str(err),
+                stage="publish",
+                source_topic=topic,
+                on_delivered=done,
+                headers=headers,
+            )
         )
-        return False
+
+    def _drain_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
+
+    def _poll(self, timeout_s: float) -> None:
+        self.producer.poll(timeout_s)
+        if self._deferred:
+            self._drain_deferred()
 
     def poll(self, timeout_s: float = 0.0) -> None:
-        self.producer.poll(timeout_s)
+        self._poll(timeout_s)
 
     def flush(self, timeout_s: float = 60.0) -> int:
         """Wait for every outstanding record; returns how many are still not settled."""
+        deadline = time.monotonic() + timeout_s
         left = self.producer.flush(timeout_s)
+        while self._deferred:  # dead letters of failed records, then wait for them too
+            self._drain_deferred()
+            left = self.producer.flush(max(0.0, deadline - time.monotonic()))
         if left:
             log.error("%d record(s) still unacknowledged after %.0fs", left, timeout_s)
         return int(left)
