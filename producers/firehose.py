@@ -155,7 +155,7 @@ class FirehoseClient:
         self.events = self.skipped = self.reconnects = 0
         self.connected = False
         self.fatal: str | None = None
-        self.last_event_monotonic = time.monotonic()
+        self.last_event_monotonic = self.last_byte_monotonic = time.monotonic()
         self._written_checkpoint: str | None = self.resume.seq_id
         self._stop = asyncio.Event()
 
@@ -227,6 +227,7 @@ class FirehoseClient:
                 seen_before = self.events + self.skipped
                 decoder = SseDecoder(MAX_EVENT_BYTES)  # a fresh one: a cut frame is re-sent
                 async for chunk in resp.content.iter_any():
+                    self.last_byte_monotonic = time.monotonic()  # keep-alives count as life
                     metrics.BYTES.labels(self.stream.source).inc(len(chunk))
                     for event in decoder.feed(chunk):
                         self._handle(event)
@@ -317,7 +318,7 @@ class FirehoseClient:
             metrics.LAST_SEQ.labels(self.stream.source).set(float(seq))
 
     def health(self) -> dict[str, Any]:
-        idle = time.monotonic() - self.last_event_monotonic
+        idle = time.monotonic() - self.last_byte_monotonic
         return {
             "healthy": self.fatal is None
             and (self.connected or self.backoff.attempt < 8)
@@ -329,7 +330,8 @@ class FirehoseClient:
             "reconnects": self.reconnects,
             "seq_id": self.position,
             "checkpoint_seq_id": self.tracker.committed,
-            "seconds_since_last_event": round(idle, 1),
+            "seconds_since_last_byte": round(idle, 1),
+            "seconds_since_last_event": round(time.monotonic() - self.last_event_monotonic, 1),
             "fatal": self.fatal,
             **self.publisher.stats(),
         }
