@@ -52,6 +52,8 @@ from settings import Settings
 log = logging.getLogger(__name__)
 
 SEQ_HEADER = "firehose.seq_id"
+STREAM_HEADER = "firehose.stream"  # /stream and /sentiment seq_ids are separate sequences
+RESUME_LIMIT_MS = 24 * 3_600_000  # upstream keeps resume positions this long
 SCAN_SLACK_MS = 60_000  # clock skew allowed between checkpoint time and Kafka record timestamps
 
 
@@ -110,17 +112,27 @@ def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> R
             if wanted:
                 scan += offsets_at(consumer, wanted)
         for msg in read_to_end(consumer, scan):
-            for name, value in msg.headers() or ():
-                if name == SEQ_HEADER and value:
-                    seq = value.decode()
-                    if seq_after(seq, resume.seq_id):
-                        resume.already_written.add(seq)
+            headers = dict(msg.headers() or ())
+            seq = headers.get(SEQ_HEADER)
+            if seq and headers.get(STREAM_HEADER) == stream.path.encode():
+                if seq_after(seq.decode(), resume.seq_id):
+                    resume.already_written.add(seq.decode())
+        age_ms = now_ms() - resume.produced_ms
         log.info(
-            "resuming /%s after seq_id %s; %d later event(s) already in Kafka",
+            "resuming /%s after seq_id %s (checkpoint %.1f h old); %d later event(s) already "
+            "in Kafka",
             stream.path,
             resume.seq_id,
+            age_ms / 3_600_000,
             len(resume.already_written),
         )
+        if age_ms > RESUME_LIMIT_MS:
+            log.warning(
+                "/%s: the checkpoint is older than the Firehose's 24 h resume window; upstream "
+                "will continue from the live edge and the events in between are lost here — "
+                "backfill them with `pulse produce rest` or a replay (see docs/producers.md)",
+                stream.path,
+            )
         return resume
     finally:
         consumer.close()
@@ -158,6 +170,7 @@ class FirehoseClient:
         self.last_event_monotonic = self.last_byte_monotonic = time.monotonic()
         self._written_checkpoint: str | None = self.resume.seq_id
         self._stop = asyncio.Event()
+        self._path = stream.path.encode()
 
     def stop(self) -> None:
         self._stop.set()
@@ -267,7 +280,7 @@ class FirehoseClient:
                 self.position = seq
                 return
         done = self._track(seq)
-        headers = [(SEQ_HEADER, seq.encode())] if seq else None
+        headers = [(SEQ_HEADER, seq.encode()), (STREAM_HEADER, self._path)] if seq else None
         self.events += 1
         if event.truncated:
             self.publisher.dead_letter(

@@ -297,3 +297,4 @@ async def test_kill_and_restart_resumes_without_gap_or_duplicate(settings: Setti
     assert max(keys.values()) == 1, "duplicate after restart"
     resumed = [r.query.get("seq_id") for r in fake.requests if r.status == 200]
     assert resumed[0] is None and resumed[1] == before.seq_id
+    assert f"resuming /stream after seq_id {before.seq_id}".encode() in err
