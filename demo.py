@@ -50,13 +50,26 @@ def producer_command(
 DEMO_DEFAULTS = {"PULSE_SPIKE_WINDOWS": "1m", "PULSE_SPIKE_WARMUP_WINDOWS": "5"}
 
 
-def child_env(base: dict[str, str], bootstrap: str, registry_url: str) -> dict[str, str]:
-    """The children's environment: ours, pointed at the stack the demo started."""
+def demo_settings(settings: Settings, stamp: str) -> Settings:
+    """Topics and consumer group of this run alone, unless a topic prefix is configured.
+
+    Each demo's synthetic stream starts at "now": on the topics of an earlier run its
+    messages would be late for windows that run already closed.
+    """
+    if settings.topic_prefix:
+        return settings
+    return settings.replace(topic_prefix=f"demo-{stamp}.", app_id=f"{settings.app_id}-demo-{stamp}")
+
+
+def child_env(base: dict[str, str], settings: Settings) -> dict[str, str]:
+    """The children's environment: ours, pointed at the demo's stack, topics and group."""
     return {
         **DEMO_DEFAULTS,
         **base,
-        "PULSE_BOOTSTRAP_SERVERS": bootstrap,
-        "PULSE_SCHEMA_REGISTRY_URL": registry_url,
+        "PULSE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "PULSE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "PULSE_TOPIC_PREFIX": settings.topic_prefix,
+        "PULSE_APP_ID": settings.app_id,
     }
 
 
@@ -184,12 +197,13 @@ def main(settings: Settings, argv: list[str]) -> int:
             )
         from schemas.admin import ensure_topics
 
+        settings = demo_settings(settings, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
         created = ensure_topics(settings)
         console.print(
             f"Kafka {settings.bootstrap_servers} · registry {settings.schema_registry_url}"
-            f" · {len(created)} topic(s) created"
+            f" · topics {settings.topic('*')}: {len(created)} created"
         )
-        env = child_env(dict(os.environ), settings.bootstrap_servers, settings.schema_registry_url)
+        env = child_env(dict(os.environ), settings)
         log_dir = settings.local_home_path / "demo-logs"
         children.append(spawn("worker", ["worker"], env, log_dir))
         produce = producer_command(settings, args.replay, args.speed)

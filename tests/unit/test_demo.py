@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from demo import DEMO_BURSTS, DEMO_DEFAULTS, DEMO_SPEED, Child, child_env, producer_command, spawn
+from demo import (
+    DEMO_BURSTS,
+    DEMO_DEFAULTS,
+    DEMO_SPEED,
+    Child,
+    child_env,
+    demo_settings,
+    producer_command,
+    spawn,
+)
 from settings import PREFIX, Settings
 
 SYNTHETIC = ["produce", "synthetic", "--speed", "4.0"]
@@ -45,11 +54,23 @@ def test_demo_bursts_parse_and_start_within_minutes_of_demo_time() -> None:
 
 
 def test_children_are_pointed_at_the_demo_stack_with_quick_spike_defaults() -> None:
-    env = child_env({"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "elsewhere:9092"}, "h:1", "u")
+    s = Settings(bootstrap_servers="h:1", schema_registry_url="u", topic_prefix="p.", app_id="a")
+    env = child_env({"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "elsewhere:9092"}, s)
     assert env == {"PATH": "/bin", "PULSE_BOOTSTRAP_SERVERS": "h:1",
-                   "PULSE_SCHEMA_REGISTRY_URL": "u", **DEMO_DEFAULTS}  # fmt: skip
-    assert child_env({"PULSE_SPIKE_WINDOWS": "5m"}, "h", "u")["PULSE_SPIKE_WINDOWS"] == "5m"
+                   "PULSE_SCHEMA_REGISTRY_URL": "u", "PULSE_TOPIC_PREFIX": "p.",
+                   "PULSE_APP_ID": "a", **DEMO_DEFAULTS}  # fmt: skip
+    assert child_env({"PULSE_SPIKE_WINDOWS": "5m"}, s)["PULSE_SPIKE_WINDOWS"] == "5m"
     assert set(DEMO_DEFAULTS) <= {PREFIX + f.name.upper() for f in fields(Settings)}
+
+
+def test_each_demo_run_gets_its_own_topics_and_group_unless_a_prefix_is_set() -> None:
+    s = demo_settings(Settings(), "20261122-024500")
+    assert (s.topic_prefix, s.app_id) == (
+        "demo-20261122-024500.",
+        "stocktwits-pulse-demo-20261122-024500",
+    )
+    mine = Settings(topic_prefix="me.")
+    assert demo_settings(mine, "x") == mine
 
 
 def _alive(pid: int) -> bool:
