@@ -121,6 +121,7 @@ class Publisher:
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._topics: dict[str, str] = {}
         self._deferred: list[Callable[[], None]] = []
+        self._event_counters: dict[str, Any] = {}
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -292,7 +293,10 @@ class Publisher:
         topic = msg.topic() or "?"
         if err is None:
             self.delivered += 1
-            metrics.EVENTS.labels(self.source, topic).inc()
+            counter = self._event_counters.get(topic)
+            if counter is None:  # labels() locks and hashes: once per topic, not per record
+                counter = self._event_counters[topic] = metrics.EVENTS.labels(self.source, topic)
+            counter.inc()
             if done is not None:
                 done()
             return
