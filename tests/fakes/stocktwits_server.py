@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class FakeStocktwits:
     # REST: stream path (e.g. "symbol/ETH.X", "trending") → queued responses
     rest: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rest_429: int = 0
-    rest_remaining: int = 200
+    rest_remaining: int = 1_000_000  # requests left this hour (upstream: 200 or 400)
     requests: list[Recorded] = field(default_factory=list)
     connections: int = 0
 
@@ -231,7 +232,7 @@ class FakeStocktwits:
     # --- REST v2 ----------------------------------------------------------------------------
 
     async def _rest(self, request: web.Request) -> web.Response:
-        now = int(asyncio.get_running_loop().time())
+        now = int(time.time())
         limits = {"X-RateLimit-Limit": "200", "X-RateLimit-Reset": str(now + 3600)}
         if (
             self.bearer is not None

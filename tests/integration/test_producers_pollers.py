@@ -215,3 +215,29 @@ async def test_rest_pages_back_when_more_than_a_page_is_new(
     assert publisher.flush(30) == 0
     got = decoded(cfg, MESSAGES, 111, timeout_s=5)
     assert sorted(int(k) for k, _ in got) == list(range(91, 101)) + list(range(101, 201))
+
+
+async def test_rest_throttles_from_rate_limit_headers(
+    settings: Settings, fake: FakeStocktwits, session: aiohttp.ClientSession
+) -> None:
+    cfg = poller_settings(settings, fake.url)
+    fake.rest = {"all": [{"messages": [message(1)]}]}
+    fake.rest_remaining = 3
+    poller = RestPoller(
+        cfg, Publisher(cfg, "rest"), http(session, "rest"), ["all"], min_interval_s=2.0
+    )
+    assert await poller.poll_stream("all") == 1
+    # 2 requests left for the hour: spread them, one every ~30 min
+    assert 1700 < poller.pause_s() <= 1800
+    fake.rest_remaining = 100_000
+    await poller.poll_stream("all")
+    assert poller.pause_s() == 2.0  # plenty left: the floor applies
+
+
+async def test_chart_bad_credentials_are_fatal(
+    settings: Settings, fake: FakeStocktwits, session: aiohttp.ClientSession
+) -> None:
+    cfg = poller_settings(settings, fake.url).replace(firehose_password="nope")
+    poller = ChartPoller(cfg, Publisher(cfg, "chart"), http(session, "chart"), ["AAPL"], "1D")
+    with pytest.raises(FatalUpstreamError, match="401"):
+        await poller.poll_once()
