@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from consumers.records import jsonable
@@ -126,6 +126,10 @@ class Delivery:
     error: str = ""
 
 
+def _where(msg: Message) -> str:
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+
 class Stopped(Exception):
     """Shutdown was asked for while a delivery waited to retry; do not commit."""
 
@@ -218,8 +222,15 @@ class AlertConsumer:
                         await self.handle(msg, session, sleep)
                     except Stopped:
                         break  # uncommitted: redelivered to whoever takes the partition
-                    await asyncio.to_thread(self.consumer.commit, message=msg, asynchronous=False)
-                    COMMITTED.set_to_current_time()
+                    try:
+                        await asyncio.to_thread(
+                            self.consumer.commit, message=msg, asynchronous=False
+                        )
+                        COMMITTED.set_to_current_time()
+                    except KafkaException as exc:
+                        # the partition moved during delivery (rebalance): its new owner
+                        # redelivers from the last commit, so this spike is sent again
+                        log.warning("commit of %s failed: %s", _where(msg), exc)
         finally:
             self.producer.flush(30)
             self.consumer.close()
