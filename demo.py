@@ -225,6 +225,8 @@ def main(settings: Settings, argv: list[str]) -> int:
         pass
     finally:
         stop.set()
+        # a second Ctrl-C must not cut the clean-up short and leave a JVM or a child behind
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in reversed(children):  # producer first: the worker drains what it sent
             rc = child.stop(STOP_TIMEOUT_S[child.name])
             console.print(f"stopped {child.name} ({rc})")
@@ -236,6 +238,7 @@ def main(settings: Settings, argv: list[str]) -> int:
                 f"Kafka + registry still running: pulse local down --instance {args.instance}"
             )
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     return code
 
 
