@@ -143,6 +143,7 @@ class LocalStack:
         self.dir = self.home / "instances" / name
         self.kafka_home = self.home / f"kafka-{KAFKA_VERSION}"
         self.registry_home = self.home / f"apicurio-registry-{APICURIO_VERSION}"
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
         saved = self._load_state().get("ports")
         self.ports = ports or (Ports(**saved) if saved else None)
 
@@ -214,7 +215,9 @@ class LocalStack:
     def _save_state(self, **changes: object) -> None:
         state = {**self._load_state(), **changes}
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._state_file.write_text(json.dumps(state, indent=2))
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self._state_file)  # atomic: a concurrent `status` never reads half a file
 
     @property
     def endpoints(self) -> Endpoints:
@@ -332,7 +335,9 @@ class LocalStack:
                 "kafka storage format", kafka_log,
             )  # fmt: skip
         pid = self._spawn(
-            [*self._java("1g"), log4j, "-cp", classpath, "kafka.Kafka", str(props)], kafka_log
+            "kafka_pid",
+            [*self._java("1g"), log4j, "-cp", classpath, "kafka.Kafka", str(props)],
+            kafka_log,
         )
         self._save_state(kafka_pid=pid)
         print(f"Kafka {KAFKA_VERSION} starting on 127.0.0.1:{self.ports.kafka} (log: {kafka_log})")  # type: ignore[union-attr]
@@ -380,7 +385,7 @@ class LocalStack:
             "-jar",
             str(self.registry_home / "quarkus-run.jar"),
         ]
-        pid = self._spawn(cmd, reg_log, cwd=self.registry_home)
+        pid = self._spawn("registry_pid", cmd, reg_log, cwd=self.registry_home)
         self._save_state(registry_pid=pid)
         where = f"127.0.0.1:{self.ports.registry}"
         print(f"Apicurio Registry {APICURIO_VERSION} starting on {where} (log: {reg_log})")
@@ -402,18 +407,22 @@ class LocalStack:
             time.sleep(0.5)
 
     # --- helpers --------------------------------------------------------------------------
-    def _spawn(self, cmd: list[str], log_file: Path, cwd: Path | None = None) -> int:
+    def _spawn(self, key: str, cmd: list[str], log_file: Path, cwd: Path | None = None) -> int:
         out = log_file.open("ab")
         # own session: survives the CLI that started it, and can be stopped as a group
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd or self.dir, start_new_session=True
         )
         out.close()
+        self._children[key] = proc
         return proc.pid
 
     def _check_alive(self, key: str, log_file: str) -> None:
-        pid = self._load_state().get(key)
-        if not _alive(pid, str(self.dir)):
+        child = self._children.get(key)
+        pid = child.pid if child else self._load_state().get(key)
+        # our own child: ask the kernel, not /proc (which can lag a fresh exec)
+        alive = child.poll() is None if child else _alive(pid, str(self.dir))
+        if not alive:
             _reap(pid)
             tail = _tail(Path(log_file))
             raise StackError(f"{key.split('_')[0]} exited during start-up; see {log_file}\n{tail}")
