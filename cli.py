@@ -18,6 +18,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "worker": ("processors.app", "main", "run the Faust worker that computes the signals"),
     "tail": ("consumers.tail", "main", "print a topic decoded to JSON lines"),
     "alerts": ("consumers.alerts", "main", "POST every spike to webhooks"),
+    "board": ("consumers.board", "main", "live terminal board of the output topics"),
     "demo": ("demo", "main", "the whole pipeline locally, with a live view"),
 }  # fmt: skip
 
