@@ -264,7 +264,7 @@ async def test_406_stops_with_a_gzip_message(settings: Settings) -> None:
 
 async def test_kill_and_restart_resumes_without_gap_or_duplicate(settings: Settings) -> None:
     total = 6_000
-    fake = FakeStocktwits(events=message_events(total), chunk_delay_s=0.0004)
+    fake = FakeStocktwits(events=message_events(total), chunk_delay_s=0.0015)
     url = await fake.start()
     cfg = fake_settings(settings, url)
     env = producer_env(cfg, url)
@@ -276,15 +276,15 @@ async def test_kill_and_restart_resumes_without_gap_or_duplicate(settings: Setti
             await asyncio.sleep(0.5)
             if (
                 len(fake.requests)
-                and len(await asyncio.to_thread(consume, cfg, MESSAGES.full_name(cfg), 1500, 2.0))
-                >= 1500
+                and len(await asyncio.to_thread(consume, cfg, MESSAGES.full_name(cfg), 1000, 2.0))
+                >= 1000
             ):
                 break
         first.send_signal(signal.SIGKILL)
         await first.wait()
         before = await asyncio.to_thread(recover, cfg, STREAM)
         assert before.seq_id is not None
-        assert 1000 <= int(before.seq_id) - 10**20 < total - 1, "killed too late to prove much"
+        assert 500 <= int(before.seq_id) - 10**20 < total - 1, "killed too late to prove much"
         second = await spawn(env)
         await asyncio.to_thread(consume, cfg, MESSAGES.full_name(cfg), total, 45.0)
         second.send_signal(signal.SIGTERM)  # flushes: a duplicate would be on the topic now
