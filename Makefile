@@ -15,8 +15,16 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/pulse demo $(ARGS)
 
+# The live board's page is tested in a real headless browser: Debian's chromium, installed
+# here when missing and we may (root with apt-get); without it that one test is skipped.
+$(BIN)/.browser: | $(BIN)/.installed
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the board's browser test will be skipped"; }
+	touch $@
+
 ## Lint, then every test (unit and integration against a real broker + registry).
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(BIN)/.browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
