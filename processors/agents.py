@@ -34,6 +34,7 @@ from schemas import deadletter, topics
 from schemas.deadletter import Reason
 
 STAGE1, STAGE2 = "stage1", "stage2"
+CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +76,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     tick_producer: list[Producer] = []
     p.extra.update(engines=engines, expiry=expiry)
 
-    async def dead_letter(event: Any, reason: Reason, stage: str, error: BaseException) -> None:
+    def dead_letter(event: Any, reason: Reason, stage: str, error: BaseException) -> None:
         msg = event.message
         record = deadletter.dead_letter(
             event.value,
@@ -87,20 +88,35 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             source_partition=msg.partition,
             source_offset=msg.offset,
         )
-        await dlq_out.send(
+        dlq_out.send_soon(
             key=msg.topic.encode(),
             value=encode[topics.DEAD_LETTER.name](record),
             headers=deadletter.headers(reason, stage, msg.topic),
         )
         m.dead_letters.labels(reason.value).inc()
 
+    def put_row(table: Any, partition: int, key: str, row: dict[str, Any] | None) -> None:
+        """Write a table row and its changelog record to ``partition``.
+
+        Same effect as ``table[key] = row`` without faust's per-key path (eager
+        partitioning, sensors, event lookup), which capped us at a few hundred writes/s.
+        """
+        if row is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = row
+        table.changelog_topic.send_soon(
+            key=key, value=row, partition=partition,
+            key_serializer="json", value_serializer="json",
+        )
+
     def expiry_for(partition: int) -> ExpiryQueue:
         queue = expiry.get(partition)
         if queue is None:
             rows = [
                 (key, Seen.from_json(row))
-                for key, row in p.seen.items()
-                if row.get("partition") == partition
+                for key, row in p.seen.data.items()
+                if row and row.get("partition") == partition
             ]
             queue = expiry[partition] = rebuild_expiry(rows, ttl_ms)
         return queue
@@ -110,8 +126,8 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         if engine is None:
             states = {
                 symbol: SymbolState.from_json(row)
-                for symbol, row in p.symbols.items()
-                if symbol_partition(symbol, n_symbol) == partition
+                for symbol, row in p.symbols.data.items()
+                if row and symbol_partition(symbol, n_symbol) == partition
             }
             engine = engines[partition] = PartitionEngine(p.cfg, states)
         return engine
@@ -128,25 +144,25 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 if record is None:
                     raise ValueError("empty value")
             except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
-                await dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+                dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
                 continue
             try:
                 key = ("m" if is_message else "s") + str(record["message_id"])
-                row = p.seen.get(key)
+                row = p.seen.data.get(key)
                 seen = Seen.from_json(row) if row else None
                 apply = on_message_event if is_message else on_sentiment_event
                 new, mentions = apply(record, seen, msg.partition)
             except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
-                await dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
+                dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
                 continue
             queue = expiry_for(msg.partition)
             if new is not None:
-                p.seen[key] = new.to_json()
+                put_row(p.seen, msg.partition, key, new.to_json())
                 queue.add(key, new.seen_ms)
             elif not mentions:
                 m.duplicates.labels(msg.topic).inc()
             for mention in mentions:
-                await mentions_out.send(
+                mentions_out.send_soon(
                     key=mention.symbol.encode(),
                     value=encode[topics.MENTIONS.name](mention.to_avro()),
                     partition=symbol_partition(mention.symbol, n_symbol),
@@ -154,32 +170,37 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 m.mentions.labels(mention.kind.value).inc()
             horizon = queue.max_seen_ms - ttl_ms
             for old_key in queue.expired():
-                old = p.seen.get(old_key)
+                old = p.seen.data.get(old_key)
                 if old is not None and old["seen_ms"] < horizon:
-                    del p.seen[old_key]
+                    put_row(p.seen, msg.partition, old_key, None)
                     m.dedup_expired.inc()
 
-    async def publish(out: Outputs, partition: int) -> None:
-        # outputs go to the partition of their symbol, which is the partition being read
+    # Sends use send_soon: faust's `await topic.send()` waits for the broker's ack of every
+    # record. send_soon buffers; before committing offsets faust flushes the buffer and the
+    # producer, so at-least-once still holds.
+    def publish(out: Outputs, partition: int) -> None:
+        # outputs go to the partition of their symbol, which is the partition being read;
+        # the close time rides in a header so the value stays identical on a replay
+        closed_at = [(CLOSED_AT_HEADER, str(_now_ms()).encode())]
         for rec in out.volumes:
-            await volume_out.send(
+            volume_out.send_soon(
                 key=rec["symbol"].encode(), value=encode[topics.VOLUME.name](rec),
-                partition=partition,
+                partition=partition, headers=closed_at,
             )
             m.windows_emitted.labels(str(rec["window_size_ms"])).inc()
         for rec in out.sentiments:
-            await sentiment_out.send(
+            sentiment_out.send_soon(
                 key=rec["symbol"].encode(), value=encode[topics.SENTIMENT.name](rec),
                 partition=partition,
             )
         for rec in out.spikes:
-            await spikes_out.send(
+            spikes_out.send_soon(
                 key=rec["symbol"].encode(), value=encode[topics.SPIKES.name](rec),
                 partition=partition,
             )
             m.spikes.inc()
         for rec, kind in zip(out.late, out.late_kinds, strict=True):
-            await late_out.send(
+            late_out.send_soon(
                 key=rec["mention"]["symbol"].encode(),
                 value=encode[topics.LATE_EVENTS.name](rec),
                 partition=partition,
@@ -198,7 +219,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             try:
                 mention = Mention.from_avro(decode_mention(event.value))
             except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
-                await dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+                dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
                 continue
             engine = engine_for(part)
             trigger_ms = int(msg.timestamp * 1000)
@@ -215,8 +236,8 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 last_input_at[part] = time.monotonic()
                 out = engine.on_mention(mention, trigger_ms, _now_ms())
             for symbol in out.changed:
-                p.symbols[symbol] = engine.states[symbol].to_json()
-            await publish(out, part)
+                put_row(p.symbols, part, symbol, engine.states[symbol].to_json())
+            publish(out, part)
             m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
 
     @app.timer(interval=max(0.5, s.idle_close_s / 4))
