@@ -151,7 +151,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 row = p.seen.data.get(key)
                 seen = Seen.from_json(row) if row else None
                 apply = on_message_event if is_message else on_sentiment_event
-                new, mentions = apply(record, seen, msg.partition)
+                new, mentions = apply(record, seen, msg.partition, msg.offset)
             except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
                 dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
                 continue
@@ -227,14 +227,14 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 # input resumed after the timer fired: the tick is stale, let the data decide
                 if last_data_offset.get(part, mention.message_id) != mention.message_id:
                     continue
-                out = engine.on_idle_tick(trigger_ms)
+                out = engine.on_idle_tick(trigger_ms, msg.offset)
                 log.info("idle tick on partition %d closed %d windows", part, out.closed_windows)
                 if out.closed_windows:
                     m.idle_closes.inc()
             else:
                 last_data_offset[part] = msg.offset
                 last_input_at[part] = time.monotonic()
-                out = engine.on_mention(mention, trigger_ms, _now_ms())
+                out = engine.on_mention(mention, trigger_ms, _now_ms(), msg.offset)
             for symbol in out.changed:
                 put_row(p.symbols, part, symbol, engine.states[symbol].to_json())
             publish(out, part)

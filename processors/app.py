@@ -152,10 +152,10 @@ def build(settings: Settings) -> Pipeline:
                          topics.DEAD_LETTER)
         },
         seen=app.Table(
-            "seen", key_type=str, value_type=dict, partitions=settings.raw_partitions
+            "seen", key_type=str, partitions=settings.raw_partitions
         ),
         symbols=app.Table(
-            "symbols", key_type=str, value_type=dict, partitions=settings.symbol_partitions
+            "symbols", key_type=str, partitions=settings.symbol_partitions
         ),
     )
     from processors import agents  # attaches agents, timers and pages to this app

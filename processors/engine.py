@@ -18,10 +18,12 @@ from processors.windows import (
     SymbolState,
     WindowConfig,
     WindowResult,
+    WindowSpec,
     add_mention,
     close_windows,
     recovered_watermark,
     spike_record,
+    window_result,
 )
 
 
@@ -55,6 +57,17 @@ class PartitionEngine:
         self._due: list[tuple[int, str]] = []  # (earliest pending end, symbol), may be stale
         for symbol, state in self.states.items():
             self._schedule(symbol, state)
+        # After a crash the rows can be ahead of the committed input: records up to
+        # `replay_upto` already changed them, but what they emitted may be lost. Such
+        # records only re-emit the windows (and spikes) they closed.
+        self.replay_upto = max((st.last_offset for st in self.states.values()), default=-1)
+        self._replay: dict[int, list[tuple[int, int, int, str, WindowSpec]]] = {}
+        for symbol, state in self.states.items():
+            for spec in cfg.specs:
+                for start, offset in state.emitted_by.get(spec.key, {}).items():
+                    if state.emitted.get(spec.key, {}).get(start) is not None:
+                        entry = (start + spec.size_ms, spec.size_ms, start, symbol, spec)
+                        self._replay.setdefault(offset, []).append(entry)
 
     @property
     def watermark_ms(self) -> int:
@@ -69,16 +82,33 @@ class PartitionEngine:
         if end is not None:
             heapq.heappush(self._due, (end, symbol))
 
-    def on_mention(self, mention: Mention, trigger_ms: int, now_ms: int) -> Outputs:
+    def _replayed(self, offset: int, trigger_ms: int) -> Outputs:
+        out = Outputs()
+        for _, _, start, symbol, spec in sorted(self._replay.pop(offset, []),
+                                                key=lambda e: e[:4]):
+            state = self.states[symbol]
+            revision = state.emitted[spec.key][start]
+            result = window_result(state, symbol, spec, start, revision, self.cfg.pane_ms)
+            out.add_result(result, trigger_ms)
+            spike = state.spikes_sent.get(spec.key, {}).get(start)
+            if spike is not None and revision == 0:
+                out.spikes.append(spike)
+        return out
+
+    def on_mention(
+        self, mention: Mention, trigger_ms: int, now_ms: int, offset: int = -1
+    ) -> Outputs:
         """Apply one data mention, then close whatever the new watermark made final.
 
         :param trigger_ms: Kafka timestamp of the mention; becomes ``emitted_at_ms`` of what
             it closes, so a replay after a crash rebuilds identical records.
         :param now_ms: wall-clock time, only for ``LateMention.detected_at_ms``.
         """
-        out = Outputs()
         if mention.kind is MentionKind.TICK:
             raise ValueError("ticks go to on_idle_tick")
+        if 0 <= offset <= self.replay_upto:
+            return self._replayed(offset, trigger_ms)
+        out = Outputs()
         symbol = mention.symbol
         state = self.states.get(symbol)
         if state is None:
@@ -100,14 +130,22 @@ class PartitionEngine:
         for correction in applied.corrections:
             out.add_result(correction, trigger_ms)
             out.corrections += 1
+            state.emitted_by.setdefault(correction.spec.key, {})[correction.start_ms] = offset
         if state.earliest_end_ms(self.cfg.specs) != before:
             self._schedule(symbol, state)
         if self.clock.observe(mention.created_at_ms):
-            self._close_due(trigger_ms, out)
+            self._close_due(trigger_ms, out, offset)
+        self._stamp(out, offset)
         return out
 
-    def on_idle_tick(self, trigger_ms: int) -> Outputs:
+    def _stamp(self, out: Outputs, offset: int) -> None:
+        for symbol in out.changed:
+            self.states[symbol].last_offset = max(self.states[symbol].last_offset, offset)
+
+    def on_idle_tick(self, trigger_ms: int, offset: int = -1) -> Outputs:
         """Input went quiet: close every open window of the partition now."""
+        if 0 <= offset <= self.replay_upto:
+            return self._replayed(offset, trigger_ms)
         out = Outputs()
         ends = [
             start + spec.size_ms
@@ -117,10 +155,11 @@ class PartitionEngine:
         ]
         if ends:
             self.clock.force(max(ends))
-            self._close_due(trigger_ms, out)
+            self._close_due(trigger_ms, out, offset)
+        self._stamp(out, offset)
         return out
 
-    def _close_due(self, trigger_ms: int, out: Outputs) -> None:
+    def _close_due(self, trigger_ms: int, out: Outputs, offset: int) -> None:
         wm = self.clock.watermark_ms
         while self._due and self._due[0][0] <= wm:
             end, symbol = heapq.heappop(self._due)
@@ -128,12 +167,18 @@ class PartitionEngine:
             if state.earliest_end_ms(self.cfg.specs) != end:
                 continue  # stale entry; the live one is elsewhere in the heap
             for closed in close_windows(state, symbol, wm, self.cfg):
-                self._emit(closed, trigger_ms, out)
+                self._emit(state, closed, trigger_ms, out, offset)
             out.changed.add(symbol)
             self._schedule(symbol, state)
 
-    def _emit(self, closed: Closed, trigger_ms: int, out: Outputs) -> None:
-        out.add_result(closed.result, trigger_ms)
+    def _emit(
+        self, state: SymbolState, closed: Closed, trigger_ms: int, out: Outputs, offset: int
+    ) -> None:
+        result = closed.result
+        out.add_result(result, trigger_ms)
         out.closed_windows += 1
+        state.emitted_by.setdefault(result.spec.key, {})[result.start_ms] = offset
         if closed.verdict is not None and closed.verdict.fired:
-            out.spikes.append(spike_record(closed.result, closed.verdict, trigger_ms))
+            spike = spike_record(result, closed.verdict, trigger_ms)
+            out.spikes.append(spike)
+            state.spikes_sent.setdefault(result.spec.key, {})[result.start_ms] = spike

@@ -68,9 +68,23 @@ class Seen:
     user_id: int | None = None
     sentiment: str | None = None
     destroyed: bool = False
+    score: float | None = None  # /sentiment rows only
+    offset: int = -1  # raw record that last wrote the row: tells a replay from a duplicate
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "symbols": list(self.symbols)}
+
+    def replayed_mentions(self, message_id: int) -> list[Mention]:
+        """The mentions the record that wrote this row published (re-sent on a replay)."""
+        if self.score is not None:
+            kind = MentionKind.SCORE
+        else:
+            kind = MentionKind.RETRACTION if self.destroyed else MentionKind.MESSAGE
+        return [
+            Mention(kind, sym, message_id, self.created_at_ms, self.user_id, self.sentiment,
+                    self.score)
+            for sym in self.symbols
+        ]
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Seen:
@@ -88,14 +102,19 @@ def distinct_symbols(symbols: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def on_message_event(
-    event: dict[str, Any], seen: Seen | None, partition: int
+    event: dict[str, Any], seen: Seen | None, partition: int, offset: int = -1
 ) -> tuple[Seen | None, list[Mention]]:
     """Apply one MessageEvent to what we remember of its id.
 
+    :param offset: the raw record's offset. If the row was written by this very record, we
+        are replaying after a crash: the row survived but the mentions may not have, so
+        they are published again (stage 2 ignores ids it already has).
     :returns: the row to store (None: unchanged) and the mentions to publish.
     """
     message = event.get("message")
     message_id = event["message_id"]
+    if seen is not None and offset >= 0 and seen.offset == offset:
+        return None, seen.replayed_mentions(message_id)
     if event["action"] == "create":
         if seen is not None or message is None:  # duplicate, or create after destroy
             return None, []
@@ -108,6 +127,7 @@ def on_message_event(
             created_at_ms=message["created_at_ms"],
             user_id=user_id,
             sentiment=message.get("sentiment"),
+            offset=offset,
         )
         mentions = [
             Mention(
@@ -152,19 +172,23 @@ def on_message_event(
         user_id=base.user_id,
         sentiment=base.sentiment,
         destroyed=True,
+        offset=offset,
     )
     return tombstone, retractions
 
 
 def on_sentiment_event(
-    event: dict[str, Any], seen: Seen | None, partition: int
+    event: dict[str, Any], seen: Seen | None, partition: int, offset: int = -1
 ) -> tuple[Seen | None, list[Mention]]:
     """Apply one /sentiment event: one SCORE mention per symbol, once per message id."""
     if seen is not None:
+        if offset >= 0 and seen.offset == offset:  # replay after a crash: publish again
+            return None, seen.replayed_mentions(event["message_id"])
         return None, []
     symbols = distinct_symbols(event.get("symbols") or [])
     row = Seen(seen_ms=event["created_at_ms"], partition=partition, symbols=symbols,
-               created_at_ms=event["created_at_ms"], user_id=event.get("user_id"))
+               created_at_ms=event["created_at_ms"], user_id=event.get("user_id"),
+               score=float(event["sentiment_score"]), offset=offset)
     mentions = [
         Mention(MentionKind.SCORE, sym, event["message_id"], row.created_at_ms, row.user_id,
                 None, float(event["sentiment_score"]))

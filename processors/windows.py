@@ -134,6 +134,10 @@ class SymbolState:
     baselines: dict[str, spikes.Baseline] = field(default_factory=dict)
     max_event_ms: int = 0
     watermark_ms: int = NO_WATERMARK  # at the last close; rebuilds the partition's clock
+    # replay after a crash: which input offset emitted each window, and the spike it fired
+    emitted_by: dict[str, dict[int, int]] = field(default_factory=dict)
+    spikes_sent: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    last_offset: int = -1  # last mentions offset that changed this row
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +147,13 @@ class SymbolState:
             "baselines": {k: b.to_json() for k, b in self.baselines.items()},
             "max_event_ms": self.max_event_ms,
             "watermark_ms": self.watermark_ms,
+            "emitted_by": {
+                k: {str(st): o for st, o in e.items()} for k, e in self.emitted_by.items()
+            },
+            "spikes_sent": {
+                k: {str(st): r for st, r in e.items()} for k, e in self.spikes_sent.items()
+            },
+            "last_offset": self.last_offset,
         }
 
     @classmethod
@@ -154,6 +165,13 @@ class SymbolState:
             baselines={k: spikes.Baseline.from_json(b) for k, b in row["baselines"].items()},
             max_event_ms=row["max_event_ms"],
             watermark_ms=row["watermark_ms"],
+            emitted_by={
+                k: {int(st): o for st, o in e.items()} for k, e in row["emitted_by"].items()
+            },
+            spikes_sent={
+                k: {int(st): r for st, r in e.items()} for k, e in row["spikes_sent"].items()
+            },
+            last_offset=row["last_offset"],
         )
 
     def earliest_end_ms(self, specs: tuple[WindowSpec, ...]) -> int | None:
@@ -327,6 +345,8 @@ def add_mention(
         return Applied(late=True, lateness_ms=watermark_ms - t)
     state.max_event_ms = max(state.max_event_ms, t)
     pane = state.panes.setdefault(pane_start, Pane())
+    # every mention of a pane falls in the same windows: mark them once, on its first one
+    first_in_pane = not pane.messages and not pane.scores
     if mention.kind is MentionKind.MESSAGE:
         if mention.message_id in pane.messages or mention.message_id in pane.retracted:
             return Applied()  # redelivered, or already destroyed
@@ -337,7 +357,8 @@ def add_mention(
         pane.scores[mention.message_id] = mention.sentiment_score
     else:
         raise ValueError(f"not a data mention: {mention.kind}")
-    _mark_pending(state, t, cfg)
+    if first_in_pane:
+        _mark_pending(state, t, cfg)
     return Applied(counted=True)
 
 
@@ -397,11 +418,12 @@ def _forget(state: SymbolState, cfg: WindowConfig) -> None:
     for pane_start in [p for p in state.panes if p + cfg.retain_ms <= wm]:
         del state.panes[pane_start]
     for spec in cfg.specs:
-        emitted = state.emitted.get(spec.key)
-        if emitted:
-            horizon = wm - spec.size_ms - cfg.revision_horizon_ms
-            for start in [s for s in emitted if s < horizon]:
-                del emitted[start]
+        horizon = wm - spec.size_ms - cfg.revision_horizon_ms
+        for marks in (state.emitted, state.emitted_by, state.spikes_sent):
+            emitted = marks.get(spec.key)
+            if emitted:
+                for start in [s for s in emitted if s < horizon]:
+                    del emitted[start]
 
 
 def is_idle(state: SymbolState) -> bool:

@@ -60,7 +60,7 @@ def test_real_aal_history_matches_independent_tallies(settings: Settings, tmp_pa
     rows = load_history(AAL)
     assert len({r["message_id"] for r in rows}) == 14_104
     s = worker_settings(
-        settings, tmp_path, raw_partitions=3, symbol_partitions=1, windows="5m,1h",
+        settings, tmp_path, raw_partitions=1, symbol_partitions=1, windows="5m,1h",
         hopping_windows="", idle_close_s=600.0,
     )
     prepare(s)
