@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -165,41 +166,45 @@ class LocalStack:
 
     def provision(self) -> None:
         """Fetch the broker jars and the registry archive from Maven Central, once."""
+        self._fetch(
+            self.kafka_home,
+            f"Apache Kafka {KAFKA_VERSION}",
+            lambda tmp: ["dependency:copy-dependencies", "-DincludeScope=runtime",
+                         f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={tmp / 'libs'}"],
+            expect="libs",
+        )  # fmt: skip
+        self._fetch(
+            self.registry_home,
+            f"Apicurio Registry {APICURIO_VERSION}",
+            lambda tmp: ["dependency:unpack", f"-Dartifact={APICURIO_ARTIFACT}",
+                         f"-DoutputDirectory={tmp}", "-Dmdep.overWriteReleases=true"],
+            expect="quarkus-run.jar",
+        )  # fmt: skip
+
+    def _fetch(
+        self, target: Path, what: str, goal: Callable[[Path], list[str]], expect: str
+    ) -> None:
+        """Run one Maven goal into ``<target>.partial`` and rename it into place when whole,
+        so an interrupted download is never mistaken for a finished one."""
+        if (target / ".complete").exists():
+            return
         self.home.mkdir(parents=True, exist_ok=True)
+        find_java(17)
+        mvn = _require("mvn", "Apache Maven (e.g. apt-get install maven)")
         mvn_log = self.home / "maven.log"
-        if not (self.kafka_home / ".complete").exists():
-            find_java(17)
-            mvn = _require("mvn", "Apache Maven (e.g. apt-get install maven)")
-            print(f"Fetching Apache Kafka {KAFKA_VERSION} from Maven Central (log: {mvn_log}) …")
-            tmp = self.kafka_home.with_name(self.kafka_home.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            _run(
-                [mvn, "-q", "-B", "-f", str(EMBEDDED_DIR / "pom.xml"),
-                 "dependency:copy-dependencies", "-DincludeScope=runtime",
-                 f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={tmp / 'libs'}",
-                 f"-Dpulse.build.dir={self.home / 'maven-build'}"],
-                "maven (kafka jars)", mvn_log,
-            )  # fmt: skip
-            (tmp / ".complete").write_text(KAFKA_VERSION)
-            shutil.rmtree(self.kafka_home, ignore_errors=True)
-            tmp.rename(self.kafka_home)
-        if not (self.registry_home / ".complete").exists():
-            find_java(17)
-            mvn = _require("mvn", "Apache Maven (e.g. apt-get install maven)")
-            print(f"Fetching Apicurio Registry {APICURIO_VERSION} from Maven Central …")
-            tmp = self.registry_home.with_name(self.registry_home.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            _run(
-                [mvn, "-q", "-B", "-f", str(EMBEDDED_DIR / "pom.xml"), "dependency:unpack",
-                 f"-Dartifact={APICURIO_ARTIFACT}", f"-DoutputDirectory={tmp}",
-                 f"-Dpulse.build.dir={self.home / 'maven-build'}", "-Dmdep.overWriteReleases=true"],
-                "maven (apicurio registry)", mvn_log,
-            )  # fmt: skip
-            if not (tmp / "quarkus-run.jar").exists():
-                raise StackError(f"registry archive unpacked without quarkus-run.jar in {tmp}")
-            (tmp / ".complete").write_text(APICURIO_VERSION)
-            shutil.rmtree(self.registry_home, ignore_errors=True)
-            tmp.rename(self.registry_home)
+        print(f"Fetching {what} from Maven Central (log: {mvn_log}) …")
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _run(
+            [mvn, "-q", "-B", "-f", str(EMBEDDED_DIR / "pom.xml"), *goal(tmp),
+             f"-Dpulse.build.dir={self.home / 'maven-build'}"],
+            f"maven ({what})", mvn_log,
+        )  # fmt: skip
+        if not (tmp / expect).exists():
+            raise StackError(f"{what}: Maven finished but {tmp / expect} is missing; see {mvn_log}")
+        (tmp / ".complete").write_text(what)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
 
     # --- state ----------------------------------------------------------------------------
     @property
