@@ -266,11 +266,13 @@ class LocalStack:
         self._wait_registry(deadline)
         return self.endpoints
 
-    def down(self, timeout_s: float = 30.0) -> None:
-        """Stop registry then broker: SIGTERM, and SIGKILL whatever ignores it."""
+    def down(self, timeout_s: float = 30.0, only: str | None = None) -> None:
+        """Stop registry then broker (or ``only`` "kafka" / "registry"): SIGTERM, and SIGKILL
+        whatever ignores it."""
         state = self._load_state()
         marker = str(self.dir)
-        for key in ("registry_pid", "kafka_pid"):
+        keys = ("registry_pid", "kafka_pid") if only is None else (f"{only}_pid",)
+        for key in keys:
             pid = state.get(key)
             if not _alive(pid, marker):
                 continue

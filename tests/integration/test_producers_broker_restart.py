@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -41,16 +40,8 @@ def private_broker(settings: Settings) -> Iterator[tuple[LocalStack, Settings]]:
 
 
 def stop_kafka(stack: LocalStack) -> None:
-    pid = stack._load_state()["kafka_pid"]  # no public "stop the broker only" yet
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while stack.running()["kafka"] and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
-    assert not stack.running()["kafka"]
+    stack.down(timeout_s=60, only="kafka")
+    assert stack.running() == {"kafka": False, "registry": True}
 
 
 async def test_broker_down_10s_mid_stream_loses_nothing(
