@@ -10,6 +10,7 @@ in the log: a replay after a crash closes the same windows at the same place.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -75,6 +76,32 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     tick_sent_for: dict[int, int] = {}
     tick_producer: list[Producer] = []
     p.extra.update(engines=engines, expiry=expiry)
+    exactly_once = s.processing_guarantee == "exactly_once"
+    eos_pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
+
+    def send(topic: Any, key: bytes | None, value: bytes | None, partition: int | None,
+             headers: Any = None) -> None:
+        """Queue one record. At-least-once: faust's buffer (flushed before each commit).
+        Exactly-once: sent by `drain` through the transaction of the input partition."""
+        if exactly_once:
+            eos_pending.append((topic.get_topic_name(), key, value, partition, headers))
+        else:
+            topic.send_soon(key=key, value=value, partition=partition, headers=headers,
+                            key_serializer="raw", value_serializer="raw")
+
+    async def drain(msg: Any) -> None:
+        # faust would pick the transaction of the *destination* partition, which for a
+        # repartition (stage 1) or an output topic is not the one that commits this input
+        if not eos_pending:
+            return
+        group = app.assignor.group_for_topic(msg.topic)
+        tid = f"{app.conf.id}-{group}-{msg.partition}"
+        batch = list(eos_pending)
+        eos_pending.clear()
+        for topic_name, key, value, partition, headers in batch:
+            await app.producer.send(
+                topic_name, key, value, partition, None, headers, transactional_id=tid
+            )
 
     def dead_letter(event: Any, reason: Reason, stage: str, error: BaseException) -> None:
         msg = event.message
@@ -88,11 +115,8 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             source_partition=msg.partition,
             source_offset=msg.offset,
         )
-        dlq_out.send_soon(
-            key=msg.topic.encode(),
-            value=encode[topics.DEAD_LETTER.name](record),
-            headers=deadletter.headers(reason, stage, msg.topic),
-        )
+        send(dlq_out, msg.topic.encode(), encode[topics.DEAD_LETTER.name](record), None,
+             deadletter.headers(reason, stage, msg.topic))
         m.dead_letters.labels(reason.value).inc()
 
     def put_row(table: Any, partition: int, key: str, row: dict[str, Any] | None) -> None:
@@ -105,10 +129,9 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             table.data.pop(key, None)
         else:
             table.data[key] = row
-        table.changelog_topic.send_soon(
-            key=key, value=row, partition=partition,
-            key_serializer="json", value_serializer="json",
-        )
+        # faust's "json" codec: the bytes its recovery reads back
+        send(table.changelog_topic, json.dumps(key).encode(),
+             None if row is None else json.dumps(row).encode(), partition)
 
     def expiry_for(partition: int) -> ExpiryQueue:
         queue = expiry.get(partition)
@@ -145,6 +168,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                     raise ValueError("empty value")
             except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
                 dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+                await drain(msg)
                 continue
             try:
                 key = ("m" if is_message else "s") + str(record["message_id"])
@@ -154,6 +178,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 new, mentions = apply(record, seen, msg.partition, msg.offset)
             except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
                 dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
+                await drain(msg)
                 continue
             queue = expiry_for(msg.partition)
             if new is not None:
@@ -162,11 +187,9 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             elif not mentions:
                 m.duplicates.labels(msg.topic).inc()
             for mention in mentions:
-                mentions_out.send_soon(
-                    key=mention.symbol.encode(),
-                    value=encode[topics.MENTIONS.name](mention.to_avro()),
-                    partition=symbol_partition(mention.symbol, n_symbol),
-                )
+                send(mentions_out, mention.symbol.encode(),
+                     encode[topics.MENTIONS.name](mention.to_avro()),
+                     symbol_partition(mention.symbol, n_symbol))
                 m.mentions.labels(mention.kind.value).inc()
             horizon = queue.max_seen_ms - ttl_ms
             for old_key in queue.expired():
@@ -174,6 +197,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 if old is not None and old["seen_ms"] < horizon:
                     put_row(p.seen, msg.partition, old_key, None)
                     m.dedup_expired.inc()
+            await drain(msg)
 
     # Sends use send_soon: faust's `await topic.send()` waits for the broker's ack of every
     # record. send_soon buffers; before committing offsets faust flushes the buffer and the
@@ -183,28 +207,18 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         # the close time rides in a header so the value stays identical on a replay
         closed_at = [(CLOSED_AT_HEADER, str(_now_ms()).encode())]
         for rec in out.volumes:
-            volume_out.send_soon(
-                key=rec["symbol"].encode(), value=encode[topics.VOLUME.name](rec),
-                partition=partition, headers=closed_at,
-            )
+            send(volume_out, rec["symbol"].encode(), encode[topics.VOLUME.name](rec),
+                 partition, closed_at)
             m.windows_emitted.labels(str(rec["window_size_ms"])).inc()
         for rec in out.sentiments:
-            sentiment_out.send_soon(
-                key=rec["symbol"].encode(), value=encode[topics.SENTIMENT.name](rec),
-                partition=partition,
-            )
+            send(sentiment_out, rec["symbol"].encode(), encode[topics.SENTIMENT.name](rec),
+                 partition)
         for rec in out.spikes:
-            spikes_out.send_soon(
-                key=rec["symbol"].encode(), value=encode[topics.SPIKES.name](rec),
-                partition=partition,
-            )
+            send(spikes_out, rec["symbol"].encode(), encode[topics.SPIKES.name](rec), partition)
             m.spikes.inc()
         for rec, kind in zip(out.late, out.late_kinds, strict=True):
-            late_out.send_soon(
-                key=rec["mention"]["symbol"].encode(),
-                value=encode[topics.LATE_EVENTS.name](rec),
-                partition=partition,
-            )
+            send(late_out, rec["mention"]["symbol"].encode(),
+                 encode[topics.LATE_EVENTS.name](rec), partition)
             m.late_events.labels(kind).inc()
         if out.corrections:
             m.corrections.inc(out.corrections)
@@ -220,12 +234,14 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 mention = Mention.from_avro(decode_mention(event.value))
             except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
                 dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+                await drain(msg)
                 continue
             engine = engine_for(part)
             trigger_ms = int(msg.timestamp * 1000)
             if mention.kind is MentionKind.TICK:
                 # input resumed after the timer fired: the tick is stale, let the data decide
                 if last_data_offset.get(part, mention.message_id) != mention.message_id:
+                    await drain(msg)
                     continue
                 out = engine.on_idle_tick(trigger_ms, msg.offset)
                 log.info("idle tick on partition %d closed %d windows", part, out.closed_windows)
@@ -238,6 +254,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             for symbol in out.changed:
                 put_row(p.symbols, part, symbol, engine.states[symbol].to_json())
             publish(out, part)
+            await drain(msg)
             m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
 
     @app.timer(interval=max(0.5, s.idle_close_s / 4))
