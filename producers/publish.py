@@ -25,7 +25,7 @@ from producers import metrics
 from producers.parse import Parsed, ParseError
 from schemas import deadletter
 from schemas.deadletter import Reason
-from schemas.serde import Serde, load_schema
+from schemas.serde import Serde
 from schemas.topics import DEAD_LETTER, TopicSpec
 from settings import Settings
 
@@ -34,49 +34,6 @@ log = logging.getLogger(__name__)
 Delivered = Callable[[], None]
 # a dead letter must itself fit in a Kafka record (broker default ~1 MB): keep a prefix beyond this
 DEAD_LETTER_RAW_MAX = 256 * 1024
-
-
-Tag = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def union_tagger(schema: dict[str, Any], namespace: str = "") -> Tag:
-    """A function that marks which branch of each ``["null", record]`` union a record takes.
-
-    fastavro picks a union branch for a dict by validating it against every candidate record,
-    recursively — most of the encoding time of a MessageEvent. The tuple notation
-    ``(record full name, value)`` names the branch instead; the bytes are identical.
-    """
-    steps: list[tuple[str, str | None, Tag | None]] = []  # field, branch name, nested tagger
-
-    def full_name(node: dict[str, Any], namespace: str) -> str:
-        name = node["name"]
-        return name if "." in name else f"{node.get('namespace', namespace)}.{name}"
-
-    ns = schema.get("namespace", namespace)
-    if "." in schema.get("name", ""):
-        ns = schema["name"].rsplit(".", 1)[0]
-    for f in schema.get("fields", []):
-        t = f["type"]
-        if isinstance(t, list):
-            records = [b for b in t if isinstance(b, dict) and b.get("type") == "record"]
-            if len(records) == 1 and len(t) == 2 and "null" in t:
-                branch = full_name(records[0], ns)
-                steps.append((f["name"], branch, union_tagger(records[0], ns)))
-        elif isinstance(t, dict) and t.get("type") == "record":
-            steps.append((f["name"], None, union_tagger(t, ns)))
-    if not steps:
-        return lambda record: record
-
-    def tag(record: dict[str, Any]) -> dict[str, Any]:
-        out = dict(record)
-        for name, branch, inner in steps:
-            value = out.get(name)
-            if isinstance(value, dict):
-                value = inner(value) if inner is not None else value
-                out[name] = (branch, value) if branch is not None else value
-        return out
-
-    return tag
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -134,11 +91,7 @@ class Publisher:
     def encoder(self, spec: TopicSpec) -> Callable[[dict[str, Any]], bytes]:
         enc = self._encoders.get(spec.name)
         if enc is None:
-            serialize, tag = (
-                self.serde.serializer(spec),
-                union_tagger(load_schema(spec.schema_file)),
-            )
-            enc = self._encoders[spec.name] = lambda record: serialize(tag(record))
+            enc = self._encoders[spec.name] = self.serde.serializer(spec)
         return enc
 
     # --- producing --------------------------------------------------------------------------

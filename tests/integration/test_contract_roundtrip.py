@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from producers import parse
+from producers.publish import Publisher
+from producers.synthetic import Config, Generator, envelopes
+from schemas import deadletter
+from schemas.deadletter import Reason
 from schemas.roundtrip import load_file, roundtrip
+from schemas.serde import Serde, schema_str
+from schemas.topics import DEAD_LETTER
 from settings import Settings
 from tests.conftest import REAL_DATA, SEEDS
 from tests.unit.producers.test_parse import clean_json, envelope, rest_seed_responses, seed_sample
@@ -72,6 +81,37 @@ def test_every_real_captured_message_survives_the_round_trip(settings: Settings)
     result = roundtrip(settings, items)
     assert result.ok, result.mismatched[:5]
     assert result.received == len(items)
+
+
+def test_our_encoders_write_the_bytes_of_confluents_avro_serializer(
+    settings: Settings, serde: Serde
+) -> None:
+    """Serde.serializer frames fastavro itself, and Publisher tags union branches on top:
+    both must stay byte for byte what confluent-kafka's AvroSerializer writes."""
+    items = _seed_items()
+    for path in REAL_FILES:
+        items += load_file(Path(path))[0]
+    synthetic = envelopes(iter(Generator(Config(), 1_656_460_800_000)))
+    items += [parse.firehose_event(line) for line in itertools.islice(synthetic, 2_000)]
+    dead = deadletter.dead_letter(
+        b"\xff{", source="test", stage="parse", reason=Reason.INVALID_JSON, error="x"
+    )
+    items.append(parse.Parsed(DEAD_LETTER, "test", dead))
+    publisher = Publisher(settings, "test", serde=serde)
+    reference: dict[str, AvroSerializer] = {}
+    for spec, _, record in items:
+        topic = spec.full_name(settings)
+        if topic not in reference:
+            serde.register(spec)
+            reference[topic] = AvroSerializer(
+                serde.client,
+                schema_str(spec),
+                conf={"auto.register.schemas": False, "use.latest.version": False},
+            )
+        expected = reference[topic](record, SerializationContext(topic, MessageField.VALUE))
+        assert serde.serializer(spec)(record) == expected, (spec.name, record)
+        assert publisher.encoder(spec)(record) == expected, (spec.name, record)
+    assert len(reference) == 7
 
 
 def test_malformed_json_raises_the_typed_error() -> None:
