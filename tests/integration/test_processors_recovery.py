@@ -106,16 +106,7 @@ def check_outputs(volumes: list[dict[str, Any]], expected: dict[tuple[str, int],
         assert all(len(recs) == 1 for recs in by_key.values())
 
 
-@pytest.mark.parametrize(
-    "guarantee",
-    [
-        "at_least_once",
-        pytest.param("exactly_once", marks=pytest.mark.xfail(
-            reason="exactly_once: no output becomes visible to read_committed consumers "
-            "within the timeout (faust transactions vs our send_soon/changelog path); "
-            "open, see docs/processors.md", strict=False)),
-    ],
-)
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_sigkill_mid_run_then_restart(settings: Settings, tmp_path: Path, guarantee: str) -> None:
     s = worker_settings(
         settings, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
