@@ -72,10 +72,10 @@ def _accumulate(xs: list[float]) -> list[float]:
     return out
 
 
-def preload(settings: Settings, n: int, n_symbols: int) -> int:
+def preload(settings: Settings, n: int, n_symbols: int, rate_per_s: float) -> int:
     writer = RawWriter(settings)
     mentions = 0
-    for mid, t, syms, user, sentiment in synthetic(n, n_symbols):
+    for mid, t, syms, user, sentiment in synthetic(n, n_symbols, rate_per_s=rate_per_s):
         writer.send(topics.MESSAGES, message_event(mid, t, syms, user, sentiment))
         mentions += len(syms)
     writer.flush()
@@ -235,6 +235,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=500_000)
     parser.add_argument("--symbols", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--rate", type=float, default=2_000.0,
+                        help="event-time messages per second of the synthetic stream: decides "
+                        "how many windows close during the run (every window is 2 records)")
     parser.add_argument("--engine-only", action="store_true")
     parser.add_argument("--spike-scan", action="store_true")
     args = parser.parse_args()
@@ -253,9 +256,10 @@ def main() -> None:
     )
     prepare(settings)
     t = time.perf_counter()
-    mentions = preload(settings, args.messages, args.symbols)
+    mentions = preload(settings, args.messages, args.symbols, args.rate)
     print(f"pre-loaded {args.messages:,} raw messages ({mentions:,} mentions, "
-          f"{args.symbols:,} symbols) in {time.perf_counter() - t:.1f}s")
+          f"{args.symbols:,} symbols, {args.messages / args.rate / 60:.0f} min of event time) "
+          f"in {time.perf_counter() - t:.1f}s")
     bare = bare_loop(settings, args.messages)
     print(f"bare confluent-kafka consume + Avro decode + count: {bare:,.0f} msgs/s")
     r = run_worker(settings, args.messages, mentions, Path(settings.state_dir) / "worker.log")
