@@ -134,14 +134,14 @@ def compile_writer(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
         if kind == "record":
             return _record(node, namespace)
         if kind == "enum":
-            return _enum(node["symbols"])
+            named[_full_name(node, namespace)] = write_enum = _enum(node["symbols"])
+            return write_enum
         if kind == "array":
             return _array(build(node["items"], namespace))
         raise Unsupported(f"type {kind!r}")
 
     def _record(node: dict[str, Any], namespace: str) -> Write:
-        name = node["name"]
-        namespace = name.rsplit(".", 1)[0] if "." in name else node.get("namespace", namespace)
+        namespace = _full_name(node, namespace).rsplit(".", 1)[0]
         fields: list[tuple[str, Write]] = []  # filled below, after the name is known
 
         def write(value: Any, out: Out) -> None:
@@ -150,7 +150,8 @@ def compile_writer(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
             for field, write_field in fields:
                 write_field(value[field], out)  # a missing field: KeyError, fastavro decides
 
-        named[name if "." in name else f"{namespace}.{name}"] = write  # before its fields:
+        # named before its fields are built, so a field may refer back to this record
+        named[_full_name(node, namespace)] = write
         fields.extend((f["name"], build(f["type"], namespace)) for f in node["fields"])
         return write
 
@@ -162,6 +163,11 @@ def compile_writer(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
         return b"".join(out)
 
     return encode
+
+
+def _full_name(node: dict[str, Any], namespace: str) -> str:
+    name: str = node["name"]
+    return name if "." in name else f"{node.get('namespace', namespace)}.{name}"
 
 
 def _optional(inner: Write) -> Write:
