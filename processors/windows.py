@@ -201,14 +201,20 @@ class WindowResult:
     def end_ms(self) -> int:
         return self.start_ms + self.spec.size_ms
 
-    def volume_record(self, emitted_at_ms: int) -> dict[str, Any]:
-        """A ``WindowVolume`` (window_volume.avsc)."""
+    def _window_fields(self) -> dict[str, Any]:
+        """The symbol and window of every output record: what downstream upserts on."""
         return {
             "symbol": self.symbol,
             "window_start_ms": self.start_ms,
             "window_end_ms": self.end_ms,
             "window_size_ms": self.spec.size_ms,
             "window_advance_ms": self.spec.advance_ms,
+        }
+
+    def volume_record(self, emitted_at_ms: int) -> dict[str, Any]:
+        """A ``WindowVolume`` (window_volume.avsc)."""
+        return {
+            **self._window_fields(),
             "message_count": self.message_count,
             "distinct_users": self.distinct_users,
             "bullish": self.bullish,
@@ -222,11 +228,7 @@ class WindowResult:
         """A ``WindowSentiment`` (window_sentiment.avsc)."""
         interval = wilson_interval(self.bullish, self.bullish + self.bearish)
         return {
-            "symbol": self.symbol,
-            "window_start_ms": self.start_ms,
-            "window_end_ms": self.end_ms,
-            "window_size_ms": self.spec.size_ms,
-            "window_advance_ms": self.spec.advance_ms,
+            **self._window_fields(),
             "bullish": self.bullish,
             "bearish": self.bearish,
             "bullish_ratio": bullish_ratio(self.bullish, self.bearish),
