@@ -174,8 +174,10 @@ class Settings:
         cfg.update({k: v for k, v in optional.items() if v})
         return cfg
 
-    def registry_config(self) -> dict[str, str]:
-        cfg = {"url": self.schema_registry_url}
+    def registry_config(self) -> dict[str, Any]:
+        # a registry call that never answers must fail (and be retried or dead-lettered),
+        # not hang a producer or a worker: the client has no timeout by default
+        cfg: dict[str, Any] = {"url": self.schema_registry_url, "timeout": 30}
         if self.schema_registry_auth:
             cfg["basic.auth.user.info"] = self.schema_registry_auth
         return cfg

@@ -22,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import (
+    Schema,
+    SchemaRegistryClient,
+    topic_subject_name_strategy,
+)
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -170,8 +174,14 @@ class Serde:
         with self._lock:
             de = self._deserializers.get(topic)
             if de is None:
-                # reader schema = ours, so old records resolve to today's shape
-                de = AvroDeserializer(self.client, schema_str(spec))
+                # reader schema = ours, so old records resolve to today's shape; subjects are
+                # TopicNameStrategy, said outright: the client's default asks the registry for
+                # "associations" first, an extra call per topic that Apicurio does not serve
+                de = AvroDeserializer(
+                    self.client,
+                    schema_str(spec),
+                    conf={"subject.name.strategy": topic_subject_name_strategy},
+                )
                 self._deserializers[topic] = de
         ctx = SerializationContext(topic, MessageField.VALUE)
         return lambda data: de(data, ctx)

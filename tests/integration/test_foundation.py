@@ -142,3 +142,22 @@ def test_values_travel_in_the_confluent_wire_format(settings: Settings, producer
     schema_id = int.from_bytes(value[1:5], "big")
     assert serde.client.get_schema(schema_id).schema_type == "AVRO"
     assert serde.decode(spec, value) == point
+
+
+def test_decoding_needs_no_registry_call_beyond_the_writer_schema(
+    settings: Settings, producer: Producer
+) -> None:
+    """The client's default subject strategy first asks for "associations" (not served by
+    Apicurio; once hung a CI run). Our subjects are TopicNameStrategy, so it must never ask."""
+    writer = Serde(settings)
+    spec = topics.SENTIMENT_CHART
+    point = {"symbol": "TSLA", "zoom": "1W", "time_ms": 1, "fetched_at_ms": 2}
+    data = writer.encode(spec, point)
+
+    reader = Serde(settings)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("asked the registry for associations")
+
+    reader.client.get_associations_by_resource_name = refuse  # type: ignore[method-assign]
+    assert reader.decode(spec, data)["symbol"] == "TSLA"
