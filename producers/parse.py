@@ -313,8 +313,202 @@ def _prices(value: Any) -> list[dict[str, Any]]:
     ]
 
 
+# --- the common case, fast --------------------------------------------------------------------
+#
+# Parsing is most of a producer's CPU time, and almost every upstream message is well-formed:
+# every field absent, null or of exactly the type its record field wants. For those, the
+# careful helpers above are identities, so the fast path below reads the fields, checks their
+# types in bulk and builds the record directly, without a helper call per field. Anything else
+# (a string id, a float count, a dict subclass, a bad timestamp …) raises _Unusual and the
+# careful path parses the input from scratch: it returns the same record or raises the
+# ParseError it always did. Equality with the careful path is pinned by tests.
+
+_NoneType = type(None)
+_STR_OR_NONE = frozenset((str, _NoneType))
+_INT_OR_NONE = frozenset((int, _NoneType))
+_BOOL_OR_NONE = frozenset((bool, _NoneType))
+
+
+class _Unusual(Exception):
+    """The input is not of the common shape: hand it to the careful path."""
+
+
+def _symbol_ref_fast(obj: Any) -> dict[str, Any]:
+    if type(obj) is not dict:
+        raise _Unusual
+    get = obj.get
+    symbol, title, exchange = get("symbol"), get("title"), get("exchange")
+    sector, industry, trending = get("sector"), get("industry"), get("trending")
+    stock_id, watchlist_count, score = get("id"), get("watchlist_count"), get("trending_score")
+    if (
+        type(symbol) is not str
+        or type(title) not in _STR_OR_NONE
+        or type(exchange) not in _STR_OR_NONE
+        or type(sector) not in _STR_OR_NONE
+        or type(industry) not in _STR_OR_NONE
+        or type(stock_id) not in _INT_OR_NONE
+        or type(watchlist_count) not in _INT_OR_NONE
+        or type(trending) not in _BOOL_OR_NONE
+    ):
+        raise _Unusual
+    return {
+        "symbol": symbol,
+        "id": stock_id,
+        "title": title,
+        "exchange": exchange,
+        "sector": sector,
+        "industry": industry,
+        "watchlist_count": watchlist_count,
+        "trending": trending,
+        "trending_score": None if score is None else _opt_float(score),
+    }
+
+
+def _message_fast(
+    data: dict[str, Any], when: Any = None, when_ms: int | None = None
+) -> dict[str, Any]:
+    """``message(data)`` for a message of the common shape; raises _Unusual otherwise.
+
+    :param when, when_ms: a timestamp already converted (the envelope's ``time``), reused
+        when ``created_at`` is the same text, as it is for every Firehose create.
+    """
+    get = data.get
+    message_id, body, user, created = get("id"), get("body"), get("user"), get("created_at")
+    if type(message_id) is not int or type(body) is not str or type(user) is not dict:
+        raise _Unusual
+    if type(created) is str and created == when and when_ms is not None:
+        created_ms = when_ms
+    else:
+        created_ms = timestamp_ms(created, "created_at")  # a ParseError: careful path too
+
+    uget = user.get
+    user_id, username, name = uget("id"), uget("username"), uget("name")
+    identity, join_date, classification = (
+        uget("identity"),
+        uget("join_date"),
+        uget("classification"),
+    )
+    followers, following, ideas = uget("followers"), uget("following"), uget("ideas")
+    watchlist_stocks = uget("watchlist_stocks_count")
+    if (
+        type(user_id) is not int
+        or type(username) is not str
+        or type(name) not in _STR_OR_NONE
+        or type(identity) not in _STR_OR_NONE
+        or type(join_date) not in _STR_OR_NONE
+        or type(followers) not in _INT_OR_NONE
+        or type(following) not in _INT_OR_NONE
+        or type(ideas) not in _INT_OR_NONE
+        or type(watchlist_stocks) not in _INT_OR_NONE
+    ):
+        raise _Unusual
+    if classification is None:
+        classification = []
+    elif type(classification) is list:
+        classification = [c for c in classification if isinstance(c, str)]
+    else:
+        raise _Unusual
+
+    symbols = get("symbols")
+    if symbols is None:
+        symbol_refs = []
+    elif type(symbols) is list:
+        symbol_refs = [_symbol_ref_fast(s) for s in symbols]
+    else:
+        raise _Unusual
+
+    entities = get("entities")
+    if entities is None:
+        sentiment = chart_url = None
+    elif type(entities) is dict:
+        labelled = entities.get("sentiment")
+        basic = None if labelled is None else _opt_dict(labelled).get("basic")
+        sentiment = basic if basic in SENTIMENTS else None
+        chart = entities.get("chart")
+        chart = _NO_CHART if chart is None else _opt_dict(chart)
+        chart_url = _opt_str(chart.get("url")) or _opt_str(chart.get("original"))
+    else:
+        raise _Unusual
+
+    source = get("source")
+    if source is not None:
+        if type(source) is not dict:
+            raise _Unusual
+        source_id, title, url = source.get("id"), source.get("title"), source.get("url")
+        if (
+            type(source_id) not in _INT_OR_NONE
+            or type(title) not in _STR_OR_NONE
+            or type(url) not in _STR_OR_NONE
+        ):
+            raise _Unusual
+        source = {"id": source_id, "title": title, "url": url}
+
+    mentioned = get("mentioned_users")
+    if mentioned is None:
+        mentioned = []
+    elif type(mentioned) is list:
+        mentioned = [u for u in mentioned if isinstance(u, str)]
+    else:
+        raise _Unusual
+
+    # rarer parts: the careful helpers (they never raise), called only when the field is there
+    score, conversation = get("sentiment"), get("conversation")
+    likes, reshares, reshared = get("likes"), get("reshares"), get("reshare_message")
+    links, prices = get("links"), get("prices")
+    return {
+        "id": message_id,
+        "body": body,
+        "created_at_ms": created_ms,
+        "user": {
+            "id": user_id,
+            "username": username,
+            "name": name,
+            "official": uget("official") is True,
+            "identity": identity,
+            "classification": classification,
+            "join_date": join_date,
+            "followers": followers,
+            "following": following,
+            "ideas": ideas,
+            "watchlist_stocks_count": watchlist_stocks,
+        },
+        "symbols": symbol_refs,
+        "sentiment": sentiment,
+        "sentiment_score": (
+            None if score is None else _opt_float(_opt_dict(score).get("sentiment_score"))
+        ),
+        "conversation": None if conversation is None else _conversation(conversation),
+        "likes_count": 0 if likes is None else _opt_int(_opt_dict(likes).get("total")) or 0,
+        "reshares_count": (
+            0 if reshares is None else _opt_int(_opt_dict(reshares).get("reshared_count")) or 0
+        ),
+        "reshared_message_id": (
+            None
+            if reshared is None
+            else _opt_int(_opt_dict(_opt_dict(reshared).get("message")).get("id"))
+        ),
+        "links": [] if links is None else _links(links),
+        "source": source,
+        "mentioned_users": mentioned,
+        "prices": [] if prices is None else _prices(prices),
+        "chart_url": chart_url,
+    }
+
+
+_NO_CHART: Mapping[str, Any] = {}
+
+
 def message(data: Any) -> dict[str, Any]:
     """A ``Message`` record from a Stocktwits message object (Firehose ``data`` or REST item)."""
+    if type(data) is dict:
+        try:
+            return _message_fast(data)
+        except (_Unusual, ParseError):
+            pass  # the careful path decides: the same record, or the error it reports
+    return _message_careful(data)
+
+
+def _message_careful(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _invalid(f"message: expected an object, got {type(data).__name__}")
     entities = _opt_dict(data.get("entities"))
@@ -430,6 +624,31 @@ def _social(
 FIREHOSE_OBJECTS = ("Message", "LikeMessage", "Friendship", "Block")
 
 
+def _message_create_fast(env: dict[str, Any]) -> Parsed:
+    """``firehose_event`` of a well-formed Message create; raises _Unusual for anything else
+    (destroys included: rare, and their rules are the careful path's)."""
+    action, data = env.get("action"), env.get("data")
+    if type(action) is not str or action != "create" or type(data) is not dict:
+        raise _Unusual
+    seq, when = env.get("seq_id"), env.get("time")
+    if type(seq) is not str or not seq:
+        seq = _seq_id(seq)
+    if when is None:
+        when = data.get("created_at")
+    time_ms = timestamp_ms(when, "time")
+    body = _message_fast(data, when, time_ms)
+    message_id = body["id"]
+    record = {
+        "action": "create",
+        "message_id": message_id,
+        "event_time_ms": time_ms,
+        "seq_id": seq,
+        "origin": "firehose",
+        "message": body,
+    }
+    return Parsed(MESSAGES, str(message_id), record)
+
+
 def firehose_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
     """One Firehose ``/stream`` envelope ``{object, action, data, time, seq_id}`` → record.
 
@@ -437,6 +656,11 @@ def firehose_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
     Friendship / Block → stocktwits.social.
     """
     env = _decoded(raw)
+    if type(env) is dict and env.get("object") == "Message":
+        try:
+            return _message_create_fast(env)
+        except (_Unusual, ParseError):
+            pass  # the careful path below decides: the same record, or its error
     if not isinstance(env, dict):
         raise _invalid(f"envelope: expected an object, got {type(env).__name__}")
     kind = env.get("object")

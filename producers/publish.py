@@ -79,6 +79,12 @@ class Publisher:
         self._topics: dict[str, str] = {}
         self._deferred: list[Callable[[], None]] = []
         self._event_counters: dict[str, Any] = {}
+        # per record, the hot path does one lookup (spec name → encoder, topic) and counts an
+        # acknowledgement in a plain dict; Prometheus (a lock and a few calls per inc) is
+        # updated from it once per poll, for all the records that poll acknowledged
+        self._routes: dict[str, tuple[Callable[[dict[str, Any]], bytes], str]] = {}
+        self._acked: dict[str, int] = {}
+        self._on_delivery_cb = self._on_delivery  # bound once, not once per record
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -110,8 +116,12 @@ class Publisher:
         :param raw: the upstream bytes, kept for the dead letter if encoding fails.
         """
         spec, key, record = item
+        route = self._routes.get(spec.name)
+        if route is None:
+            route = self._routes[spec.name] = (self.encoder(spec), self.topic(spec))
+        encode, topic = route
         try:
-            value = self.encoder(spec)(record)
+            value = encode(record)
         except Exception as exc:  # noqa: BLE001 - any encoder failure is a bad record, not a crash
             fallback = raw if raw is not None else orjson.dumps(record, default=str)
             self.dead_letter(
@@ -119,13 +129,24 @@ class Publisher:
                 Reason.SERIALIZE_FAILED,
                 f"{type(exc).__name__}: {exc}",
                 stage="serialize",
-                source_topic=self.topic(spec),
+                source_topic=topic,
                 on_delivered=on_delivered,
             )
             return False
-        self.produce(
-            self.topic(spec), key.encode(), value, headers=headers, on_delivered=on_delivered
-        )
+        if headers is None and on_delivered is None:
+            # the common case, inlined: what produce() does, minus its per-record choices
+            try:
+                self.producer.produce(topic, value, key.encode(), on_delivery=self._on_delivery_cb)
+            except BufferError:
+                self.produce(topic, key.encode(), value)  # waits for room in the queue
+                return True
+            except ck.KafkaException as exc:
+                self._refused(topic, value, exc)
+                return True
+            self.produced += 1
+            self._poll(0)
+            return True
+        self.produce(topic, key.encode(), value, headers=headers, on_delivered=on_delivered)
         return True
 
     def produce(
@@ -149,30 +170,40 @@ class Publisher:
                 break
             except BufferError:
                 self._poll(0.05)  # queue full: let deliveries drain it
-            except ck.KafkaException as exc:  # refused before queueing, e.g. too large
-                if topic == self.topic(DEAD_LETTER):
-                    log.error("dead letter refused by the client: %s", exc)
-                    if on_delivered is not None:
-                        on_delivered()
-                    return
-                code = exc.args[0].code() if exc.args else None
-                reason = (
-                    Reason.TOO_LARGE
-                    if code == ck.KafkaError.MSG_SIZE_TOO_LARGE
-                    else Reason.DELIVERY_FAILED
-                )
-                self.dead_letter(
-                    value,
-                    reason,
-                    str(exc),
-                    stage="publish",
-                    source_topic=topic,
-                    on_delivered=on_delivered,
-                    headers=headers,
-                )
+            except ck.KafkaException as exc:
+                self._refused(topic, value, exc, headers=headers, on_delivered=on_delivered)
                 return
         self.produced += 1
         self._poll(0)
+
+    def _refused(
+        self,
+        topic: str,
+        value: bytes,
+        exc: ck.KafkaException,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivered: Delivered | None = None,
+    ) -> None:
+        """A record the client refused before queueing it (e.g. too large): dead-lettered."""
+        if topic == self.topic(DEAD_LETTER):
+            log.error("dead letter refused by the client: %s", exc)
+            if on_delivered is not None:
+                on_delivered()
+            return
+        code = exc.args[0].code() if exc.args else None
+        reason = (
+            Reason.TOO_LARGE if code == ck.KafkaError.MSG_SIZE_TOO_LARGE else Reason.DELIVERY_FAILED
+        )
+        self.dead_letter(
+            value,
+            reason,
+            str(exc),
+            stage="publish",
+            source_topic=topic,
+            on_delivered=on_delivered,
+            headers=headers,
+        )
 
     def reject(
         self,
@@ -246,10 +277,8 @@ class Publisher:
         topic = msg.topic() or "?"
         if err is None:
             self.delivered += 1
-            counter = self._event_counters.get(topic)
-            if counter is None:  # labels() locks and hashes: once per topic, not per record
-                counter = self._event_counters[topic] = metrics.EVENTS.labels(self.source, topic)
-            counter.inc()
+            acked = self._acked
+            acked[topic] = acked.get(topic, 0) + 1  # into metrics.EVENTS after this poll
             if done is not None:
                 done()
             return
@@ -273,12 +302,23 @@ class Publisher:
             )
         )
 
+    def _count_acked(self) -> None:
+        """Add the acknowledgements counted since the last poll to metrics.EVENTS."""
+        for topic, n in self._acked.items():
+            counter = self._event_counters.get(topic)
+            if counter is None:  # labels() locks and hashes: once per topic, not per record
+                counter = self._event_counters[topic] = metrics.EVENTS.labels(self.source, topic)
+            counter.inc(n)
+        self._acked.clear()
+
     def _drain_deferred(self) -> None:
         while self._deferred:
             self._deferred.pop(0)()
 
     def _poll(self, timeout_s: float) -> None:
         self.producer.poll(timeout_s)
+        if self._acked:
+            self._count_acked()
         if self._deferred:
             self._drain_deferred()
 
@@ -292,6 +332,7 @@ class Publisher:
         while self._deferred:  # dead letters of failed records, then wait for them too
             self._drain_deferred()
             left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        self._count_acked()
         if left:
             log.error("%d record(s) still unacknowledged after %.0fs", left, timeout_s)
         return int(left)

@@ -145,3 +145,72 @@ def test_wire_encoder_leaves_coercions_and_errors_to_fastavro() -> None:
     assert encode(record)[5:] == fastavro_bytes(SENTIMENT_EVENTS, record)
     with pytest.raises((TypeError, ValueError)):
         encode(dict(record, message_id="x"))  # fastavro's own error
+
+
+@pytest.mark.parametrize("value", [-(1 << 63) - 1, 1 << 63, 1 << 64, -(1 << 64), 1 << 100])
+def test_long_out_of_range_is_declined(value: int) -> None:
+    with pytest.raises(Mismatch):
+        compile_writer(load_schema(CHECKPOINTS.schema_file))(_checkpoint(produced_at_ms=value))
+
+
+def test_longs_of_every_varint_length() -> None:
+    write = compile_writer(load_schema(CHECKPOINTS.schema_file))
+    for bits in range(64):
+        for value in {(1 << bits) - 1, 1 << bits, (1 << bits) + 12345}:
+            for signed in (value, -value, -value - 1):
+                if -(1 << 63) <= signed < 1 << 63:
+                    record = _checkpoint(produced_at_ms=signed)
+                    assert write(record) == fastavro_bytes(CHECKPOINTS, record), signed
+
+
+INT_SCHEMA = {"type": "record", "name": "I", "fields": [{"name": "i", "type": "int"}]}
+
+
+def _fastavro(schema: dict[str, Any], record: Any) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "value", [0, -1, (1 << 31) - 1, -(1 << 31), 1 << 31, -(1 << 31) - 1, 1 << 40]
+)
+def test_int_range(value: int) -> None:
+    write = compile_writer(INT_SCHEMA)
+    if -(1 << 31) <= value < 1 << 31:
+        assert write({"i": value}) == _fastavro(INT_SCHEMA, {"i": value})
+    else:
+        with pytest.raises(Mismatch):
+            write({"i": value})
+
+
+def test_recursive_and_reused_named_records() -> None:
+    schema = {
+        "type": "record",
+        "name": "Pair",
+        "namespace": "t",
+        "fields": [
+            {
+                "name": "a",
+                "type": {
+                    "type": "record",
+                    "name": "Node",
+                    "fields": [
+                        {"name": "v", "type": "long"},
+                        {"name": "next", "type": ["null", "Node"]},
+                    ],
+                },
+            },
+            {"name": "b", "type": "Node"},
+            {"name": "c", "type": {"type": "array", "items": "t.Node"}},
+        ],
+    }
+    node = {"v": 1, "next": {"v": -2, "next": {"v": 1 << 40, "next": None}}}
+    record = {"a": node, "b": {"v": 3, "next": node}, "c": [node, {"v": 0, "next": None}]}
+    assert compile_writer(schema)(record) == _fastavro(schema, record)
+
+
+def test_prefix_and_fallback() -> None:
+    write = compile_writer(INT_SCHEMA, prefix=b"\x00\x01", fallback=lambda r: b"fallback")
+    assert write({"i": 1}) == b"\x00\x01\x02"
+    assert write({"i": True}) == write({}) == write({"i": 1 << 40}) == b"fallback"
