@@ -55,7 +55,7 @@ _LAST14 = [varint(i) for i in range(1 << 14)]  # the whole varint of a value < 2
 # two 7-bit groups that are not the last: both bytes carry the continuation bit
 _MORE14 = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
 
-# the generated code's globals: nothing else is reachable from it
+# the names the generated code uses: nothing else is reachable from it
 _GLOBALS: dict[str, Any] = {
     "Mismatch": Mismatch,
     "varint": varint,
@@ -279,22 +279,29 @@ def compile_writer(
         functions += gen.record(full, "value", "    ")
     if fallback is not None:
         body = ["    try:", *body, "    except Exception:", "        return fallback(record)"]
+    functions += [
+        "def encode(record):",
+        "    out = bytearray(prefix)",
+        *body,
+        "    return bytes(out)",
+    ]
+    # Everything the functions use is a parameter of make(), so a closure variable for them:
+    # LOAD_DEREF is cheaper than the LOAD_GLOBAL a module-level name would cost, per field.
+    names = {**gen.globals, "prefix": prefix, "fallback": fallback}
     source = "\n".join(
         [
-            *functions,
-            "def encode(record):",
-            "    out = bytearray(prefix)",
-            *body,
-            "    return bytes(out)",
+            f"def make({', '.join(names)}):",
+            *("    " + line for line in functions),
+            "    return encode",
             "",
         ]
     )
     filename = f"<avro_writer {schema.get('name', 'schema')} #{next(_source_ids)}>"
     # registered with linecache so a traceback through the generated code shows its lines
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {**gen.globals, "prefix": prefix, "fallback": fallback}
+    namespace: dict[str, Any] = {}
     exec(compile(source, filename, "exec"), namespace)  # the source generated above
-    encode: Encode = namespace["encode"]
+    encode: Encode = namespace["make"](**names)
     return encode
 
 

@@ -182,7 +182,7 @@ def test_real_messages_take_the_fast_path_and_match() -> None:
     assert fast >= 0.9 * len(messages)  # the fast path is the common path
 
 
-def test_synthetic_stream_takes_the_fast_path_and_matches() -> None:
+def test_synthetic_stream_takes_the_fast_paths_and_matches() -> None:
     # what bench/producers_bench.py measures
     for line in itertools.islice(envelopes(iter(Generator(Config(), 0))), 500):
         parse._message_create_fast(orjson.loads(line))
@@ -207,3 +207,69 @@ def test_odd_envelope_fields_match_the_careful_path(path: tuple[Any, ...]) -> No
         env = with_value(envelope("Message", SAMPLE_MESSAGE), path, value)
         same_as_careful(parse.firehose_event, env)
         same_as_careful(parse.firehose_event, json.dumps(env).encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'"z": 1e400',  # orjson: a number beyond a double is invalid JSON
+        b'"z": -1.7976931348623159e308',
+        b'"z": ' + b"9" * 400,
+        b'"z": 123456789012345678901234567890',
+        b'"z": "\xff"',  # invalid UTF-8, where msgspec skips without looking
+        b'"z": "\xc0\xaf"',
+        b'"z": "\xed\xa0\x80"',
+        b'"z": "\\ud800"',
+        b'"z": "\xf0\x9f\x98\x80 ok"',
+        b'"z": [[[[[[1]]]]]]',
+        b'"z": {"a": 1, "a": 2}',
+        b'"giphy": null',
+        b'"body": "dup body"',  # a duplicate key: the last one wins, on every path
+        b'"id": 7',
+        b'"id": 9223372036854775808',
+        b'"id": 18446744073709551616',
+        b'"id": -9223372036854775809',
+        b'"likes": {"total": 18446744073709551617}',
+        b'"likes": {"total": 3}',
+        b'"created_at": "2017-02-01T19:19:18Z"',
+    ],
+)
+@pytest.mark.parametrize("where", ["data", "user", "symbol", "envelope"])
+def test_raw_json_edge_cases_match_the_careful_path(text: bytes, where: str) -> None:
+    """Text spliced into the JSON itself: cases a dict cannot express (overflowing numbers,
+    invalid UTF-8, duplicate keys), for any fast route that decodes bytes itself."""
+    raw = orjson.dumps(envelope("Message", SAMPLE_MESSAGE))
+    anchor = {
+        "data": b'"data":{',
+        "user": b'"user":{',
+        "symbol": b'"symbols":[{',
+        "envelope": b'{"object"',
+    }[where]
+    at = raw.index(anchor) + len(anchor) - (len(b'"object"') if where == "envelope" else 0)
+    spliced = raw[:at] + text + b"," + raw[at:]
+    same_as_careful(parse.firehose_event, spliced)
+
+
+def test_random_byte_mutations_match_the_careful_path() -> None:
+    """A differential fuzz: the fast routes never accept what the careful one rejects, nor
+    build another record."""
+    import random
+
+    rng = random.Random(1)
+    alphabet = b'{}[]":,0123456789eE.-+ \\ntrufalsx\x00\x7f\xc3\xa9\xff\xed'
+    seeds = [
+        orjson.dumps(envelope("Message", SAMPLE_MESSAGE)),
+        *itertools.islice(envelopes(iter(Generator(Config(), 0))), 5),
+    ]
+    for _ in range(3000):
+        raw = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(raw))
+            op = rng.randrange(3)
+            if op == 0:
+                raw[at] = rng.choice(alphabet)
+            elif op == 1:
+                raw.insert(at, rng.choice(alphabet))
+            else:
+                del raw[at]
+        same_as_careful(parse.firehose_event, bytes(raw))
