@@ -4,7 +4,8 @@
         python bench/processors_bench.py --messages 500000 --symbols 10000
 
 1. pre-loads N synthetic MessageEvents (~1.5 symbols each) into a fresh raw topic;
-2. times a bare confluent-kafka consume + Avro decode + count loop over it (the ceiling);
+2. times a bare confluent-kafka consume + Avro decode + count loop over it (the Python
+   ceiling), and a no-op faust agent that only counts the records (faust's own ceiling);
 3. runs one worker (``python -m processors``) over the same backlog and times raw messages/s
    and mentions/s until the consumer group has committed everything, samples the latency
    from window close (header ``pulse.closed_at_ms``) to the output record being consumable,
@@ -20,8 +21,11 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
 from processors import spikes  # noqa: E402
-from processors.agents import CLOSED_AT_HEADER  # noqa: E402
+from processors.agents import BATCH_MAX, CLOSED_AT_HEADER  # noqa: E402
 from processors.app import prepare, window_config  # noqa: E402
 from processors.engine import PartitionEngine  # noqa: E402
 from processors.harness import RawWriter, WorkerProcess, message_event  # noqa: E402
@@ -103,6 +107,21 @@ def bare_loop(settings: Settings, n: int) -> float:
             seen += 1
     consumer.close()
     return n / (time.perf_counter() - (start or time.perf_counter()))
+
+
+def faust_noop(settings: Settings, n: int) -> float:
+    """Events/s of a no-op faust agent over the same topic: faust's own per-event ceiling."""
+    env = {**os.environ, "NOOP_BROKER": settings.bootstrap_servers.split(",")[0],
+           "NOOP_TOPIC": topics.MESSAGES.full_name(settings), "NOOP_COUNT": str(n),
+           "NOOP_DATADIR": tempfile.mkdtemp(prefix="faust-noop-")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "faust_noop.py"), "worker", "-l", "warn"],
+        env=env, capture_output=True, text=True, timeout=3_600, check=False,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("faust-noop "):
+            return float(line.split()[1])
+    raise RuntimeError(f"faust no-op run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
 
 def committed_total(settings: Settings, group: str, topic: str, partitions: int) -> int:
@@ -196,9 +215,10 @@ def engine_only(n: int, n_symbols: int) -> None:
     ]
     start = time.perf_counter()
     for i, m in enumerate(mentions):
-        out = engine.on_mention(m, i, 0)
-        for symbol in out.changed:
-            engine.states[symbol].to_json()
+        engine.on_mention(m, i, 0)
+        if i % BATCH_MAX == BATCH_MAX - 1:  # the worker writes changed rows once per batch
+            for _, row in engine.persist():
+                json.dumps(row)
     took = time.perf_counter() - start
     print(f"pure engine: {len(mentions) / took:,.0f} mentions/s ({len(mentions):,} mentions, "
           f"{n_symbols:,} symbols, windows {Settings().windows} + {Settings().hopping_windows})")
@@ -262,10 +282,14 @@ def main() -> None:
           f"in {time.perf_counter() - t:.1f}s")
     bare = bare_loop(settings, args.messages)
     print(f"bare confluent-kafka consume + Avro decode + count: {bare:,.0f} msgs/s")
+    noop = faust_noop(settings, args.messages)
+    print(f"faust no-op agent (counts records, nothing else): {noop:,.0f} events/s")
     r = run_worker(settings, args.messages, mentions, Path(settings.state_dir) / "worker.log")
     print(f"worker: {r['raw_per_s']:,.0f} raw msgs/s, {r['mentions_per_s']:,.0f} mentions/s "
           f"({r['seconds']:.1f}s to commit all input of both stages)")
-    print(f"ratio to the bare loop: {r['raw_per_s'] / bare:.1%}")
+    print(f"ratio to the bare loop: {r['raw_per_s'] / bare:.1%}; to faust's no-op agent: "
+          f"{r['raw_per_s'] / noop:.1%} (the worker reads each message and, in stage 2, "
+          f"each of its {mentions / args.messages:.2f} mentions)")
     print(f"window close → consumable output: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
           f"({r['latency_samples']:,} samples)")
     print(f"worker peak RSS: {r['peak_rss_mb']:.0f} MB with {args.symbols:,} symbols")

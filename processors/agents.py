@@ -10,6 +10,7 @@ in the log: a replay after a crash closes the same windows at the same place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from faust.types import TP
 
 from processors.engine import Outputs, PartitionEngine
 from processors.mentions import (
@@ -30,17 +32,30 @@ from processors.mentions import (
     rebuild_expiry,
     tick,
 )
-from processors.windows import SymbolState
+from processors.watchdog import Offsets, Partition, StallWatch
+from processors.windows import split_row_key
 from schemas import deadletter, topics
 from schemas.deadletter import Reason
 
 STAGE1, STAGE2 = "stage1", "stage2"
+# stage 2 takes mentions in batches and writes each changed table row once per batch
+BATCH_MAX, BATCH_WITHIN_S = 2_000, 0.05
+STALL_CHECK_S, STALL_S = 5.0, 20.0  # see processors/watchdog.py
 CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
 log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _by_partition(events: Any) -> list[list[Any]]:
+    """A batch's events split by (topic, partition), each in offset order: a partition's
+    records and its transaction (exactly-once) stay together."""
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for event in events:
+        groups.setdefault((event.message.topic, event.message.partition), []).append(event)
+    return list(groups.values())
 
 
 def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwise)
@@ -76,18 +91,59 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     tick_sent_for: dict[int, int] = {}
     tick_producer: list[Producer] = []
     p.extra.update(engines=engines, expiry=expiry)
+    # partitions that delivered an event since their assignment (the stall watchdog's input)
+    delivered: set[Partition] = set()
+    stall_watch = StallWatch(stall_ms=int(STALL_S * 1000))
+    offsets_reader: list[Consumer] = []
+    stream_topics = {messages_name, p.name(topics.SENTIMENT_EVENTS), mentions_name}
     exactly_once = s.processing_guarantee == "exactly_once"
     eos_pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
 
+    # At-least-once: every record (mentions, outputs, changelog rows, dead letters) goes
+    # through one librdkafka producer, flushed at the end of each batch before the batch's
+    # events are acked; faust's own producer costs ~50 µs of Python per record.
+    # Exactly-once: records go through faust's transactional producer (see `drain`).
+    fast: Producer | None = None if exactly_once else Producer({
+        **s.kafka_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+        "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+    })
+    delivery_errors: list[str] = []
+    topic_names: dict[int, str] = {}
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            delivery_errors.append(str(err))
+
     def send(topic: Any, key: bytes | None, value: bytes | None, partition: int | None,
              headers: Any = None) -> None:
-        """Queue one record. At-least-once: faust's buffer (flushed before each commit).
-        Exactly-once: sent by `drain` through the transaction of the input partition."""
-        if exactly_once:
-            eos_pending.append((topic.get_topic_name(), key, value, partition, headers))
-        else:
-            topic.send_soon(key=key, value=value, partition=partition, headers=headers,
-                            key_serializer="raw", value_serializer="raw")
+        """Queue one record; durable before the input that caused it is acked."""
+        name = topic_names.get(id(topic))
+        if name is None:
+            name = topic_names[id(topic)] = topic.get_topic_name()
+        if fast is None:
+            eos_pending.append((name, key, value, partition, headers))
+            return
+        kwargs: dict[str, Any] = {"on_delivery": on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                fast.produce(name, value, key, **kwargs)
+                return
+            except BufferError:  # queue full: let librdkafka send some
+                fast.poll(0.05)
+
+    async def flush_batch() -> None:
+        """At-least-once: wait until every record of the batch is acknowledged (or fail the
+        agent, which leaves the batch uncommitted for a replay)."""
+        if fast is None:
+            return
+        left = await asyncio.get_running_loop().run_in_executor(None, fast.flush, 60.0)
+        if left or delivery_errors:
+            errors, delivery_errors[:] = delivery_errors[:3], []
+            raise RuntimeError(f"{left} records unsent, delivery errors: {errors}")
 
     async def drain(msg: Any) -> None:
         # faust would pick the transaction of the *destination* partition, which for a
@@ -96,9 +152,9 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             return
         group = app.assignor.group_for_topic(msg.topic)
         tid = f"{app.conf.id}-{group}-{msg.partition}"
-        batch = list(eos_pending)
+        pending = list(eos_pending)
         eos_pending.clear()
-        for topic_name, key, value, partition, headers in batch:
+        for topic_name, key, value, partition, headers in pending:
             await app.producer.send(
                 topic_name, key, value, partition, None, headers, transactional_id=tid
             )
@@ -147,61 +203,64 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     def engine_for(partition: int) -> PartitionEngine:
         engine = engines.get(partition)
         if engine is None:
-            states = {
-                symbol: SymbolState.from_json(row)
-                for symbol, row in p.symbols.data.items()
-                if row and symbol_partition(symbol, n_symbol) == partition
-            }
-            engine = engines[partition] = PartitionEngine(p.cfg, states)
+            rows = [
+                (key, row)
+                for key, row in p.symbols.data.items()
+                if row and symbol_partition(split_row_key(key)[0], n_symbol) == partition
+            ]
+            engine = engines[partition] = PartitionEngine.from_rows(p.cfg, rows)
         return engine
+
+    def on_raw_event(event: Any) -> None:
+        msg = event.message
+        is_message = msg.topic == messages_name
+        try:
+            record = (decode_message if is_message else decode_sentiment)(event.value)
+            if record is None:
+                raise ValueError("empty value")
+        except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
+            dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+            return
+        try:
+            key = ("m" if is_message else "s") + str(record["message_id"])
+            row = p.seen.data.get(key)
+            seen = Seen.from_json(row) if row else None
+            apply = on_message_event if is_message else on_sentiment_event
+            new, mentions = apply(record, seen, msg.partition, msg.offset)
+        except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
+            dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
+            return
+        queue = expiry_for(msg.partition)
+        if new is not None:
+            put_row(p.seen, msg.partition, key, new.to_json())
+            queue.add(key, new.seen_ms)
+        elif not mentions:
+            m.duplicates.labels(msg.topic).inc()
+        for mention in mentions:
+            send(mentions_out, mention.symbol.encode(),
+                 encode[topics.MENTIONS.name](mention.to_avro()),
+                 symbol_partition(mention.symbol, n_symbol))
+            m.mentions.labels(mention.kind.value).inc()
+        horizon = queue.max_seen_ms - ttl_ms
+        for old_key in queue.expired():
+            old = p.seen.data.get(old_key)
+            if old is not None and old["seen_ms"] < horizon:
+                put_row(p.seen, msg.partition, old_key, None)
+                m.dedup_expired.inc()
 
     @app.agent(p.raw_topic, name="pulse-fan-out")
     async def fan_out(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            m.events_in.labels(msg.topic).inc()
-            m.lag_ms.labels(STAGE1).set(_now_ms() - msg.timestamp * 1000)
-            is_message = msg.topic == messages_name
-            try:
-                record = (decode_message if is_message else decode_sentiment)(event.value)
-                if record is None:
-                    raise ValueError("empty value")
-            except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
-                dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
-                await drain(msg)
-                continue
-            try:
-                key = ("m" if is_message else "s") + str(record["message_id"])
-                row = p.seen.data.get(key)
-                seen = Seen.from_json(row) if row else None
-                apply = on_message_event if is_message else on_sentiment_event
-                new, mentions = apply(record, seen, msg.partition, msg.offset)
-            except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
-                dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
-                await drain(msg)
-                continue
-            queue = expiry_for(msg.partition)
-            if new is not None:
-                put_row(p.seen, msg.partition, key, new.to_json())
-                queue.add(key, new.seen_ms)
-            elif not mentions:
-                m.duplicates.labels(msg.topic).inc()
-            for mention in mentions:
-                send(mentions_out, mention.symbol.encode(),
-                     encode[topics.MENTIONS.name](mention.to_avro()),
-                     symbol_partition(mention.symbol, n_symbol))
-                m.mentions.labels(mention.kind.value).inc()
-            horizon = queue.max_seen_ms - ttl_ms
-            for old_key in queue.expired():
-                old = p.seen.data.get(old_key)
-                if old is not None and old["seen_ms"] < horizon:
-                    put_row(p.seen, msg.partition, old_key, None)
-                    m.dedup_expired.inc()
-            await drain(msg)
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            for events in _by_partition(batch):
+                last = events[-1].message
+                delivered.add((last.topic, last.partition))
+                for event in events:
+                    m.events_in.labels(event.message.topic).inc()
+                    on_raw_event(event)
+                m.lag_ms.labels(STAGE1).set(_now_ms() - last.timestamp * 1000)
+                await drain(last)
+            await flush_batch()
 
-    # Sends use send_soon: faust's `await topic.send()` waits for the broker's ack of every
-    # record. send_soon buffers; before committing offsets faust flushes the buffer and the
-    # producer, so at-least-once still holds.
     def publish(out: Outputs, partition: int) -> None:
         # outputs go to the partition of their symbol, which is the partition being read;
         # the close time rides in a header so the value stays identical on a replay
@@ -223,39 +282,48 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         if out.corrections:
             m.corrections.inc(out.corrections)
 
+    def on_mention_event(event: Any, engine: PartitionEngine) -> None:
+        msg = event.message
+        part = msg.partition
+        try:
+            mention = Mention.from_avro(decode_mention(event.value))
+        except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
+            dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+            return
+        trigger_ms = int(msg.timestamp * 1000)
+        if mention.kind is MentionKind.TICK:
+            # input resumed after the timer fired: the tick is stale, let the data decide
+            if last_data_offset.get(part, mention.message_id) != mention.message_id:
+                return
+            out = engine.on_idle_tick(trigger_ms, msg.offset)
+            log.info("idle tick on partition %d closed %d windows", part, out.closed_windows)
+            if out.closed_windows:
+                m.idle_closes.inc()
+        else:
+            last_data_offset[part] = msg.offset
+            last_input_at[part] = time.monotonic()
+            out = engine.on_mention(mention, trigger_ms, _now_ms(), msg.offset)
+        publish(out, part)
+
     @app.agent(p.mentions_topic, name="pulse-signals")
     async def signals(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            part = msg.partition
-            m.events_in.labels(msg.topic).inc()
-            m.lag_ms.labels(STAGE2).set(_now_ms() - msg.timestamp * 1000)
-            try:
-                mention = Mention.from_avro(decode_mention(event.value))
-            except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
-                dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
-                await drain(msg)
-                continue
-            engine = engine_for(part)
-            trigger_ms = int(msg.timestamp * 1000)
-            if mention.kind is MentionKind.TICK:
-                # input resumed after the timer fired: the tick is stale, let the data decide
-                if last_data_offset.get(part, mention.message_id) != mention.message_id:
-                    await drain(msg)
-                    continue
-                out = engine.on_idle_tick(trigger_ms, msg.offset)
-                log.info("idle tick on partition %d closed %d windows", part, out.closed_windows)
-                if out.closed_windows:
-                    m.idle_closes.inc()
-            else:
-                last_data_offset[part] = msg.offset
-                last_input_at[part] = time.monotonic()
-                out = engine.on_mention(mention, trigger_ms, _now_ms(), msg.offset)
-            for symbol in out.changed:
-                put_row(p.symbols, part, symbol, engine.states[symbol].to_json())
-            publish(out, part)
-            await drain(msg)
-            m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
+        # events are acked after their batch, so the rows written at its end are flushed
+        # before any of its offsets can be committed
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            for events in _by_partition(batch):
+                last = events[-1].message
+                delivered.add((last.topic, last.partition))
+                part = last.partition
+                engine = engine_for(part)
+                m.events_in.labels(last.topic).inc(len(events))
+                m.lag_ms.labels(STAGE2).set(_now_ms() - last.timestamp * 1000)
+                for event in events:
+                    on_mention_event(event, engine)
+                for key, row in engine.persist():
+                    put_row(p.symbols, part, key, row)
+                await drain(last)
+                m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
+            await flush_batch()
 
     @app.timer(interval=max(0.5, s.idle_close_s / 4))
     async def idle_ticks() -> None:
@@ -278,12 +346,55 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             tick_producer[0].poll(0)
             log.info("idle tick sent to %s[%d] after offset %d", mentions_name, part, last)
 
+    def recovered() -> bool:
+        recovery = getattr(app.tables, "recovery", None)
+        completed = getattr(recovery, "completed", None)
+        return (not app.rebalancing and completed is not None and completed.is_set()
+                and bool(app.consumer.assignment()))
+
+    def broker_offsets(partitions: list[Partition]) -> dict[Partition, Offsets]:
+        if not offsets_reader:  # reads the group's commits; never joins the group
+            offsets_reader.append(Consumer({**s.kafka_config(), "group.id": app.conf.id,
+                                            "enable.auto.commit": False}))
+        reader = offsets_reader[0]
+        found: dict[Partition, Offsets] = {}
+        for tp in reader.committed([TopicPartition(t, n) for t, n in partitions], timeout=10):
+            low, high = reader.get_watermark_offsets(tp, timeout=10)
+            found[(tp.topic, tp.partition)] = Offsets(
+                tp.offset if tp.offset >= 0 else None, low, high)
+        return found
+
+    @app.timer(interval=STALL_CHECK_S)
+    async def stall_check() -> None:
+        if not recovered():
+            stall_watch.reset()
+            return
+        idle = [
+            (tp.topic, tp.partition) for tp in app.consumer.assignment()
+            if tp.topic in stream_topics and (tp.topic, tp.partition) not in delivered
+        ]
+        if not idle:
+            stall_watch.reset()
+            return
+        offsets = await asyncio.get_running_loop().run_in_executor(None, broker_offsets, idle)
+        for topic, partition in stall_watch.check(_now_ms(), offsets):
+            o = offsets[(topic, partition)]
+            log.warning(
+                "%s[%d]: assigned, %d records waiting, none read for %.0f s: seeking it to "
+                "offset %d (faust-streaming issue #629)", topic, partition, o.waiting, STALL_S,
+                o.start,
+            )
+            m.stall_seeks.inc()
+            await app.consumer.seek(TP(topic, partition), o.start)
+
     @app.on_partitions_revoked.connect
     async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # rebuilt lazily from the tables, which faust restores before streams resume
         engines.clear()
         expiry.clear()
         last_data_offset.clear()
+        delivered.clear()
+        stall_watch.reset()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -295,14 +406,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        recovery = getattr(app.tables, "recovery", None)
-        completed = getattr(recovery, "completed", None)
-        ready = (
-            not app.rebalancing
-            and completed is not None
-            and completed.is_set()
-            and bool(app.consumer.assignment())
-        )
+        ready = recovered()
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     p.extra.update(fan_out=fan_out, signals=signals, idle_ticks=idle_ticks)

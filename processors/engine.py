@@ -21,9 +21,12 @@ from processors.windows import (
     WindowSpec,
     add_mention,
     close_windows,
+    pane_key,
     recovered_watermark,
     spike_record,
+    states_from_rows,
     window_result,
+    window_start_ms,
 )
 
 
@@ -51,6 +54,9 @@ class PartitionEngine:
     def __init__(self, cfg: WindowConfig, states: dict[str, SymbolState] | None = None) -> None:
         self.cfg = cfg
         self.states: dict[str, SymbolState] = states or {}
+        # what changed since the last `persist()`: symbols, and which of their panes
+        self._dirty: dict[str, set[int]] = {}
+        self._persisted_panes = {s: set(st.panes) for s, st in self.states.items()}
         self.clock = PartitionClock(
             cfg.grace_ms, recovered_watermark(list(self.states.values()), cfg.grace_ms)
         )
@@ -68,6 +74,40 @@ class PartitionEngine:
                     if state.emitted.get(spec.key, {}).get(start) is not None:
                         entry = (start + spec.size_ms, spec.size_ms, start, symbol, spec)
                         self._replay.setdefault(offset, []).append(entry)
+
+    @classmethod
+    def from_rows(cls, cfg: WindowConfig, rows: Any) -> PartitionEngine:
+        """Rebuild from the partition's ``(key, row)`` table rows (see :meth:`persist`)."""
+        return cls(cfg, states_from_rows(rows, cfg))
+
+    def persist(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Table writes for what changed since the last call, as ``(key, row or None)``.
+
+        One meta row per changed symbol and one row per changed pane (deleted panes as
+        None), panes first: a crash between the two leaves the meta row behind, which
+        :func:`~processors.windows.states_from_rows` repairs and a replay re-applies.
+        """
+        writes: list[tuple[str, dict[str, Any] | None]] = []
+        metas: list[tuple[str, dict[str, Any] | None]] = []
+        for symbol, panes in self._dirty.items():
+            state = self.states[symbol]
+            persisted = self._persisted_panes.setdefault(symbol, set())
+            for start in persisted - state.panes.keys():
+                writes.append((pane_key(symbol, start), None))
+                persisted.discard(start)
+            for start in panes:
+                pane = state.panes.get(start)
+                if pane is not None:
+                    writes.append((pane_key(symbol, start), pane.to_json()))
+                    persisted.add(start)
+            metas.append((symbol, state.meta_json()))
+        self._dirty.clear()
+        return writes + metas
+
+    def _touch(self, symbol: str, pane_start: int | None = None) -> None:
+        panes = self._dirty.setdefault(symbol, set())
+        if pane_start is not None:
+            panes.add(pane_start)
 
     @property
     def watermark_ms(self) -> int:
@@ -106,15 +146,23 @@ class PartitionEngine:
         """
         if mention.kind is MentionKind.TICK:
             raise ValueError("ticks go to on_idle_tick")
-        if 0 <= offset <= self.replay_upto:
-            return self._replayed(offset, trigger_ms)
-        out = Outputs()
         symbol = mention.symbol
         state = self.states.get(symbol)
+        if 0 <= offset <= self.replay_upto:
+            out = self._replayed(offset, trigger_ms)
+            if state is not None and offset <= state.last_offset:
+                return out
+            # this symbol's rows were not written up to here (a crash between rows of one
+            # batch): apply the mention for real; pane ids make a repeat harmless
+        else:
+            out = Outputs()
         if state is None:
             state = self.states[symbol] = SymbolState()
         before = state.earliest_end_ms(self.cfg.specs)
         applied = add_mention(state, mention, self.clock.watermark_ms, self.cfg)
+        pane_start = window_start_ms(mention.created_at_ms, self.cfg.pane_ms)
+        if pane_start in state.panes:  # a retraction marks its pane even when not counted
+            self._touch(symbol, pane_start)
         if applied.late:
             out.late.append(
                 {
@@ -141,6 +189,7 @@ class PartitionEngine:
     def _stamp(self, out: Outputs, offset: int) -> None:
         for symbol in out.changed:
             self.states[symbol].last_offset = max(self.states[symbol].last_offset, offset)
+            self._touch(symbol)
 
     def on_idle_tick(self, trigger_ms: int, offset: int = -1) -> Outputs:
         """Input went quiet: close every open window of the partition now."""

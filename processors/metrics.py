@@ -40,6 +40,10 @@ class Metrics:
         self.dedup_expired = Counter(
             "pulse_dedup_expired", "Message ids forgotten by the dedup TTL.", registry=r
         )
+        self.stall_seeks = Counter(
+            "pulse_stall_seeks", "Assigned partitions found unread with records waiting, and "
+            "sought to their committed offset (processors/watchdog.py).", registry=r,
+        )
         self.lag_ms = Gauge(
             "pulse_processing_lag_ms", "Wall clock minus the timestamp of the last record read.",
             ["stage"], registry=r,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any
 
 from processors import spikes
@@ -41,14 +41,13 @@ def parse_duration_ms(text: str) -> int:
 class WindowSpec:
     size_ms: int
     advance_ms: int
+    # the spec's name in state rows; built once, as it is looked up for every mention
+    key: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.size_ms <= 0 or self.advance_ms <= 0 or self.size_ms % self.advance_ms:
             raise ValueError(f"window size must be a positive multiple of advance: {self}")
-
-    @property
-    def key(self) -> str:
-        return f"{self.size_ms}/{self.advance_ms}"
+        object.__setattr__(self, "key", f"{self.size_ms}/{self.advance_ms}")
 
     @property
     def hopping(self) -> bool:
@@ -92,11 +91,11 @@ class WindowConfig:
     spike_specs: tuple[WindowSpec, ...] = ()
     rule: spikes.SpikeRule = field(default_factory=spikes.SpikeRule)
 
-    @property
+    @cached_property
     def pane_ms(self) -> int:
         return pane_size_ms(self.specs)
 
-    @property
+    @cached_property
     def retain_ms(self) -> int:
         """How long after its start a pane is still needed (last window end + horizon)."""
         return max(s.size_ms for s in self.specs) + self.revision_horizon_ms
@@ -140,8 +139,14 @@ class SymbolState:
     last_offset: int = -1  # last mentions offset that changed this row
 
     def to_json(self) -> dict[str, Any]:
+        """The whole state as one JSON-able dict (tests; see :meth:`meta_json` for rows)."""
+        return {"panes": {str(k): p.to_json() for k, p in self.panes.items()},
+                **self.meta_json()}
+
+    def meta_json(self) -> dict[str, Any]:
+        """Everything but the panes: the symbol's own table row. Panes have a row each
+        (:func:`pane_key`), so a busy symbol rewrites only the pane that changed."""
         return {
-            "panes": {str(k): p.to_json() for k, p in self.panes.items()},
             "pending": self.pending,
             "emitted": {s: {str(k): v for k, v in e.items()} for s, e in self.emitted.items()},
             "baselines": {k: b.to_json() for k, b in self.baselines.items()},
@@ -157,9 +162,11 @@ class SymbolState:
         }
 
     @classmethod
-    def from_json(cls, row: dict[str, Any]) -> SymbolState:
+    def from_json(cls, row: dict[str, Any], panes: dict[int, Pane] | None = None) -> SymbolState:
+        """From :meth:`to_json`, or from :meth:`meta_json` plus the symbol's pane rows."""
         return cls(
-            panes={int(k): Pane.from_json(p) for k, p in row["panes"].items()},
+            panes=panes if panes is not None else {
+                int(k): Pane.from_json(p) for k, p in row["panes"].items()},
             pending={k: list(v) for k, v in row["pending"].items()},
             emitted={s: {int(k): v for k, v in e.items()} for s, e in row["emitted"].items()},
             baselines={k: spikes.Baseline.from_json(b) for k, b in row["baselines"].items()},
@@ -176,8 +183,57 @@ class SymbolState:
 
     def earliest_end_ms(self, specs: tuple[WindowSpec, ...]) -> int | None:
         """End of the first window still waiting to close, if any."""
-        ends = [s.size_ms + self.pending[s.key][0] for s in specs if self.pending.get(s.key)]
-        return min(ends) if ends else None
+        best = None
+        pending = self.pending
+        for spec in specs:
+            starts = pending.get(spec.key)
+            if starts:
+                end = starts[0] + spec.size_ms
+                if best is None or end < best:
+                    best = end
+        return best
+
+
+PANE_KEY_SEP = "\t"  # never part of a symbol
+
+
+def pane_key(symbol: str, pane_start_ms: int) -> str:
+    """Table key of one pane row of ``symbol``."""
+    return f"{symbol}{PANE_KEY_SEP}{pane_start_ms}"
+
+
+def split_row_key(key: str) -> tuple[str, int | None]:
+    """``symbol`` → (symbol, None); a :func:`pane_key` → (symbol, pane start)."""
+    symbol, sep, start = key.partition(PANE_KEY_SEP)
+    return (symbol, int(start)) if sep else (symbol, None)
+
+
+def states_from_rows(rows: Any, cfg: WindowConfig) -> dict[str, SymbolState]:
+    """Rebuild symbol states from ``(key, row)`` table rows: meta rows and pane rows.
+
+    Pane rows are written before their symbol's meta row, so a crash between the two leaves
+    a meta row behind its panes; the windows such panes open are marked pending again.
+    """
+    metas: dict[str, dict[str, Any]] = {}
+    panes: dict[str, dict[int, Pane]] = {}
+    for key, row in rows:
+        if row is None:
+            continue
+        symbol, start = split_row_key(key)
+        if start is None:
+            metas[symbol] = row
+        else:
+            panes.setdefault(symbol, {})[start] = Pane.from_json(row)
+    empty = SymbolState().meta_json()
+    states = {
+        symbol: SymbolState.from_json(metas.get(symbol, empty), panes.get(symbol, {}))
+        for symbol in metas.keys() | panes.keys()
+    }
+    for state in states.values():
+        for pane_start, pane in state.panes.items():
+            if pane.messages or pane.scores:
+                _mark_pending(state, pane_start, cfg, since_ms=state.watermark_ms)
+    return states
 
 
 @dataclass(frozen=True)
@@ -322,12 +378,19 @@ def window_result(
     )
 
 
-def _mark_pending(state: SymbolState, event_ms: int, cfg: WindowConfig) -> None:
+def _mark_pending(
+    state: SymbolState, event_ms: int, cfg: WindowConfig, since_ms: int | None = None
+) -> None:
+    """Mark the windows holding ``event_ms`` as open, unless emitted. With ``since_ms`` (a
+    watermark), only windows whose emitted marks would still be kept (see :func:`_forget`)."""
     for spec in cfg.specs:
         pending = state.pending.setdefault(spec.key, [])
         emitted = state.emitted.get(spec.key, {})
+        oldest = None if since_ms is None else since_ms - spec.size_ms - cfg.revision_horizon_ms
         for start in window_starts(event_ms, spec):
-            if start not in pending and start not in emitted:
+            if start not in pending and start not in emitted and (
+                oldest is None or start >= oldest
+            ):
                 pending.append(start)
         pending.sort()
 

@@ -3,9 +3,13 @@ schema registration and compatibility."""
 
 from __future__ import annotations
 
+import io
+import json
+import struct
 import time
 import uuid
 
+import fastavro
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
@@ -161,3 +165,30 @@ def test_decoding_needs_no_registry_call_beyond_the_writer_schema(
 
     reader.client.get_associations_by_resource_name = refuse  # type: ignore[method-assign]
     assert reader.decode(spec, data)["symbol"] == "TSLA"
+
+
+def test_a_record_of_an_older_schema_version_decodes_to_todays_shape(
+    settings: Settings,
+) -> None:
+    """Readers resolve the writer schema named by the frame's id against ours: fields added
+    since (with defaults) appear, so old records on a topic stay readable."""
+    serde = Serde(settings)
+    spec = topics.SENTIMENT_CHART
+    today = json.loads(schema_str(spec))
+    old = dict(today, fields=[f for f in today["fields"]
+                              if f["name"] not in ("sentiment_label", "message_volume_label")])
+    old_id = serde.client.register_schema(f"old-{uuid.uuid4().hex}", Schema(json.dumps(old),
+                                                                            "AVRO"))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(old), {
+        "symbol": "AAPL", "zoom": "1D", "time_ms": 5, "message_volume_normalized": 1.5,
+        "sentiment_normalized": None, "fetched_at_ms": 6})
+    data = struct.pack(">bI", 0, old_id) + body.getvalue()
+    assert serde.decode(spec, data) == {
+        "symbol": "AAPL", "zoom": "1D", "time_ms": 5, "message_volume_normalized": 1.5,
+        "message_volume_label": None, "sentiment_normalized": None, "sentiment_label": None,
+        "fetched_at_ms": 6}
+    with pytest.raises(ValueError, match="not a Confluent Avro frame"):
+        serde.decode(spec, b"\x01" + data[1:])
+    with pytest.raises(Exception):  # noqa: B017 - fastavro's own error for a cut body
+        serde.decode(spec, data[:8])
