@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 import faust
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -32,7 +33,7 @@ from processors.mentions import (
     rebuild_expiry,
     tick,
 )
-from processors.watchdog import Offsets, Partition, StallWatch
+from processors.watchdog import Offsets, Partition, StallWatch, reading_position
 from processors.windows import split_row_key
 from schemas import deadletter, topics
 from schemas.deadletter import Reason
@@ -40,13 +41,20 @@ from schemas.deadletter import Reason
 STAGE1, STAGE2 = "stage1", "stage2"
 # stage 2 takes mentions in batches and writes each changed table row once per batch
 BATCH_MAX, BATCH_WITHIN_S = 2_000, 0.05
-STALL_CHECK_S, STALL_S = 5.0, 20.0  # see processors/watchdog.py
+# stall watchdog (processors/watchdog.py): checks while the agents have been idle this long
+STALL_CHECK_S, STALL_S, IDLE_BEFORE_CHECK_S = 5.0, 20.0, 10.0
 CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
 log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _exit_now(stage: str, why: str, code: int) -> NoReturn:
+    log.critical("%s: %s", stage, why)
+    logging.shutdown()
+    os._exit(code)
 
 
 def _by_partition(events: Any) -> list[list[Any]]:
@@ -91,9 +99,11 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     tick_sent_for: dict[int, int] = {}
     tick_producer: list[Producer] = []
     p.extra.update(engines=engines, expiry=expiry)
-    # partitions that delivered an event since their assignment (the stall watchdog's input)
-    delivered: set[Partition] = set()
-    stall_watch = StallWatch(stall_ms=int(STALL_S * 1000))
+    # last offset read per partition since its assignment, and when any batch last came in
+    read_upto: dict[Partition, int] = {}
+    last_batch_at = [time.monotonic()]
+    # slack 1: a transaction's commit marker can end a partition (never delivered as a record)
+    stall_watch = StallWatch(stall_ms=int(STALL_S * 1000), slack=1)
     offsets_reader: list[Consumer] = []
     stream_topics = {messages_name, p.name(topics.SENTIMENT_EVENTS), mentions_name}
     exactly_once = s.processing_guarantee == "exactly_once"
@@ -144,6 +154,24 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         if left or delivery_errors:
             errors, delivery_errors[:] = delivery_errors[:3], []
             raise RuntimeError(f"{left} records unsent, delivery errors: {errors}")
+
+    async def guarded(stage: str, batch_work: Coroutine[Any, Any, None]) -> None:
+        """Run one batch. faust's ``take_events`` acks a batch's events even when the block
+        fails or is cancelled, and would then commit them. So a failure ends the process at
+        once (the uncommitted input is read again after the restart), and a stop inside a
+        batch first makes its records durable (at-least-once: the only wait is the final
+        flush, so the batch is complete) or exits without committing (exactly-once: the open
+        transaction is aborted and the batch re-read)."""
+        try:
+            await batch_work
+        except asyncio.CancelledError:
+            if fast is not None:
+                fast.flush(30.0)
+                raise
+            _exit_now(stage, "stopped inside a batch; its transaction is left to abort", 0)
+        except Exception as exc:  # see above: the batch must not be acked
+            log.critical("%s: batch failed", stage, exc_info=exc)
+            _exit_now(stage, f"batch failed: {exc!r}; exiting so its input is re-read", 70)
 
     async def drain(msg: Any) -> None:
         # faust would pick the transaction of the *destination* partition, which for a
@@ -251,15 +279,19 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     @app.agent(p.raw_topic, name="pulse-fan-out")
     async def fan_out(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            for events in _by_partition(batch):
-                last = events[-1].message
-                delivered.add((last.topic, last.partition))
-                for event in events:
-                    m.events_in.labels(event.message.topic).inc()
-                    on_raw_event(event)
-                m.lag_ms.labels(STAGE1).set(_now_ms() - last.timestamp * 1000)
-                await drain(last)
-            await flush_batch()
+            await guarded(STAGE1, fan_out_batch(batch))
+
+    async def fan_out_batch(batch: list[Any]) -> None:
+        for events in _by_partition(batch):
+            last = events[-1].message
+            read_upto[(last.topic, last.partition)] = last.offset
+            last_batch_at[0] = time.monotonic()
+            for event in events:
+                m.events_in.labels(event.message.topic).inc()
+                on_raw_event(event)
+            m.lag_ms.labels(STAGE1).set(_now_ms() - last.timestamp * 1000)
+            await drain(last)
+        await flush_batch()
 
     def publish(out: Outputs, partition: int) -> None:
         # outputs go to the partition of their symbol, which is the partition being read;
@@ -310,20 +342,24 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         # events are acked after their batch, so the rows written at its end are flushed
         # before any of its offsets can be committed
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            for events in _by_partition(batch):
-                last = events[-1].message
-                delivered.add((last.topic, last.partition))
-                part = last.partition
-                engine = engine_for(part)
-                m.events_in.labels(last.topic).inc(len(events))
-                m.lag_ms.labels(STAGE2).set(_now_ms() - last.timestamp * 1000)
-                for event in events:
-                    on_mention_event(event, engine)
-                for key, row in engine.persist():
-                    put_row(p.symbols, part, key, row)
-                await drain(last)
-                m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
-            await flush_batch()
+            await guarded(STAGE2, signals_batch(batch))
+
+    async def signals_batch(batch: list[Any]) -> None:
+        for events in _by_partition(batch):
+            last = events[-1].message
+            read_upto[(last.topic, last.partition)] = last.offset
+            last_batch_at[0] = time.monotonic()
+            part = last.partition
+            engine = engine_for(part)
+            m.events_in.labels(last.topic).inc(len(events))
+            m.lag_ms.labels(STAGE2).set(_now_ms() - last.timestamp * 1000)
+            for event in events:
+                on_mention_event(event, engine)
+            for key, row in engine.persist():
+                put_row(p.symbols, part, key, row)
+            await drain(last)
+            m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
+        await flush_batch()
 
     @app.timer(interval=max(0.5, s.idle_close_s / 4))
     async def idle_ticks() -> None:
@@ -366,26 +402,24 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
 
     @app.timer(interval=STALL_CHECK_S)
     async def stall_check() -> None:
-        if not recovered():
-            stall_watch.reset()
+        if not recovered() or time.monotonic() - last_batch_at[0] < IDLE_BEFORE_CHECK_S:
+            stall_watch.reset()  # busy (or rebalancing): stalls are only judged when idle
             return
-        idle = [
-            (tp.topic, tp.partition) for tp in app.consumer.assignment()
-            if tp.topic in stream_topics and (tp.topic, tp.partition) not in delivered
-        ]
-        if not idle:
-            stall_watch.reset()
-            return
-        offsets = await asyncio.get_running_loop().run_in_executor(None, broker_offsets, idle)
-        for topic, partition in stall_watch.check(_now_ms(), offsets):
-            o = offsets[(topic, partition)]
+        assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()
+                    if tp.topic in stream_topics]
+        offsets = await asyncio.get_running_loop().run_in_executor(
+            None, broker_offsets, assigned)
+        positions = {tp: (reading_position(read_upto.get(tp), o), o.high)
+                     for tp, o in offsets.items()}
+        for topic, partition in stall_watch.check(_now_ms(), positions):
+            position, high = positions[(topic, partition)]
             log.warning(
-                "%s[%d]: assigned, %d records waiting, none read for %.0f s: seeking it to "
-                "offset %d (faust-streaming issue #629)", topic, partition, o.waiting, STALL_S,
-                o.start,
+                "%s[%d]: %d records waiting, none read for %.0f s while idle: seeking it to "
+                "offset %d (faust-streaming issue #629)", topic, partition, high - position,
+                STALL_S, position,
             )
             m.stall_seeks.inc()
-            await app.consumer.seek(TP(topic, partition), o.start)
+            await app.consumer.seek(TP(topic, partition), position)
 
     @app.on_partitions_revoked.connect
     async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -393,7 +427,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         engines.clear()
         expiry.clear()
         last_data_offset.clear()
-        delivered.clear()
+        read_upto.clear()
         stall_watch.reset()
 
     @app.page("/metrics")

@@ -1,12 +1,16 @@
 """Stalled-partition watchdog, pure part: which assigned partitions need a nudge.
 
-faust-streaming 0.15 with aiokafka 0.14 can leave a partition it was just assigned without a
-fetch position when the group has no committed offset for it yet (a worker died before its
-first commit): the partition is "active" in faust's eyes, yet no fetch is ever sent for it
-(upstream faust-streaming issue #629). A worker that took over such a partition would never
-read it. The agents' timer asks the broker for each idle partition's committed offset and high
-watermark and seeks the ones this watch reports, which is what the missing offset reset would
-have done.
+faust-streaming 0.15 with aiokafka 0.14 can stop fetching a partition after a rebalance: the
+partition is "active" in faust's eyes, yet no fetch is sent for it (upstream faust-streaming
+issue #629). Seen here when a worker took over partitions of a dead one: either never read
+(the group had no committed offset for them yet), or read for a while and then no more. The
+worker looked healthy and idle while records waited.
+
+The agents' timer, when its agents have had nothing to do for a while, compares where each
+assigned partition's reading stands with the broker's high watermark; a partition with
+records waiting and no progress for ``stall_ms`` is sought to where its reading stands. The
+agents being idle is what makes the seek safe: no record of that partition is in flight, so
+nothing is read twice.
 """
 
 from __future__ import annotations
@@ -29,37 +33,42 @@ class Offsets:
         """Where reading (re)starts: committed, else the earliest record (auto reset)."""
         return self.committed if self.committed is not None and self.committed >= 0 else self.low
 
-    @property
-    def waiting(self) -> int:
-        """Records the group has not read yet."""
-        return max(0, self.high - self.start)
+
+def reading_position(read_upto: int | None, offsets: Offsets) -> int:
+    """Next offset this worker should read: after its last record, else the group's start."""
+    return read_upto + 1 if read_upto is not None else offsets.start
 
 
 @dataclass
 class StallWatch:
-    """Partitions assigned, untouched by any event since, with records waiting for ``stall_ms``.
+    """Partitions whose records wait while their reading position stays put for ``stall_ms``.
 
-    Only partitions that delivered nothing since their assignment qualify: nothing of theirs is
-    in flight, so a seek to the committed offset cannot replay records twice (also under
-    exactly-once, where a replay within an open transaction would).
+    ``slack`` records may wait forever without counting: a transaction's commit marker can sit
+    at the end of a partition (exactly-once outputs, transactional producers) and is never
+    delivered as a record.
     """
 
     stall_ms: int
-    _since: dict[Partition, int] = field(default_factory=dict)
+    slack: int = 0
+    _since: dict[Partition, tuple[int, int]] = field(default_factory=dict)  # → (pos, since)
 
     def reset(self) -> None:
         self._since.clear()
 
-    def check(self, now_ms: int, idle: dict[Partition, Offsets]) -> list[Partition]:
-        """``idle``: partitions with no event since assignment, with their offsets.
-        Returns those stalled for ``stall_ms``; each is re-armed for another period."""
-        stuck = {tp for tp, offsets in idle.items() if offsets.waiting > 0}
-        for tp in [tp for tp in self._since if tp not in stuck]:
-            del self._since[tp]
+    def check(self, now_ms: int, positions: dict[Partition, tuple[int, int]]) -> list[Partition]:
+        """``positions``: partition → (reading position, high watermark), of the assigned
+        partitions. Returns those stuck for ``stall_ms``, each re-armed for another period."""
         due = []
-        for tp in sorted(stuck):
-            since = self._since.setdefault(tp, now_ms)
-            if now_ms - since >= self.stall_ms:
+        for tp in [tp for tp in self._since if tp not in positions]:
+            del self._since[tp]
+        for tp, (position, high) in sorted(positions.items()):
+            if high - position <= self.slack:
+                self._since.pop(tp, None)
+                continue
+            seen = self._since.get(tp)
+            if seen is None or seen[0] != position:
+                self._since[tp] = (position, now_ms)
+            elif now_ms - seen[1] >= self.stall_ms:
                 due.append(tp)
-                self._since[tp] = now_ms
+                self._since[tp] = (position, now_ms)
         return due

@@ -1,33 +1,43 @@
 from __future__ import annotations
 
-from processors.watchdog import Offsets, StallWatch
+from processors.watchdog import Offsets, StallWatch, reading_position
 
 P0, P1 = ("raw", 0), ("raw", 1)
 
 
-def test_offsets_start_at_the_committed_offset_else_the_earliest_record() -> None:
-    assert Offsets(committed=40, low=10, high=100).start == 40
-    assert Offsets(committed=None, low=10, high=100).start == 10
-    assert Offsets(committed=-1001, low=0, high=5).waiting == 5  # librdkafka's "no offset"
-    assert Offsets(committed=100, low=0, high=100).waiting == 0
+def test_reading_stands_after_the_last_record_read_else_at_the_groups_start() -> None:
+    assert reading_position(41, Offsets(committed=10, low=0, high=100)) == 42
+    assert reading_position(None, Offsets(committed=40, low=10, high=100)) == 40
+    assert reading_position(None, Offsets(committed=None, low=10, high=100)) == 10
+    assert reading_position(None, Offsets(committed=-1001, low=0, high=5)) == 0  # no offset
 
 
-def test_a_partition_with_records_waiting_is_reported_after_the_stall_period_only() -> None:
+def test_a_partition_with_records_waiting_and_no_progress_is_reported_after_the_period() -> None:
     watch = StallWatch(stall_ms=30_000)
-    idle = {P0: Offsets(None, 0, 50), P1: Offsets(20, 0, 20)}  # P1 has nothing to read
-    assert watch.check(0, idle) == []
-    assert watch.check(29_999, idle) == []
-    assert watch.check(30_000, idle) == [P0]
+    state = {P0: (0, 50), P1: (20, 20)}  # P1 has read everything
+    assert watch.check(0, state) == []
+    assert watch.check(29_999, state) == []
+    assert watch.check(30_000, state) == [P0]
     # re-armed: a seek that did not help is retried one period later, not every tick
-    assert watch.check(31_000, idle) == []
-    assert watch.check(60_000, idle) == [P0]
+    assert watch.check(31_000, state) == []
+    assert watch.check(60_000, state) == [P0]
 
 
-def test_a_partition_that_starts_delivering_or_catches_up_is_forgotten() -> None:
+def test_progress_or_catching_up_restarts_the_clock() -> None:
     watch = StallWatch(stall_ms=10_000)
-    watch.check(0, {P0: Offsets(None, 0, 50)})
-    assert watch.check(5_000, {}) == []  # delivered an event: no longer idle
-    assert watch.check(12_000, {P0: Offsets(None, 0, 50)}) == []  # the clock starts again
-    assert watch.check(22_000, {P0: Offsets(None, 0, 50)}) == [P0]
+    watch.check(0, {P0: (0, 50)})
+    assert watch.check(9_000, {P0: (5, 50)}) == []  # it moved: a new period starts
+    assert watch.check(18_000, {P0: (5, 50)}) == []
+    assert watch.check(19_000, {P0: (5, 50)}) == [P0]
+    assert watch.check(20_000, {P0: (50, 50)}) == []  # caught up
+    assert watch.check(40_000, {P0: (50, 60)}) == []  # new records: the clock starts now
     watch.reset()
-    assert watch.check(23_000, {P0: Offsets(None, 0, 50)}) == []
+    assert watch.check(45_000, {P0: (50, 60)}) == []
+
+
+def test_slack_ignores_a_trailing_commit_marker() -> None:
+    watch = StallWatch(stall_ms=1_000, slack=1)
+    assert watch.check(0, {P0: (99, 100)}) == []
+    assert watch.check(5_000, {P0: (99, 100)}) == []
+    assert watch.check(6_000, {P0: (98, 100)}) == []
+    assert watch.check(7_000, {P0: (98, 100)}) == [P0]
