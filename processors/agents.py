@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
 import faust
@@ -281,11 +281,17 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             await guarded(STAGE1, fan_out_batch(batch))
 
-    async def fan_out_batch(batch: list[Any]) -> None:
+    def partition_groups(batch: list[Any]) -> Iterator[tuple[list[Any], Any]]:
+        """The batch by partition, with its last message; notes how far each partition has
+        been read (the stall watchdog's input)."""
         for events in _by_partition(batch):
             last = events[-1].message
             read_upto[(last.topic, last.partition)] = last.offset
             last_batch_at[0] = time.monotonic()
+            yield events, last
+
+    async def fan_out_batch(batch: list[Any]) -> None:
+        for events, last in partition_groups(batch):
             for event in events:
                 m.events_in.labels(event.message.topic).inc()
                 on_raw_event(event)
@@ -345,10 +351,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             await guarded(STAGE2, signals_batch(batch))
 
     async def signals_batch(batch: list[Any]) -> None:
-        for events in _by_partition(batch):
-            last = events[-1].message
-            read_upto[(last.topic, last.partition)] = last.offset
-            last_batch_at[0] = time.monotonic()
+        for events, last in partition_groups(batch):
             part = last.partition
             engine = engine_for(part)
             m.events_in.labels(last.topic).inc(len(events))
