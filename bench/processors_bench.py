@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -118,9 +119,9 @@ def faust_noop(settings: Settings, n: int) -> float:
         [sys.executable, str(ROOT / "bench" / "faust_noop.py"), "worker", "-l", "warn"],
         env=env, capture_output=True, text=True, timeout=3_600, check=False,
     )
-    for line in out.stdout.splitlines():
-        if line.startswith("faust-noop "):
-            return float(line.split()[1])
+    found = re.search(r"faust-noop (\d+)", out.stdout + out.stderr)  # faust logs stdout
+    if found:
+        return float(found.group(1))
     raise RuntimeError(f"faust no-op run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
 
