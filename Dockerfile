@@ -9,8 +9,15 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
+# The producers' native fast path (native/: Rust, built by maturin): the toolchain of the
+# official Rust image, in this stage only. --build-arg PULSE_NATIVE=0 skips it; the producers
+# then run their pure-Python path (same records, slower).
+ARG PULSE_NATIVE=1
+COPY --from=rust:1.95.0-slim-bookworm /usr/local/cargo /usr/local/cargo
+COPY --from=rust:1.95.0-slim-bookworm /usr/local/rustup /usr/local/rustup
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+ENV PATH=/opt/venv/bin:/usr/local/cargo/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md settings.py cli.py demo.py ./
 COPY schemas/ schemas/
@@ -18,9 +25,11 @@ COPY producers/ producers/
 COPY processors/ processors/
 COPY consumers/ consumers/
 COPY embedded/ embedded/
+COPY native/ native/
 # not editable: the runtime stage gets a self-contained venv; rocksdb for PULSE_STORE=rocksdb
 RUN pip install --upgrade pip \
  && pip install ".[rocksdb]" \
+ && if [ "$PULSE_NATIVE" != 0 ]; then pip install ./native && python -c "import pulse_native"; fi \
  && python -c "import cli, demo, consumers.alerts, producers.cli, schemas.serde"
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -5,10 +5,17 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+# native/: the producers' Rust fast path (PyO3, built by maturin with cargo; ~35 s the first
+# time). Without cargo the producers run their pure-Python path and the test that wants the
+# module installed fails, saying so.
+NATIVE := native/pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
+
+$(BIN)/.installed: pyproject.toml $(NATIVE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@if command -v cargo >/dev/null; then $(BIN)/pip install -q ./native; \
+	  else echo "cargo not found: native/ not built, the producers use their Python path"; fi
 	touch $@
 
 ## Run the pipeline end to end on the embedded Kafka + registry.

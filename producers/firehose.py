@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import confluent_kafka as ck
 
-from producers import metrics, parse
+from producers import metrics, native, parse
 from producers.backoff import Backoff
 from producers.parse import Parsed, ParseError
 from producers.publish import (
@@ -171,6 +171,10 @@ class FirehoseClient:
         self._written_checkpoint: str | None = self.resume.seq_id
         self._stop = asyncio.Event()
         self._path = stream.path.encode()
+        # /stream's Message creates of the common shape: parsed and encoded natively
+        self._native = native.firehose_message if stream.parse is parse.firehose_event else None
+        self._native_header: bytes | None = None
+        self._last_event_gauge = metrics.LAST_EVENT.labels(stream.source)  # labels(): once
 
     def stop(self) -> None:
         self._stop.set()
@@ -269,9 +273,17 @@ class FirehoseClient:
 
     def _handle(self, event: SseEvent) -> None:
         self.last_event_monotonic = time.monotonic()
-        metrics.LAST_EVENT.labels(self.stream.source).set(time.time())
+        self._last_event_gauge.set(time.time())
         raw = event.data
-        seq = parse.seq_id_of(raw) if not event.truncated else None
+        fast = None  # (message id, seq_id, framed Avro value) from the native fast path
+        if event.truncated:
+            seq = None
+        else:
+            if self._native is not None:
+                if self._native_header is None:
+                    self._native_header = self.publisher.header(MESSAGES)
+                fast = self._native(raw, self._native_header)
+            seq = parse.seq_id_of(raw) if fast is None else fast[1]
         if seq is not None:
             if not seq_after(seq, self.resume.seq_id) or seq in self.resume.already_written:
                 self.resume.already_written.discard(seq)
@@ -292,14 +304,26 @@ class FirehoseClient:
                 headers=headers,
             )
             return
+        if fast is not None:
+            key = str(fast[0]).encode()
+            self.publisher.publish_value(MESSAGES, key, fast[2], headers=headers, on_delivered=done)
+        else:
+            self._parse_and_publish(raw, headers, done)
+        if seq is not None:
+            self.position = seq
+
+    def _parse_and_publish(
+        self,
+        raw: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        done: Callable[[], None] | None,
+    ) -> None:
         try:
             item = self.stream.parse(raw)
         except ParseError as exc:
             self.publisher.reject(raw, exc, on_delivered=done, headers=headers)
         else:
             self.publisher.publish(item, headers=headers, on_delivered=done, raw=raw)
-        if seq is not None:
-            self.position = seq
 
     def _track(self, seq: str | None) -> Callable[[], None] | None:
         if seq is None:

@@ -77,6 +77,7 @@ class Publisher:
         self.produced = self.delivered = self.failed = self.dead_lettered = 0
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._topics: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._deferred: list[Callable[[], None]] = []
         self._event_counters: dict[str, Any] = {}
         # per record, the hot path does one lookup (spec name → encoder, topic) and counts an
@@ -99,6 +100,14 @@ class Publisher:
         if enc is None:
             enc = self._encoders[spec.name] = self.serde.serializer(spec)
         return enc
+
+    def header(self, spec: TopicSpec) -> bytes:
+        """The frame header of ``spec``'s values (magic byte + schema id), for values encoded
+        elsewhere; registers the schema on first use, as :meth:`encoder` does."""
+        header = self._headers.get(spec.name)
+        if header is None:
+            header = self._headers[spec.name] = self.serde.header(spec)
+        return header
 
     # --- producing --------------------------------------------------------------------------
 
@@ -133,21 +142,47 @@ class Publisher:
                 on_delivered=on_delivered,
             )
             return False
+        self._send(topic, key.encode(), value, headers, on_delivered)
+        return True
+
+    def publish_value(
+        self,
+        spec: TopicSpec,
+        key: bytes,
+        value: bytes,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivered: Delivered | None = None,
+    ) -> None:
+        """Produce a value already encoded and framed for ``spec`` (the native fast path, see
+        :mod:`producers.native`); delivery accounting and dead letters as for :meth:`publish`."""
+        topic = self._topics.get(spec.name)
+        if topic is None:
+            topic = self.topic(spec)
+        self._send(topic, key, value, headers, on_delivered)
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        on_delivered: Delivered | None,
+    ) -> None:
         if headers is None and on_delivered is None:
             # the common case, inlined: what produce() does, minus its per-record choices
             try:
-                self.producer.produce(topic, value, key.encode(), on_delivery=self._on_delivery_cb)
+                self.producer.produce(topic, value, key, on_delivery=self._on_delivery_cb)
             except BufferError:
-                self.produce(topic, key.encode(), value)  # waits for room in the queue
-                return True
+                self.produce(topic, key, value)  # waits for room in the queue
+                return
             except ck.KafkaException as exc:
                 self._refused(topic, value, exc)
-                return True
+                return
             self.produced += 1
             self._poll(0)
-            return True
-        self.produce(topic, key.encode(), value, headers=headers, on_delivered=on_delivered)
-        return True
+            return
+        self.produce(topic, key, value, headers=headers, on_delivered=on_delivered)
 
     def produce(
         self,

@@ -109,6 +109,11 @@ def schema_str(spec: TopicSpec) -> str:
     return json.dumps(load_schema(spec.schema_file))
 
 
+def frame_header(schema_id: int) -> bytes:
+    """The wire format's first five bytes: magic byte, then the schema id (big-endian)."""
+    return struct.pack(">bI", MAGIC_BYTE, schema_id)
+
+
 def wire_encoder(schema_id: int, schema: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
     """Encode records as the Confluent wire format: magic byte, schema id, schemaless Avro.
 
@@ -118,7 +123,7 @@ def wire_encoder(schema_id: int, schema: dict[str, Any]) -> Callable[[dict[str, 
     :param schema: the schema registered under ``schema_id``, as loaded (parsed here, once).
     """
     parsed = fastavro.parse_schema(schema)
-    prefix = struct.pack(">bI", MAGIC_BYTE, schema_id)
+    prefix = frame_header(schema_id)
 
     def slow(value: dict[str, Any]) -> bytes:
         out = io.BytesIO()
@@ -166,6 +171,7 @@ class Serde:
         self.settings = settings
         self.client = client or SchemaRegistryClient(settings.registry_config())
         self._serializers: dict[str, Callable[[dict[str, Any]], bytes]] = {}
+        self._headers: dict[str, bytes] = {}
         self._deserializers: dict[str, Callable[[bytes], dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -185,7 +191,14 @@ class Serde:
                 ser = self._serializers[topic] = wire_encoder(
                     schema_id, load_schema(spec.schema_file)
                 )
+                self._headers[topic] = frame_header(schema_id)
         return ser
+
+    def header(self, spec: TopicSpec) -> bytes:
+        """The frame header ``serializer(spec)`` writes (registers the schema, once), for
+        values encoded elsewhere (the native fast path, ``producers/native.py``)."""
+        self.serializer(spec)
+        return self._headers[spec.full_name(self.settings)]
 
     def deserializer(self, spec: TopicSpec) -> Callable[[bytes], dict[str, Any]]:
         """Wire-format decoder of the topic's values; raises ``ValueError`` (or fastavro's
