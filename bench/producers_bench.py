@@ -1,6 +1,9 @@
 """Producer throughput on one core: (a) parse + Avro-encode + produce, (b) pre-encoded produce.
 
-Input: synthetic Firehose JSON lines (``producers.synthetic``), generated before timing.
+(a) takes the path the Firehose producer takes: the native fast path (``producers.native``)
+where it is installed, the Python path for what it defers; the pure-Python (a) is printed too,
+and (a) once more through the Firehose client's own event handler (seq_id headers, resume
+tracking). Input: synthetic Firehose JSON lines (``producers.synthetic``), generated before timing.
 Output: the local broker from ``PULSE_BOOTSTRAP_SERVERS`` / ``PULSE_SCHEMA_REGISTRY_URL``,
 into throwaway topics under a ``bench-<time>.`` prefix. Run:
 
@@ -16,12 +19,15 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from producers import parse
+from producers import native, parse
+from producers.firehose import STREAM, FirehoseClient
 from producers.publish import Publisher
+from producers.sse import SseEvent
 from producers.synthetic import Config, Generator, envelopes
 from schemas.admin import ensure_topics
 from schemas.topics import DEAD_LETTER, MESSAGES
@@ -35,6 +41,20 @@ def rate(label: str, n: int, nbytes: int, seconds: float) -> float:
         f"{seconds / n * 1e6:>6.1f} µs/event ({n:,} in {seconds:.2f}s)"
     )
     return seconds / n * 1e6
+
+
+def timed(
+    label: str, run: Callable[[], None], publisher: Publisher, n: int, nbytes: int
+) -> tuple[float, float, float]:
+    """Run one (a) variant of ``n`` events until every record is acknowledged; returns µs
+    per event: wall, this thread's CPU, librdkafka's threads' CPU."""
+    t, cpu_main, cpu_all = time.perf_counter(), time.thread_time(), time.process_time()
+    run()
+    assert publisher.flush(120) == 0
+    took = time.perf_counter() - t
+    cpu_main, cpu_all = time.thread_time() - cpu_main, time.process_time() - cpu_all
+    us = 1e6 / n
+    return rate(label, n, nbytes, took), cpu_main * us, (cpu_all - cpu_main) * us
 
 
 def main() -> int:
@@ -60,6 +80,8 @@ def main() -> int:
     publisher = Publisher(settings, "bench")
     encode = publisher.encoder(MESSAGES)
     topic = publisher.topic(MESSAGES)
+    header = publisher.header(MESSAGES)
+    fast = native.firehose_message
 
     # parts, for insight (no Kafka); nothing kept alive, as in the real path
     t = time.perf_counter()
@@ -72,16 +94,42 @@ def main() -> int:
         encode(record)
     us_encode = rate("Avro encode only (20k sample)", len(sample), 0, time.perf_counter() - t)
     del sample
+    us_native = 0.0
+    if fast is not None:
+        t = time.perf_counter()
+        deferred = sum(fast(line, header) is None for line in lines)
+        took = time.perf_counter() - t
+        us_native = rate("native parse + encode only", len(lines), in_bytes, took)
+        print(f"{'':<44} {deferred:,} deferred to the Python path")
+    else:
+        print("native fast path not installed (pip install ./native): (a) is the Python path")
+
+    def full_path() -> None:  # as FirehoseClient._handle, minus seq headers and tracking
+        publish, publish_value = publisher.publish, publisher.publish_value
+        for line in lines:
+            done = fast(line, header) if fast is not None else None
+            if done is None:
+                publish(parse.firehose_event(line))
+            else:
+                publish_value(MESSAGES, str(done[0]).encode(), done[2])
+
+    def python_path() -> None:
+        for line in lines:
+            publisher.publish(parse.firehose_event(line))
+
+    def firehose_client() -> None:
+        client = FirehoseClient(settings, STREAM, publisher)
+        for line in lines:
+            client._handle(SseEvent(line))
 
     # (a) the full path: upstream JSON bytes → parse → Avro → produce, until all acknowledged;
     # CPU time of this thread vs the whole process tells Python's share from librdkafka's
-    t, cpu_main, cpu_all = time.perf_counter(), time.thread_time(), time.process_time()
-    for line in lines:
-        publisher.publish(parse.firehose_event(line))
-    assert publisher.flush(120) == 0
-    took_a = time.perf_counter() - t
-    cpu_main, cpu_all = time.thread_time() - cpu_main, time.process_time() - cpu_all
-    us_a = rate("(a) parse + Avro-encode + produce (acked)", len(lines), in_bytes, took_a)
+    label = "native" if fast is not None else "Python"
+    n = (publisher, len(lines), in_bytes)
+    us_a, main, threads = timed(f"(a) parse + Avro-encode + produce, {label}", full_path, *n)
+    if fast is not None:
+        timed("(a) the same, pure-Python path", python_path, *n)
+    timed("(a) via the Firehose client (+ seq, resume)", firehose_client, *n)
 
     # (b) the client's own limit: pre-encoded values, produce + delivery reports
     values = [encode(parse.firehose_event(line).record) for line in lines]
@@ -103,15 +151,18 @@ def main() -> int:
         f"\nAvro value: {out_bytes / len(values):.0f} B/event; delivery errors: "
         f"{publisher.failed}; topic {topic}"
     )
-    # where (a)'s time per event went; parse and encode as measured alone above, so "the rest"
-    # is publish + produce() + delivery callbacks + what running them interleaved costs
-    us = 1e6 / len(lines)
-    main, threads = cpu_main * us, (cpu_all - cpu_main) * us
+    # where (a)'s time per event went; the stages as measured alone above, so "the rest" is
+    # publish + produce() + delivery callbacks + what running them interleaved costs
+    stages = (
+        f"native parse+encode {us_native:.1f}"
+        if fast is not None
+        else f"parse {us_parse:.1f} + encode {us_encode:.1f}"
+    )
+    rest = main - (us_native if fast is not None else us_parse + us_encode)
     print(
-        f"(a) per event: {us_a:.1f} µs wall = {main:.1f} µs this thread [parse {us_parse:.1f} "
-        f"+ encode {us_encode:.1f} + the rest {main - us_parse - us_encode:.1f}] + "
-        f"{threads:.1f} µs librdkafka's threads + {us_a - main - threads:.1f} µs not this "
-        f"process (broker, other work, steal)"
+        f"(a) per event: {us_a:.1f} µs wall = {main:.1f} µs this thread [{stages} + the rest "
+        f"{rest:.1f}] + {threads:.1f} µs librdkafka's threads + {us_a - main - threads:.1f} µs "
+        f"not this process (broker, other work, steal)"
     )
     return 0
 

@@ -174,7 +174,9 @@ class FirehoseClient:
         # /stream's Message creates of the common shape: parsed and encoded natively
         self._native = native.firehose_message if stream.parse is parse.firehose_event else None
         self._native_header: bytes | None = None
-        self._last_event_gauge = metrics.LAST_EVENT.labels(stream.source)  # labels(): once
+        # read when scraped, so an event costs a float store, not a locked gauge update
+        self.last_event_time = 0.0
+        metrics.LAST_EVENT.labels(stream.source).set_function(lambda: self.last_event_time)
 
     def stop(self) -> None:
         self._stop.set()
@@ -273,7 +275,7 @@ class FirehoseClient:
 
     def _handle(self, event: SseEvent) -> None:
         self.last_event_monotonic = time.monotonic()
-        self._last_event_gauge.set(time.time())
+        self.last_event_time = time.time()
         raw = event.data
         fast = None  # (message id, seq_id, framed Avro value) from the native fast path
         if event.truncated:
