@@ -11,11 +11,12 @@ in the log: a replay after a crash closes the same windows at the same place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
 import faust
@@ -33,7 +34,14 @@ from processors.mentions import (
     rebuild_expiry,
     tick,
 )
-from processors.watchdog import Offsets, Partition, StallWatch, reading_position
+from processors.watchdog import (
+    Offsets,
+    Partition,
+    ReadingOrder,
+    StallWatch,
+    Verdict,
+    reading_position,
+)
 from processors.windows import split_row_key
 from schemas import deadletter, topics
 from schemas.deadletter import Reason
@@ -104,10 +112,21 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     last_batch_at = [time.monotonic()]
     # slack 1: a transaction's commit marker can end a partition (never delivered as a record)
     stall_watch = StallWatch(stall_ms=int(STALL_S * 1000), slack=1)
+    recovery_watch = StallWatch(stall_ms=int(STALL_S * 1000))
+    # each partition's records once and in order (faust can repeat or skip some after a
+    # rebalance); holes found are sought back to after the batch
+    reading_order = ReadingOrder()
+    started: set[Partition] = set()  # partitions whose reading start is known (or unknowable)
+    seeks_due: list[tuple[Partition, int]] = []
     offsets_reader: list[Consumer] = []
     stream_topics = {messages_name, p.name(topics.SENTIMENT_EVENTS), mentions_name}
     exactly_once = s.processing_guarantee == "exactly_once"
+    # topics without transaction markers, whose offsets a worker must read without a hole;
+    # exactly-once writes the mentions transactionally (markers, aborted batches)
+    contiguous = stream_topics - ({mentions_name} if exactly_once else set())
     eos_pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
+    eos_batches: list[tuple[str, list[Any]]] = []  # (transactional id, its records)
+    commit_lock = asyncio.Lock()  # exactly-once: faust commits between batches only
 
     # At-least-once: every record (mentions, outputs, changelog rows, dead letters) goes
     # through one librdkafka producer, flushed at the end of each batch before the batch's
@@ -173,19 +192,57 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             log.critical("%s: batch failed", stage, exc_info=exc)
             _exit_now(stage, f"batch failed: {exc!r}; exiting so its input is re-read", 70)
 
-    async def drain(msg: Any) -> None:
-        # faust would pick the transaction of the *destination* partition, which for a
-        # repartition (stage 1) or an output topic is not the one that commits this input
+    def drain(msg: Any) -> None:
+        """Exactly-once: the records queued by ``msg``'s partition group belong to the
+        transaction of that input partition (sent by :func:`transaction_fence`). faust
+        would pick the transaction of the *destination* partition, which for a repartition
+        (stage 1) or an output topic is not the one that commits this input."""
         if not eos_pending:
             return
         group = app.assignor.group_for_topic(msg.topic)
-        tid = f"{app.conf.id}-{group}-{msg.partition}"
-        pending = list(eos_pending)
+        eos_batches.append((f"{app.conf.id}-{group}-{msg.partition}", list(eos_pending)))
         eos_pending.clear()
-        for topic_name, key, value, partition, headers in pending:
-            await app.producer.send(
-                topic_name, key, value, partition, None, headers, transactional_id=tid
-            )
+
+    @contextlib.asynccontextmanager
+    async def transaction_fence(batch: list[Any], stream: Any) -> AsyncIterator[None]:
+        """Make a batch's records durable before its input counts as done.
+
+        At-least-once: flush the batch's records; ``take_events`` acks the events after
+        the block, so no offset is committed before its records are acknowledged.
+        Exactly-once: send the records into their input partition's transaction and ack the
+        events, all while faust's commit (offsets + transaction commit) waits: a commit in
+        between would make the records visible with the input offsets still behind them,
+        and a restart would then emit them again (seen: a window emitted twice)."""
+        if fast is not None:
+            yield
+            await flush_batch()
+            return
+        fence_commits()
+        async with commit_lock:
+            yield
+            pending = list(eos_batches)
+            eos_batches.clear()
+            for tid, records in pending:
+                for topic_name, key, value, partition, headers in records:
+                    await app.producer.send(
+                        topic_name, key, value, partition, None, headers, transactional_id=tid
+                    )
+            for event in batch:
+                if not event.message.acked:  # (events not processed are marked already)
+                    await stream.ack(event)
+
+    def fence_commits() -> None:
+        consumer = app.consumer
+        if getattr(consumer, "_pulse_fenced", False):
+            return
+        commit = consumer.commit
+
+        async def commit_between_batches(*args: Any, **kwargs: Any) -> Any:
+            async with commit_lock:
+                return await commit(*args, **kwargs)
+
+        consumer.commit = commit_between_batches
+        consumer._pulse_fenced = True
 
     def dead_letter(event: Any, reason: Reason, stage: str, error: BaseException) -> None:
         msg = event.message
@@ -279,25 +336,84 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     @app.agent(p.raw_topic, name="pulse-fan-out")
     async def fan_out(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await guarded(STAGE1, fan_out_batch(batch))
+            await guarded(STAGE1, fan_out_batch(batch, stream))
+
+    def in_order(events: list[Any]) -> list[Any]:
+        """The events of one partition that come next in its offset order (see
+        :class:`~processors.watchdog.ReadingOrder`); a hole is logged, counted and queued
+        for a seek back."""
+        first = events[0].message
+        tp = (first.topic, first.partition)
+        holes_are_gaps = first.topic in contiguous
+        kept = []
+        for event in events:
+            msg = event.message
+            verdict = reading_order.admit(tp, msg.offset, contiguous=holes_are_gaps)
+            if verdict is Verdict.READ:
+                kept.append(event)
+                continue
+            # not processed, so not acked either: faust must not count it towards a commit
+            msg.acked = True
+            if verdict is Verdict.AHEAD:
+                target = reading_order.needs_seek(tp)
+                if target is not None:
+                    log.error("%s[%d]: offsets %d-%d were never delivered to the agent (a "
+                              "consumer defect, see processors/faust_fixes.py): reading "
+                              "them again", msg.topic, msg.partition, target, msg.offset - 1)
+                    m.offset_gaps.labels(msg.topic).inc(msg.offset - target)
+                    seeks_due.append((tp, target))
+            else:
+                m.repeats.labels(msg.topic).inc()
+        return kept
+
+    async def seek_back() -> None:
+        while seeks_due:
+            (topic, partition), offset = seeks_due.pop(0)
+            await app.consumer.seek(TP(topic, partition), offset)
 
     def partition_groups(batch: list[Any]) -> Iterator[tuple[list[Any], Any]]:
         """The batch by partition, with its last message; notes how far each partition has
         been read (the stall watchdog's input)."""
         for events in _by_partition(batch):
+            events = in_order(events)
+            if not events:
+                continue
             last = events[-1].message
             read_upto[(last.topic, last.partition)] = last.offset
             last_batch_at[0] = time.monotonic()
             yield events, last
 
-    async def fan_out_batch(batch: list[Any]) -> None:
+    async def learn_reading_starts(batch: list[Any]) -> None:
+        """Where reading starts for the batch's partitions first read in this assignment:
+        the group's commit, else the log start (auto reset "earliest"). Asked of the broker
+        before their first record is processed, so a first record beyond it is a hole."""
+        unknown = sorted({(e.message.topic, e.message.partition) for e in batch} - started)
+        if not unknown:
+            return
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, broker_offsets, unknown)
+        except Exception as exc:  # noqa: BLE001 - then holes are only found later
+            log.warning("where reading starts is unknown (%r): first records taken as read", exc)
+            found = {}
+        for tp in unknown:
+            started.add(tp)
+            if tp in found:
+                reading_order.start(tp, found[tp].start)
+
+    async def fan_out_batch(batch: list[Any], stream: Any) -> None:
+        await learn_reading_starts(batch)
+        async with transaction_fence(batch, stream):
+            fan_out_events(batch)
+        await seek_back()
+
+    def fan_out_events(batch: list[Any]) -> None:
         for events, last in partition_groups(batch):
             for event in events:
                 m.events_in.labels(event.message.topic).inc()
                 on_raw_event(event)
             m.lag_ms.labels(STAGE1).set(_now_ms() - last.timestamp * 1000)
-            await drain(last)
-        await flush_batch()
+            drain(last)
 
     def publish(out: Outputs, partition: int) -> None:
         # outputs go to the partition of their symbol, which is the partition being read;
@@ -348,9 +464,15 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         # events are acked after their batch, so the rows written at its end are flushed
         # before any of its offsets can be committed
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await guarded(STAGE2, signals_batch(batch))
+            await guarded(STAGE2, signals_batch(batch, stream))
 
-    async def signals_batch(batch: list[Any]) -> None:
+    async def signals_batch(batch: list[Any], stream: Any) -> None:
+        await learn_reading_starts(batch)
+        async with transaction_fence(batch, stream):
+            signals_events(batch)
+        await seek_back()
+
+    def signals_events(batch: list[Any]) -> None:
         for events, last in partition_groups(batch):
             part = last.partition
             engine = engine_for(part)
@@ -360,9 +482,8 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 on_mention_event(event, engine)
             for key, row in engine.persist():
                 put_row(p.symbols, part, key, row)
-            await drain(last)
+            drain(last)
             m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
-        await flush_batch()
 
     @app.timer(interval=max(0.5, s.idle_close_s / 4))
     async def idle_ticks() -> None:
@@ -403,8 +524,40 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 tp.offset if tp.offset >= 0 else None, low, high)
         return found
 
+    def recovery_positions() -> dict[Partition, tuple[int, int]]:
+        """Changelog partitions being restored: (next offset to apply, high watermark)."""
+        recovery = getattr(app.tables, "recovery", None)
+        if recovery is None or not recovery.in_recovery:
+            return {}
+        # faust keeps the last offset applied and the last offset to reach (-1: none)
+        return {(tp.topic, tp.partition): (recovery.active_offsets.get(tp, -1) + 1,
+                                           recovery.active_highwaters.get(tp, -1) + 1)
+                for tp in recovery.active_tps if tp in recovery.active_highwaters}
+
+    async def recovery_stall_check() -> None:
+        """The same fetch stall can hit a changelog partition during a table recovery, which
+        then never ends (faust logs "No event received for active tp"): seek it too."""
+        positions = recovery_positions()
+        if not positions:
+            recovery_watch.reset()
+            return
+        for topic, partition in recovery_watch.check(_now_ms(), positions):
+            position, high = positions[(topic, partition)]
+            log.warning(
+                "%s[%d]: table recovery has %d records to read and none arrived for %.0f s: "
+                "seeking it to offset %d (faust-streaming issue #629)", topic, partition,
+                high - position, STALL_S, position,
+            )
+            m.stall_seeks.inc()
+            await app.consumer.seek(TP(topic, partition), position)
+
+    def where_reading_stands(tp: Partition, offsets: Offsets) -> int:
+        expected = reading_order.expected(tp)
+        return expected if expected is not None else reading_position(read_upto.get(tp), offsets)
+
     @app.timer(interval=STALL_CHECK_S)
     async def stall_check() -> None:
+        await recovery_stall_check()
         if not recovered() or time.monotonic() - last_batch_at[0] < IDLE_BEFORE_CHECK_S:
             stall_watch.reset()  # busy (or rebalancing): stalls are only judged when idle
             return
@@ -412,8 +565,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                     if tp.topic in stream_topics]
         offsets = await asyncio.get_running_loop().run_in_executor(
             None, broker_offsets, assigned)
-        positions = {tp: (reading_position(read_upto.get(tp), o), o.high)
-                     for tp, o in offsets.items()}
+        positions = {tp: (where_reading_stands(tp, o), o.high) for tp, o in offsets.items()}
         for topic, partition in stall_watch.check(_now_ms(), positions):
             position, high = positions[(topic, partition)]
             log.warning(
@@ -432,6 +584,9 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         last_data_offset.clear()
         read_upto.clear()
         stall_watch.reset()
+        reading_order.reset()
+        started.clear()
+        seeks_due.clear()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

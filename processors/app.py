@@ -19,6 +19,7 @@ import faust
 from aiokafka.partitioner import murmur2
 
 from processors import spikes
+from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
 from processors.metrics import Metrics
 from processors.windows import WindowConfig, WindowSpec, parse_duration_ms, parse_windows
 from schemas import topics
@@ -119,6 +120,9 @@ def build(settings: Settings) -> Pipeline:
         broker_heartbeat_interval=3.0,
         consumer_auto_offset_reset="earliest",
     )
+
+    keep_queues_on_redundant_resume(app.flow_control)  # faust-streaming #596
+    gaps_exclude_the_record_read()
 
     def topic(spec: topics.TopicSpec) -> Any:
         return app.topic(

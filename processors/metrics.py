@@ -44,6 +44,15 @@ class Metrics:
             "pulse_stall_seeks", "Assigned partitions found unread with records waiting, and "
             "sought to their committed offset (processors/watchdog.py).", registry=r,
         )
+        self.offset_gaps = Counter(
+            "pulse_offset_gaps", "Records the consumer skipped (not delivered to the agent) "
+            "and that were sought back to and read again, by topic; logged as an error.",
+            ["topic"], registry=r,
+        )
+        self.repeats = Counter(
+            "pulse_repeated_records", "Records delivered again within one assignment and not "
+            "processed twice, by topic.", ["topic"], registry=r,
+        )
         self.lag_ms = Gauge(
             "pulse_processing_lag_ms", "Wall clock minus the timestamp of the last record read.",
             ["stage"], registry=r,

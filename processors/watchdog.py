@@ -16,6 +16,7 @@ nothing is read twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 Partition = tuple[str, int]  # (topic, partition)
 
@@ -30,8 +31,11 @@ class Offsets:
 
     @property
     def start(self) -> int:
-        """Where reading (re)starts: committed, else the earliest record (auto reset)."""
-        return self.committed if self.committed is not None and self.committed >= 0 else self.low
+        """Where reading (re)starts: committed, else the earliest record (auto reset "earliest",
+        also when the committed offset has been deleted by retention)."""
+        if self.committed is None or self.committed < 0:
+            return self.low
+        return max(self.committed, self.low)
 
 
 def reading_position(read_upto: int | None, offsets: Offsets) -> int:
@@ -72,3 +76,57 @@ class StallWatch:
                 due.append(tp)
                 self._since[tp] = (position, now_ms)
         return due
+
+
+
+class Verdict(Enum):
+    READ = "read"  # the next record of the partition: process it
+    REPEAT = "repeat"  # already read in this assignment (delivered again): skip it
+    AHEAD = "ahead"  # records before it were never delivered: skip it, read from the hole
+
+
+@dataclass
+class ReadingOrder:
+    """Each partition's records exactly once and in offset order, per assignment.
+
+    For topics written without transactions, whose offsets have no holes. faust-streaming can
+    deliver a record twice after a rebalance, or skip a run of records (its read offset moved
+    past records dropped from a queue, issue #596, or a reset to the wrong end): the next
+    records then arrive *ahead* of where reading stands. Such records are not processed; the
+    caller seeks the partition back to :meth:`expected` (once per hole) and the skipped
+    records come again, in order.
+    """
+
+    _next: dict[Partition, int] = field(default_factory=dict)
+    _seeking: dict[Partition, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self._next.clear()
+        self._seeking.clear()
+
+    def start(self, tp: Partition, offset: int) -> None:
+        """Where reading of ``tp`` starts in this assignment (committed offset, else the
+        first offset in the log): a first record beyond it is a hole too."""
+        self._next[tp] = offset
+
+    def expected(self, tp: Partition) -> int | None:
+        return self._next.get(tp)
+
+    def admit(self, tp: Partition, offset: int, *, contiguous: bool = True) -> Verdict:
+        """:param contiguous: False for a topic written in transactions, whose commit
+            markers and aborted records leave holes that are not ours to fill: there only
+            repeats are refused."""
+        expected = self._next.get(tp)
+        if expected is None or offset == expected or (offset > expected and not contiguous):
+            self._next[tp] = offset + 1
+            self._seeking.pop(tp, None)
+            return Verdict.READ
+        return Verdict.REPEAT if offset < expected else Verdict.AHEAD
+
+    def needs_seek(self, tp: Partition) -> int | None:
+        """After an AHEAD: the offset to seek ``tp`` to, once per hole (None: already done)."""
+        expected = self._next.get(tp)
+        if expected is None or self._seeking.get(tp) == expected:
+            return None
+        self._seeking[tp] = expected
+        return expected

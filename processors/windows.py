@@ -407,6 +407,8 @@ def add_mention(
     if mention.kind is MentionKind.RETRACTION:
         return _retract(state, mention, watermark_ms, cfg)
     if t < watermark_ms:
+        if _already_in(state.panes.get(pane_start), mention):
+            return Applied()  # redelivered (a replay) after its window closed: counted then
         return Applied(late=True, lateness_ms=watermark_ms - t)
     state.max_event_ms = max(state.max_event_ms, t)
     pane = state.panes.setdefault(pane_start, Pane())
@@ -425,6 +427,14 @@ def add_mention(
     if first_in_pane:
         _mark_pending(state, t, cfg)
     return Applied(counted=True)
+
+
+def _already_in(pane: Pane | None, mention: Mention) -> bool:
+    if pane is None:
+        return False
+    if mention.kind is MentionKind.SCORE:
+        return mention.message_id in pane.scores
+    return mention.message_id in pane.messages or mention.message_id in pane.retracted
 
 
 def _retract(

@@ -116,6 +116,17 @@ def test_duplicate_message_counts_once() -> None:
     assert close_windows(state, "AAPL", M, c)[0].result.message_count == 1
 
 
+def test_duplicate_after_its_window_closed_is_neither_counted_nor_late() -> None:
+    # an at-least-once replay can redeliver a mention after the close; it was counted then
+    state, c = SymbolState(), cfg(specs=(TUMBLE_1M, WindowSpec(5 * M, 5 * M)))
+    add_mention(state, msg(1, 10), -1, c)
+    close_windows(state, "AAPL", M, c)  # the 1-minute window closed, the pane is kept (5 min)
+    again = add_mention(state, msg(1, 10), M, c)
+    assert not again.counted and not again.late
+    newcomer = add_mention(state, msg(2, 20), M, c)  # a new id that late is still late
+    assert newcomer.late and not newcomer.counted
+
+
 def test_late_beyond_grace_is_reported_not_counted() -> None:
     state, c = SymbolState(), cfg(grace_ms=5_000)
     clock = PartitionClock(5_000)
