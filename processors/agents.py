@@ -336,7 +336,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     @app.agent(p.raw_topic, name="pulse-fan-out")
     async def fan_out(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await guarded(STAGE1, fan_out_batch(batch, stream))
+            await guarded(STAGE1, run_batch(batch, stream, fan_out_events))
 
     def in_order(events: list[Any]) -> list[Any]:
         """The events of one partition that come next in its offset order (see
@@ -401,10 +401,13 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             if tp in found:
                 reading_order.start(tp, found[tp].start)
 
-    async def fan_out_batch(batch: list[Any], stream: Any) -> None:
+    async def run_batch(
+        batch: list[Any], stream: Any, process: Callable[[list[Any]], None]
+    ) -> None:
+        """One batch of either stage: in order, durable before acked, holes sought back."""
         await learn_reading_starts(batch)
         async with transaction_fence(batch, stream):
-            fan_out_events(batch)
+            process(batch)
         await seek_back()
 
     def fan_out_events(batch: list[Any]) -> None:
@@ -464,13 +467,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         # events are acked after their batch, so the rows written at its end are flushed
         # before any of its offsets can be committed
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await guarded(STAGE2, signals_batch(batch, stream))
-
-    async def signals_batch(batch: list[Any], stream: Any) -> None:
-        await learn_reading_starts(batch)
-        async with transaction_fence(batch, stream):
-            signals_events(batch)
-        await seek_back()
+            await guarded(STAGE2, run_batch(batch, stream, signals_events))
 
     def signals_events(batch: list[Any]) -> None:
         for events, last in partition_groups(batch):

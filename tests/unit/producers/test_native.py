@@ -28,6 +28,7 @@ from producers.synthetic import Config, Generator, envelopes
 from schemas.serde import frame_header, load_schema, wire_encoder
 from schemas.topics import MESSAGES
 from settings import Settings
+from tests.unit.producers.mutations import mutate_bytes
 from tests.unit.producers.test_parse import REAL_FILES, SAMPLE_MESSAGE, envelope
 from tests.unit.producers.test_parse_fast import (
     ENVELOPE_PATHS,
@@ -341,26 +342,11 @@ def test_random_numbers_match() -> None:
     assert taken > 1000
 
 
-def _mutate_bytes(rng: random.Random, raw: bytes) -> bytes:
-    alphabet = b'{}[]":,0123456789eE.-+ \\ntrufalsxZT\x00\x7f\xc3\xa9\xff\xed'
-    out = bytearray(raw)
-    for _ in range(rng.randint(1, 3)):
-        at = rng.randrange(len(out))
-        op = rng.randrange(3)
-        if op == 0:
-            out[at] = rng.choice(alphabet)
-        elif op == 1:
-            out.insert(at, rng.choice(alphabet))
-        else:
-            del out[at]
-    return bytes(out)
-
-
 def test_random_byte_mutations_match() -> None:
     rng = random.Random(11)
     seeds = [*rng.sample(REAL, 40), *SYNTHETIC[:20], orjson.dumps(envelope("Message", SAMPLE))]
     for _ in range(6000):
-        check(_mutate_bytes(rng, rng.choice(seeds)))
+        check(mutate_bytes(rng, rng.choice(seeds)))
 
 
 SAMPLE = SAMPLE_MESSAGE
@@ -434,7 +420,7 @@ class RecordingPublisher:
 
 def test_firehose_client_publishes_the_same_records_either_way() -> None:
     events = [*SYNTHETIC[:200], *REAL[:200]]
-    events += [_mutate_bytes(random.Random(n), events[n]) for n in range(100)]
+    events += [mutate_bytes(random.Random(n), events[n]) for n in range(100)]
     events.append(orjson.dumps(envelope("LikeMessage", {"id": 1, "message_id": 2, "user_id": 3})))
     runs = []
     for use_native in (True, False):

@@ -22,6 +22,7 @@ import pytest
 
 from producers import parse
 from producers.synthetic import Config, Generator, envelopes
+from tests.unit.producers.mutations import mutate_bytes
 from tests.unit.producers.test_parse import REAL_FILES, SAMPLE_MESSAGE, envelope
 
 ODD_VALUES: list[Any] = [
@@ -262,14 +263,4 @@ def test_random_byte_mutations_match_the_careful_path() -> None:
         *itertools.islice(envelopes(iter(Generator(Config(), 0))), 5),
     ]
     for _ in range(3000):
-        raw = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(raw))
-            op = rng.randrange(3)
-            if op == 0:
-                raw[at] = rng.choice(alphabet)
-            elif op == 1:
-                raw.insert(at, rng.choice(alphabet))
-            else:
-                del raw[at]
-        same_as_careful(parse.firehose_event, bytes(raw))
+        same_as_careful(parse.firehose_event, mutate_bytes(rng, rng.choice(seeds), alphabet))
