@@ -40,7 +40,6 @@ from processors.watchdog import (
     ReadingOrder,
     StallWatch,
     Verdict,
-    reading_position,
 )
 from processors.windows import split_row_key
 from schemas import deadletter, topics
@@ -107,9 +106,7 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
     tick_sent_for: dict[int, int] = {}
     tick_producer: list[Producer] = []
     p.extra.update(engines=engines, expiry=expiry)
-    # last offset read per partition since its assignment, and when any batch last came in
-    read_upto: dict[Partition, int] = {}
-    last_batch_at = [time.monotonic()]
+    last_batch_at = [time.monotonic()]  # when any batch last had records to process
     # slack 1: a transaction's commit marker can end a partition (never delivered as a record)
     stall_watch = StallWatch(stall_ms=int(STALL_S * 1000), slack=1)
     recovery_watch = StallWatch(stall_ms=int(STALL_S * 1000))
@@ -372,14 +369,13 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
             await app.consumer.seek(TP(topic, partition), offset)
 
     def partition_groups(batch: list[Any]) -> Iterator[tuple[list[Any], Any]]:
-        """The batch by partition, with its last message; notes how far each partition has
-        been read (the stall watchdog's input)."""
+        """The batch by partition, in reading order (:func:`in_order`), with its last
+        message."""
         for events in _by_partition(batch):
             events = in_order(events)
             if not events:
                 continue
             last = events[-1].message
-            read_upto[(last.topic, last.partition)] = last.offset
             last_batch_at[0] = time.monotonic()
             yield events, last
 
@@ -538,19 +534,22 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         if not positions:
             recovery_watch.reset()
             return
-        for topic, partition in recovery_watch.check(_now_ms(), positions):
+        await seek_stalled(recovery_watch, positions, "table recovery has %d records to read "
+                           "and none arrived")
+
+    async def seek_stalled(
+        watch: StallWatch, positions: dict[Partition, tuple[int, int]], what: str
+    ) -> None:
+        """Seek the partitions ``watch`` finds stalled to where their reading stands."""
+        for topic, partition in watch.check(_now_ms(), positions):
             position, high = positions[(topic, partition)]
             log.warning(
-                "%s[%d]: table recovery has %d records to read and none arrived for %.0f s: "
-                "seeking it to offset %d (faust-streaming issue #629)", topic, partition,
-                high - position, STALL_S, position,
+                "%s[%d]: " + what + " for %.0f s: seeking it to offset %d "
+                "(faust-streaming issue #629)", topic, partition, high - position, STALL_S,
+                position,
             )
             m.stall_seeks.inc()
             await app.consumer.seek(TP(topic, partition), position)
-
-    def where_reading_stands(tp: Partition, offsets: Offsets) -> int:
-        expected = reading_order.expected(tp)
-        return expected if expected is not None else reading_position(read_upto.get(tp), offsets)
 
     @app.timer(interval=STALL_CHECK_S)
     async def stall_check() -> None:
@@ -562,16 +561,8 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                     if tp.topic in stream_topics]
         offsets = await asyncio.get_running_loop().run_in_executor(
             None, broker_offsets, assigned)
-        positions = {tp: (where_reading_stands(tp, o), o.high) for tp, o in offsets.items()}
-        for topic, partition in stall_watch.check(_now_ms(), positions):
-            position, high = positions[(topic, partition)]
-            log.warning(
-                "%s[%d]: %d records waiting, none read for %.0f s while idle: seeking it to "
-                "offset %d (faust-streaming issue #629)", topic, partition, high - position,
-                STALL_S, position,
-            )
-            m.stall_seeks.inc()
-            await app.consumer.seek(TP(topic, partition), position)
+        positions = {tp: (reading_order.position(tp, o), o.high) for tp, o in offsets.items()}
+        await seek_stalled(stall_watch, positions, "%d records waiting, none read while idle")
 
     @app.on_partitions_revoked.connect
     async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -579,7 +570,6 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
         engines.clear()
         expiry.clear()
         last_data_offset.clear()
-        read_upto.clear()
         stall_watch.reset()
         reading_order.reset()
         started.clear()

@@ -38,11 +38,6 @@ class Offsets:
         return max(self.committed, self.low)
 
 
-def reading_position(read_upto: int | None, offsets: Offsets) -> int:
-    """Next offset this worker should read: after its last record, else the group's start."""
-    return read_upto + 1 if read_upto is not None else offsets.start
-
-
 @dataclass
 class StallWatch:
     """Partitions whose records wait while their reading position stays put for ``stall_ms``.
@@ -111,6 +106,12 @@ class ReadingOrder:
 
     def expected(self, tp: Partition) -> int | None:
         return self._next.get(tp)
+
+    def position(self, tp: Partition, offsets: Offsets) -> int:
+        """Where reading of ``tp`` stands: after its last record read, else where the broker
+        says reading starts (``offsets.start``)."""
+        expected = self._next.get(tp)
+        return expected if expected is not None else offsets.start
 
     def admit(self, tp: Partition, offset: int, *, contiguous: bool = True) -> Verdict:
         """:param contiguous: False for a topic written in transactions, whose commit

@@ -82,7 +82,6 @@ class Publisher:
         self.produced = self.delivered = self.failed = self.dead_lettered = 0
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._topics: dict[str, str] = {}
-        self._headers: dict[str, bytes] = {}
         self._deferred: list[Callable[[], None]] = []
         self._event_counters: dict[str, Any] = {}
         # per record, the hot path does one lookup (spec name → encoder, topic) and counts an
@@ -110,10 +109,7 @@ class Publisher:
     def header(self, spec: TopicSpec) -> bytes:
         """The frame header of ``spec``'s values (magic byte + schema id), for values encoded
         elsewhere; registers the schema on first use, as :meth:`encoder` does."""
-        header = self._headers.get(spec.name)
-        if header is None:
-            header = self._headers[spec.name] = self.serde.header(spec)
-        return header
+        return self.serde.header(spec)
 
     # --- producing --------------------------------------------------------------------------
 

@@ -5,19 +5,21 @@ from processors.watchdog import (
     ReadingOrder,
     StallWatch,
     Verdict,
-    reading_position,
 )
 
 P0, P1 = ("raw", 0), ("raw", 1)
 
 
 def test_reading_stands_after_the_last_record_read_else_at_the_groups_start() -> None:
-    assert reading_position(41, Offsets(committed=10, low=0, high=100)) == 42
-    assert reading_position(None, Offsets(committed=40, low=10, high=100)) == 40
-    assert reading_position(None, Offsets(committed=None, low=10, high=100)) == 10
-    assert reading_position(None, Offsets(committed=-1001, low=0, high=5)) == 0  # no offset
+    read = ReadingOrder()
+    read.admit(P0, 41)
+    assert read.position(P0, Offsets(committed=10, low=0, high=100)) == 42
+    fresh = ReadingOrder()
+    assert fresh.position(P0, Offsets(committed=40, low=10, high=100)) == 40
+    assert fresh.position(P0, Offsets(committed=None, low=10, high=100)) == 10
+    assert fresh.position(P0, Offsets(committed=-1001, low=0, high=5)) == 0  # no offset
     # the committed record was deleted by retention: reading resets to the log start
-    assert reading_position(None, Offsets(committed=3, low=10, high=50)) == 10
+    assert fresh.position(P0, Offsets(committed=3, low=10, high=50)) == 10
 
 
 def test_a_partition_with_records_waiting_and_no_progress_is_reported_after_the_period() -> None:
