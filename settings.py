@@ -64,6 +64,11 @@ class Settings:
     idle_close_s: float = _setting(
         10.0, "Wall-clock seconds without input after which open windows are closed anyway."
     )
+    raw_idle_ms: int = _setting(
+        2_000,
+        "How long a raw partition must be caught up before it stops holding the watermark back.",
+    )
+    fan_out_port: int = _setting(6067, "Fan-out stage's web server port: /metrics, /healthz.")
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once.")
     store: str = _setting("memory", "Table store: memory, or rocksdb (needs rocksdict).")
     dedup_ttl_s: int = _setting(
@@ -133,6 +138,10 @@ class Settings:
     local_home: str = _setting(
         "~/.cache/stocktwits-pulse", "Where `pulse local` keeps jars, data and logs."
     )
+    local_downloads: str = _setting(
+        "", "Where `pulse local` keeps the Kafka and registry downloads (shareable between "
+        "homes, e.g. a CI cache); empty: `<local_home>`."
+    )
     local_kafka_port: int = _setting(9092, "Embedded broker port (127.0.0.1).")
     local_controller_port: int = _setting(9093, "Embedded KRaft controller port.")
     local_registry_port: int = _setting(8081, "Embedded Apicurio Registry port.")
@@ -157,6 +166,10 @@ class Settings:
     @property
     def local_home_path(self) -> Path:
         return Path(self.local_home).expanduser()
+
+    @property
+    def local_downloads_path(self) -> Path:
+        return Path(self.local_downloads or self.local_home).expanduser()
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka connection and security keys, shared by every client."""

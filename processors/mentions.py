@@ -1,27 +1,28 @@
-"""Stage 1, pure: raw message / sentiment events → per-symbol mentions, with de-duplication.
+"""Pure: raw message / sentiment events → per-symbol mentions, and mention batches as columns.
 
-A message ``create`` yields one MESSAGE mention per distinct symbol; a ``destroy`` yields
-RETRACTION mentions for the symbols the message was counted under; a /sentiment event yields
-SCORE mentions. What stage 1 remembers about a message id is a :class:`Seen` row, kept in a
-changelogged table and expired by event time so the state stays bounded.
+A message ``create`` yields one MESSAGE mention per distinct symbol; a ``destroy`` yields a
+RETRACTION per symbol of its body, or one RETRACTION with an empty symbol when the destroy
+carries no body (the signals stage finds the symbols by message id); a /sentiment event yields
+SCORE mentions. Nothing here remembers anything: the signals stage's panes hold every counted
+message id, so a repeated create or score is a no-op there and the fan-out can stay stateless.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-# an idle-tick carries this symbol; it is a control record, not a mention of anything
-TICK_SYMBOL = ""
+from aiokafka.partitioner import murmur2
+
+ANY_SYMBOL = ""  # a retraction whose symbols are unknown: resolved by message id downstream
 
 
 class MentionKind(StrEnum):
     MESSAGE = "MESSAGE"
     RETRACTION = "RETRACTION"
     SCORE = "SCORE"
-    TICK = "TICK"  # idle-timer control record written into its own mentions partition
+    TICK = "TICK"  # kept in the enum for schema compatibility; no longer written
 
 
 @dataclass(frozen=True)
@@ -52,45 +53,6 @@ class Mention:
         )
 
 
-def tick(last_offset: int) -> Mention:
-    """Idle-close control record; ``last_offset`` is the last data offset the timer saw."""
-    return Mention(MentionKind.TICK, TICK_SYMBOL, last_offset, 0)
-
-
-@dataclass(frozen=True)
-class Seen:
-    """What stage 1 remembers about one message id (JSON-able table row)."""
-
-    seen_ms: int  # event time used for expiry
-    partition: int  # raw partition that owns the row, to rebuild the expiry queue
-    symbols: tuple[str, ...] = ()
-    created_at_ms: int = 0
-    user_id: int | None = None
-    sentiment: str | None = None
-    destroyed: bool = False
-    score: float | None = None  # /sentiment rows only
-    offset: int = -1  # raw record that last wrote the row: tells a replay from a duplicate
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "symbols": list(self.symbols)}
-
-    def replayed_mentions(self, message_id: int) -> list[Mention]:
-        """The mentions the record that wrote this row published (re-sent on a replay)."""
-        if self.score is not None:
-            kind = MentionKind.SCORE
-        else:
-            kind = MentionKind.RETRACTION if self.destroyed else MentionKind.MESSAGE
-        return [
-            Mention(kind, sym, message_id, self.created_at_ms, self.user_id, self.sentiment,
-                    self.score)
-            for sym in self.symbols
-        ]
-
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> Seen:
-        return cls(**{**row, "symbols": tuple(row["symbols"])})
-
-
 def distinct_symbols(symbols: list[dict[str, Any]]) -> tuple[str, ...]:
     """Symbols of a message, upstream order, each once; case as upstream spells it."""
     out: list[str] = []
@@ -101,133 +63,70 @@ def distinct_symbols(symbols: list[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def on_message_event(
-    event: dict[str, Any], seen: Seen | None, partition: int, offset: int = -1
-) -> tuple[Seen | None, list[Mention]]:
-    """Apply one MessageEvent to what we remember of its id.
+def message_event_time_ms(event: dict[str, Any]) -> int:
+    """The event time a MessageEvent moves its raw partition's progress to."""
+    message = event.get("message")
+    return message["created_at_ms"] if message is not None else event["event_time_ms"]
 
-    :param offset: the raw record's offset. If the row was written by this very record, we
-        are replaying after a crash: the row survived but the mentions may not have, so
-        they are published again (stage 2 ignores ids it already has).
-    :returns: the row to store (None: unchanged) and the mentions to publish.
-    """
+
+def mentions_of_message(event: dict[str, Any]) -> list[Mention]:
+    """The mentions of one MessageEvent (message_event.avsc), create or destroy."""
     message = event.get("message")
     message_id = event["message_id"]
-    if seen is not None and offset >= 0 and seen.offset == offset:
-        return None, seen.replayed_mentions(message_id)
-    if event["action"] == "create":
-        if seen is not None or message is None:  # duplicate, or create after destroy
-            return None, []
-        symbols = distinct_symbols(message.get("symbols") or [])
-        user_id = message["user"]["id"]
-        row = Seen(
-            seen_ms=message["created_at_ms"],
-            partition=partition,
-            symbols=symbols,
-            created_at_ms=message["created_at_ms"],
-            user_id=user_id,
-            sentiment=message.get("sentiment"),
-            offset=offset,
-        )
-        mentions = [
-            Mention(
-                MentionKind.MESSAGE,
-                sym,
-                message_id,
-                row.created_at_ms,
-                user_id,
-                row.sentiment,
-            )
-            for sym in symbols
-        ]
-        return row, mentions
-    # destroy
-    if seen is not None and seen.destroyed:
-        return None, []
-    if seen is not None:
-        base = seen
-    elif message is not None:
-        base = Seen(
-            seen_ms=message["created_at_ms"],
-            partition=partition,
-            symbols=distinct_symbols(message.get("symbols") or []),
-            created_at_ms=message["created_at_ms"],
-            user_id=message["user"]["id"],
-            sentiment=message.get("sentiment"),
-        )
-    else:  # destroy of a message we never saw and without a body: remember the id only
-        base = Seen(seen_ms=event["event_time_ms"], partition=partition)
-    # stage 2 ignores a retraction of a message it never counted, so retracting when the
-    # create was not seen (expired, or before our time) is safe
-    retractions = [
-        Mention(MentionKind.RETRACTION, sym, message_id, base.created_at_ms, base.user_id,
-                base.sentiment)
-        for sym in base.symbols
+    if message is None:
+        if event["action"] == "create":
+            raise ValueError("create without a message body")
+        return [Mention(MentionKind.RETRACTION, ANY_SYMBOL, message_id, event["event_time_ms"])]
+    kind = MentionKind.MESSAGE if event["action"] == "create" else MentionKind.RETRACTION
+    created_at_ms = message["created_at_ms"]
+    user_id = message["user"]["id"]
+    sentiment = message.get("sentiment")
+    return [
+        Mention(kind, sym, message_id, created_at_ms, user_id, sentiment)
+        for sym in distinct_symbols(message.get("symbols") or [])
     ]
-    tombstone = Seen(
-        seen_ms=max(base.seen_ms, event["event_time_ms"]),
-        partition=partition,
-        symbols=base.symbols,
-        created_at_ms=base.created_at_ms,
-        user_id=base.user_id,
-        sentiment=base.sentiment,
-        destroyed=True,
-        offset=offset,
-    )
-    return tombstone, retractions
 
 
-def on_sentiment_event(
-    event: dict[str, Any], seen: Seen | None, partition: int, offset: int = -1
-) -> tuple[Seen | None, list[Mention]]:
-    """Apply one /sentiment event: one SCORE mention per symbol, once per message id."""
-    if seen is not None:
-        if offset >= 0 and seen.offset == offset:  # replay after a crash: publish again
-            return None, seen.replayed_mentions(event["message_id"])
-        return None, []
-    symbols = distinct_symbols(event.get("symbols") or [])
-    row = Seen(seen_ms=event["created_at_ms"], partition=partition, symbols=symbols,
-               created_at_ms=event["created_at_ms"], user_id=event.get("user_id"),
-               score=float(event["sentiment_score"]), offset=offset)
-    mentions = [
-        Mention(MentionKind.SCORE, sym, event["message_id"], row.created_at_ms, row.user_id,
-                None, float(event["sentiment_score"]))
-        for sym in symbols
+def mentions_of_sentiment(event: dict[str, Any]) -> list[Mention]:
+    """The SCORE mentions of one /sentiment event (sentiment_event.avsc)."""
+    score = float(event["sentiment_score"])
+    return [
+        Mention(MentionKind.SCORE, sym, event["message_id"], event["created_at_ms"],
+                event.get("user_id"), None, score)
+        for sym in distinct_symbols(event.get("symbols") or [])
     ]
-    return row, mentions
 
 
-@dataclass
-class ExpiryQueue:
-    """Per raw partition: table keys in arrival order, to forget ids older than the TTL.
+COLUMNS = ("kind", "symbol", "message_id", "created_at_ms", "user_id", "sentiment",
+           "sentiment_score")
 
-    Event time, not wall-clock time, decides expiry so replays behave like live runs.
+
+def to_columns(mentions: list[Mention]) -> dict[str, list[Any]]:
+    """The mention columns of a MentionBatch record (mention_batch.avsc)."""
+    return {
+        "kind": [m.kind.value for m in mentions],
+        "symbol": [m.symbol for m in mentions],
+        "message_id": [m.message_id for m in mentions],
+        "created_at_ms": [m.created_at_ms for m in mentions],
+        "user_id": [m.user_id for m in mentions],
+        "sentiment": [m.sentiment for m in mentions],
+        "sentiment_score": [m.sentiment_score for m in mentions],
+    }
+
+
+def from_columns(record: dict[str, Any]) -> list[Mention]:
+    """The mentions of a decoded MentionBatch record, in order."""
+    kinds = [MentionKind(k) for k in record["kind"]]
+    return [
+        Mention(*row)
+        for row in zip(kinds, *(record[c] for c in COLUMNS[1:]), strict=True)
+    ]
+
+
+def symbol_partition(symbol: str, partitions: int) -> int:
+    """Symbol partition of a symbol: Kafka's default (murmur2) partitioner on its UTF-8 key.
+
+    The fan-out writes each mention to this partition and the signals stage uses it to find
+    which table rows belong to a partition, so the two can never disagree.
     """
-
-    ttl_ms: int
-    max_seen_ms: int = 0
-    _queue: deque[tuple[int, str]] = field(default_factory=deque)
-
-    def add(self, key: str, seen_ms: int) -> None:
-        self._queue.append((seen_ms, key))
-        self.max_seen_ms = max(self.max_seen_ms, seen_ms)
-
-    def expired(self) -> list[str]:
-        """Keys whose rows may be dropped now (arrival order ≈ event order; a stale
-        out-of-order entry just waits for the ones before it)."""
-        horizon = self.max_seen_ms - self.ttl_ms
-        out: list[str] = []
-        while self._queue and self._queue[0][0] < horizon:
-            out.append(self._queue.popleft()[1])
-        return out
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-
-def rebuild_expiry(rows: list[tuple[str, Seen]], ttl_ms: int) -> ExpiryQueue:
-    """Expiry queue of one partition from its table rows (after a restart or rebalance)."""
-    queue = ExpiryQueue(ttl_ms)
-    for key, row in sorted(rows, key=lambda kr: kr[1].seen_ms):
-        queue.add(key, row.seen_ms)
-    return queue
+    return (murmur2(symbol.encode()) & 0x7FFFFFFF) % partitions

@@ -64,7 +64,10 @@ CHECKPOINTS = TopicSpec(
     "stocktwits.firehose-checkpoints", "firehose_checkpoint.avsc", Keyed.SOURCE, _COMPACT
 )
 # processor topics
-MENTIONS = TopicSpec("pulse.mentions", "mention.avsc", Keyed.SYMBOL, _delete(3))
+# what the fan-out writes and the signals stage reads: mentions batched per symbol partition
+MENTION_BATCHES = TopicSpec(
+    "pulse.mention-batches", "mention_batch.avsc", Keyed.SYMBOL, _delete(3)
+)
 VOLUME = TopicSpec("pulse.volume", "window_volume.avsc", Keyed.SYMBOL, _delete(30))
 SENTIMENT = TopicSpec("pulse.sentiment", "window_sentiment.avsc", Keyed.SYMBOL, _delete(30))
 SPIKES = TopicSpec("pulse.spikes", "spike.avsc", Keyed.SYMBOL, _delete(30))
@@ -79,7 +82,7 @@ ALL: tuple[TopicSpec, ...] = (
     SENTIMENT_CHART,
     DEAD_LETTER,
     CHECKPOINTS,
-    MENTIONS,
+    MENTION_BATCHES,
     VOLUME,
     SENTIMENT,
     SPIKES,
