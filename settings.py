@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -75,6 +76,9 @@ class Settings:
         86_400, "How long a message id is remembered for de-duplication (Firehose resumes ≤ 24 h)."
     )
     web_port: int = _setting(6066, "Faust web server port: /metrics, /healthz, /readyz.")
+    fan_out_port: int = _setting(
+        6067, "Port of the fan-out stage's /metrics and /healthz (`pulse worker --stage fan-out`)."
+    )
     spike_min_count: int = _setting(10, "A window needs at least this many messages to spike.")
     spike_z: float = _setting(4.0, "Spike threshold: z-score of the window against the baseline.")
     spike_cooldown_windows: int = _setting(
@@ -122,6 +126,11 @@ class Settings:
         "trending", "REST streams to poll: `trending`, `all`, `symbol:AAPL`, comma-separated."
     )
     metrics_port: int = _setting(9300, "Prometheus /metrics and /healthz port of a producer.")
+    bind_host: str = _setting(
+        "127.0.0.1",
+        "Address the /metrics and /healthz servers listen on; loopback outside containers, "
+        "`0.0.0.0` in images (Compose, Kubernetes) so probes and Prometheus reach them.",
+    )
     # --- Consumers --------------------------------------------------------------------------
     alert_webhook_urls: str = _setting(
         "", "Comma-separated webhook URLs `pulse alerts` POSTs each spike to.", secret=True
@@ -209,6 +218,40 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,15}")
+_AUTHORITY = re.compile(r"[^/?#]*")
+
+
+def _printable(text: str, limit: int) -> str:
+    # a URL from config or upstream may hold ESC, newlines or other bytes meant for a terminal
+    cleaned = "".join(c if " " < c < "\x7f" else "?" for c in text[:limit])
+    return cleaned + ("…" if len(text) > limit else "")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe for a log line, an exception message or a record: scheme, host and port.
+
+    User info becomes ``***@``; a path, query or fragment becomes ``/…`` (webhook and API
+    URLs carry tokens there). Never raises, whatever the input: a port over 65535, no scheme,
+    a non-string, control characters (shown as ``?``).
+    """
+    try:
+        text = url if isinstance(url, str) else str(url)
+    except Exception:  # noqa: BLE001 - an object whose __str__ fails is still no reason to crash
+        return "<url>"
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        scheme, sep, rest = "", "", text.strip()
+    # nothing before the last "@" is shown: a password may hold an unescaped "/", "?" or "#"
+    _, at, rest = rest.rpartition("@")
+    authority = _AUTHORITY.match(rest)
+    host = authority.group(0) if authority else ""
+    tail = rest[len(host) :]
+    shown = (scheme.lower() + "://" if sep else "") + ("***@" if at else "")
+    shown += _printable(host, 262)  # 253 for the name, and a port
+    return shown + ("/…" if tail.strip("/") else "")
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
