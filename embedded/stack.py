@@ -1,8 +1,9 @@
 """Provision, start and stop a local Apache Kafka (KRaft) broker and Apicurio Registry.
 
-Both come from Maven Central into ``<local_home>`` (``~/.cache/stocktwits-pulse`` by
-default): the broker's jars through ``embedded/pom.xml``, the registry as the
-ready-to-run Quarkus archive. Each *instance* (``default`` for ``pulse local up``, a
+Both come from Maven Central into ``<local_downloads>`` (``<local_home>``, that is
+``~/.cache/stocktwits-pulse``, by default; a separate download cache lets many homes, e.g. CI
+runs, share one download): the broker's jars through ``embedded/pom.xml``, the registry as
+the ready-to-run Quarkus archive. Each *instance* (``default`` for ``pulse local up``, a
 throwaway one per test run) has its own ports, data and logs under
 ``<local_home>/instances/<name>/`` and runs detached; PIDs are kept in ``state.json``.
 """
@@ -10,6 +11,8 @@ throwaway one per test run) has its own ports, data and logs under
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -67,11 +70,43 @@ def free_ports() -> Ports:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one starting with ``-``: command-line
+    parsers read such an id as an option (1 id in 64 would be refused).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def valid_cluster_id(cid: object) -> bool:
+    """Whether ``cid`` is a cluster id Kafka accepts: 16 bytes in 22 URL-safe base64 chars."""
+    if not isinstance(cid, str) or not re.fullmatch(r"[A-Za-z0-9_-]{22}", cid):
+        return False
+    return len(base64.urlsafe_b64decode(cid + "==")) == 16
+
+
+def format_command(java: list[str], classpath: str, cluster_id: str, props: Path) -> list[str]:
+    """``kafka-storage format``; ``--cluster-id=ID`` in one argument, so an id starting with
+    ``-`` (a valid id all the same) is never taken for an option."""
+    return [*java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+            f"--cluster-id={cluster_id}", "--config", str(props), "--ignore-formatted"]  # fmt: skip
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on (or holds) 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 JAVA_HINT = "a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+JVM_DIR = Path("/usr/lib/jvm")  # where distributions install their JDKs side by side
 REGISTRY_JAVA = 21  # Apicurio Registry 3.3 is built for Java 21
 
 
@@ -96,14 +131,19 @@ def find_java(min_major: int) -> str:
         candidates.append(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java"))
     if shutil.which("java"):
         candidates.append(shutil.which("java") or "java")
-    candidates += sorted(str(p) for p in Path("/usr/lib/jvm").glob("*/bin/java"))
+    candidates += sorted(str(p) for p in JVM_DIR.glob("*/bin/java"))
+    found = []
     for java in candidates:
-        if java_major(java) >= min_major:
+        major = java_major(java)
+        if major >= min_major:
             return java
+        if major:
+            found.append(f"Java {major} at {java}")
+    seen = f"found only {', '.join(found)}" if found else "found none"
     if min_major <= 17:
-        raise StackError(f"no Java {min_major}+ found: install {JAVA_HINT} and retry.")
+        raise StackError(f"Kafka needs Java {min_major}+, {seen}: install {JAVA_HINT} and retry.")
     raise StackError(
-        f"Apicurio Registry {APICURIO_VERSION} needs Java {min_major}+, found none "
+        f"Apicurio Registry {APICURIO_VERSION} needs Java {min_major}+, {seen} "
         "(looked at $JAVA_HOME, PATH, /usr/lib/jvm): install a JDK 21+ "
         "(e.g. apt-get install openjdk-21-jre-headless or Temurin 21) and retry."
     )
@@ -121,7 +161,9 @@ def _run(cmd: list[str], what: str, log_file: Path) -> None:
     with log_file.open("ab") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
-        raise StackError(f"{what} failed (exit {proc.returncode}); see {log_file}")
+        raise StackError(
+            f"{what} failed (exit {proc.returncode}): {last_error(log_file)}; see {log_file}"
+        )
 
 
 def _alive(pid: int | None, marker: str) -> bool:
@@ -138,12 +180,19 @@ def _alive(pid: int | None, marker: str) -> bool:
 class LocalStack:
     """One instance of the embedded broker + registry."""
 
-    def __init__(self, home: Path, name: str = "default", ports: Ports | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        name: str = "default",
+        ports: Ports | None = None,
+        downloads: Path | None = None,
+    ) -> None:
         self.home = home.expanduser()
         self.name = name
         self.dir = self.home / "instances" / name
-        self.kafka_home = self.home / f"kafka-{KAFKA_VERSION}"
-        self.registry_home = self.home / f"apicurio-registry-{APICURIO_VERSION}"
+        self.downloads = (downloads or home).expanduser()
+        self.kafka_home = self.downloads / f"kafka-{KAFKA_VERSION}"
+        self.registry_home = self.downloads / f"apicurio-registry-{APICURIO_VERSION}"
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         saved = self._load_state().get("ports")
         self.ports = ports or (Ports(**saved) if saved else None)
@@ -155,7 +204,7 @@ class LocalStack:
             settings.local_controller_port,
             settings.local_registry_port,
         )
-        return cls(settings.local_home_path, name, ports)
+        return cls(settings.local_home_path, name, ports, settings.local_downloads_path)
 
     # --- provisioning ---------------------------------------------------------------------
     @property
@@ -166,6 +215,15 @@ class LocalStack:
 
     def provision(self) -> None:
         """Fetch the broker jars and the registry archive from Maven Central, once."""
+        if self.provisioned:
+            return
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        # one download at a time per cache: two runs sharing it must not fetch into each other
+        with (self.downloads / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._provision()
+
+    def _provision(self) -> None:
         self._fetch(
             self.kafka_home,
             f"Apache Kafka {KAFKA_VERSION}",
@@ -188,16 +246,15 @@ class LocalStack:
         so an interrupted download is never mistaken for a finished one."""
         if (target / ".complete").exists():
             return
-        self.home.mkdir(parents=True, exist_ok=True)
         find_java(17)
         mvn = _require("mvn", "Apache Maven (e.g. apt-get install maven)")
-        mvn_log = self.home / "maven.log"
+        mvn_log = self.downloads / "maven.log"
         print(f"Fetching {what} from Maven Central (log: {mvn_log}) …")
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         _run(
             [mvn, "-q", "-B", "-f", str(EMBEDDED_DIR / "pom.xml"), *goal(tmp),
-             f"-Dpulse.build.dir={self.home / 'maven-build'}"],
+             f"-Dpulse.build.dir={self.downloads / 'maven-build'}"],
             f"maven ({what})", mvn_log,
         )  # fmt: skip
         if not (tmp / expect).exists():
@@ -249,22 +306,54 @@ class LocalStack:
         return out
 
     # --- lifecycle ------------------------------------------------------------------------
-    def up(self, timeout_s: float = 180.0) -> Endpoints:
-        """Start what is not running (a second call is a no-op) and wait until both answer."""
+    def up(self, timeout_s: float = 180.0, registry: bool = True) -> Endpoints:
+        """Start what is not running (a second call is a no-op) and wait until both answer.
+
+        :param registry: False starts (or restarts) only the broker.
+        """
+        try:
+            return self._up(timeout_s, registry)
+        except OSError as exc:  # a file or socket we cannot use: say which, no traceback
+            raise StackError(
+                f"{exc.strerror or exc}: {exc.filename or ''} — check that {self.home} and "
+                f"{self.downloads} are writable, or set PULSE_LOCAL_HOME elsewhere."
+            ) from exc
+
+    def _up(self, timeout_s: float, registry: bool) -> Endpoints:
         if self.ports is None:
             self.ports = free_ports()
+        running = self.running()
+        self._check_ports(running, registry)
         self.provision()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save_state(ports=asdict(self.ports))
         deadline = time.monotonic() + timeout_s
-        running = self.running()
         if not running["kafka"]:
             self._start_kafka()
         self._wait_kafka(deadline)
-        if not running["registry"]:
+        if registry and not running["registry"]:
             self._start_registry()
-        self._wait_registry(deadline)
+        if registry:
+            self._wait_registry(deadline)
         return self.endpoints
+
+    def _check_ports(self, running: dict[str, bool], registry: bool) -> None:
+        """Refuse, with what to do, to start on a port another program holds (the JVM would
+        only say so deep in its log, after a long start)."""
+        assert self.ports is not None
+        wanted = []
+        if not running["kafka"]:
+            wanted += [("Kafka", self.ports.kafka, "PULSE_LOCAL_KAFKA_PORT"),
+                       ("the KRaft controller", self.ports.controller,
+                        "PULSE_LOCAL_CONTROLLER_PORT")]  # fmt: skip
+        if registry and not running["registry"]:
+            wanted.append(("the registry", self.ports.registry, "PULSE_LOCAL_REGISTRY_PORT"))
+        for what, port, variable in wanted:
+            if port_in_use(port):
+                raise StackError(
+                    f"port {port} for {what} is already in use by another program: stop it, "
+                    f"or choose another port with {variable}=… (instance {self.name!r})."
+                )
 
     def down(self, timeout_s: float = 30.0, only: str | None = None) -> None:
         """Stop registry then broker (or ``only`` "kafka" / "registry"): SIGTERM, and SIGKILL
@@ -333,14 +422,7 @@ class LocalStack:
         classpath = str(self.kafka_home / "libs" / "*")
         log4j = f"-Dlog4j2.configurationFile={EMBEDDED_DIR / 'log4j2.properties'}"
         if not (data / "meta.properties").exists():
-            state = self._load_state()
-            cluster_id = state.get("cluster_id") or new_cluster_id()
-            self._save_state(cluster_id=cluster_id)
-            _run(
-                [*self._java("256m"), log4j, "-cp", classpath, "kafka.tools.StorageTool",
-                 "format", "-t", cluster_id, "-c", str(props), "-g"],
-                "kafka storage format", kafka_log,
-            )  # fmt: skip
+            self._format(data, props, classpath, log4j, kafka_log)
         pid = self._spawn(
             "kafka_pid",
             [*self._java("1g"), log4j, "-cp", classpath, "kafka.Kafka", str(props)],
@@ -348,6 +430,20 @@ class LocalStack:
         )
         self._save_state(kafka_pid=pid)
         print(f"Kafka {KAFKA_VERSION} starting on 127.0.0.1:{self.ports.kafka} (log: {kafka_log})")  # type: ignore[union-attr]
+
+    def _format(self, data: Path, props: Path, classpath: str, log4j: str, kafka_log: Path) -> None:
+        """Format the data directory with a fresh cluster id; the id is saved only once the
+        format succeeded, so a failed format leaves nothing behind to be reused."""
+        # without meta.properties nothing in the directory is usable (an interrupted format
+        # or a start that never got that far): start it afresh
+        shutil.rmtree(data, ignore_errors=True)
+        saved = self._load_state().get("cluster_id")
+        if saved is not None:
+            log.info("ignoring the saved cluster id %r of a format that did not finish", saved)
+        cluster_id = new_cluster_id()
+        _run(format_command([*self._java("256m"), log4j], classpath, cluster_id, props),
+             "kafka storage format", kafka_log)  # fmt: skip
+        self._save_state(cluster_id=cluster_id)
 
     def _wait_kafka(self, deadline: float) -> None:
         from confluent_kafka.admin import AdminClient  # heavy import, only when needed
@@ -431,8 +527,11 @@ class LocalStack:
         alive = child.poll() is None if child else _alive(pid, str(self.dir))
         if not alive:
             _reap(pid)
-            tail = _tail(Path(log_file))
-            raise StackError(f"{key.split('_')[0]} exited during start-up; see {log_file}\n{tail}")
+            raise StackError(
+                f"{key.split('_')[0]} exited during start-up: {last_error(Path(log_file))}; "
+                f"see {log_file}. If this instance's data is damaged, start afresh with "
+                f"`pulse local destroy --instance {self.name}`."
+            )
 
 
 def _port_open(port: int) -> bool:
@@ -451,8 +550,14 @@ def _reap(pid: int | None) -> None:
         pass
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def last_error(path: Path) -> str:
+    """The last line of a log that looks like the reason of a failure (else its last line)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
     except OSError:
-        return ""
+        return "no log"
+    lines = [line for line in lines if line]
+    for line in reversed(lines[-200:]):
+        if re.search(r"ERROR|Exception|error:|Error:", line) and not line.startswith("at "):
+            return line[:300]
+    return lines[-1][:300] if lines else "empty log"
