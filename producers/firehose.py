@@ -25,6 +25,7 @@ import confluent_kafka as ck
 
 from producers import metrics, native, parse
 from producers.backoff import Backoff
+from producers.httpbody import read_body
 from producers.parse import Parsed, ParseError
 from producers.publish import (
     Publisher,
@@ -47,7 +48,7 @@ from schemas.topics import (
     SOCIAL,
     TopicSpec,
 )
-from settings import Settings
+from settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +235,12 @@ class FirehoseClient:
                         f"/{self.stream.path}: 401 Unauthorized — the Firehose rejected the "
                         "credentials in PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD"
                     )
-                if resp.status == 406:
-                    body = (await resp.text())[:300]
+                if resp.status == 406:  # the message only: the first bytes, never the whole body
+                    head = await read_body(resp, 300, truncate=True, inflated=True)
+                    body = head.decode(errors="replace")
                     raise FatalUpstreamError(
                         f"/{self.stream.path}: 406 Not Acceptable — the Firehose requires gzip "
-                        f"(Accept-Encoding: gzip) and a client that decompresses it: {body}"
+                        f"(Accept-Encoding: gzip) and a client that decompresses it: {body!r}"
                     )
                 if resp.status != 200:
                     return f"HTTP {resp.status}"
@@ -261,6 +263,8 @@ class FirehoseClient:
             return f"connection dropped ({type(exc).__name__})"
         except TimeoutError:
             return "read timeout"
+        except aiohttp.InvalidURL:  # its text is the URL, which may hold credentials
+            return f"InvalidURL: {redact_url(url)}"
         except aiohttp.ClientError as exc:
             return f"{type(exc).__name__}: {exc}"
         finally:

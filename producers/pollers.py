@@ -25,7 +25,8 @@ import confluent_kafka as ck
 from producers import metrics, parse
 from producers.backoff import Backoff, retry_after_s, throttle_s
 from producers.firehose import FatalUpstreamError
-from producers.parse import ParseError, Rejected
+from producers.httpbody import ACCEPT_ENCODING, BodyTooLarge, read_body
+from producers.parse import MAX_PAYLOAD_BYTES, ParseError, Rejected
 from producers.publish import (
     Publisher,
     now_ms,
@@ -35,9 +36,10 @@ from producers.publish import (
     read_to_end,
 )
 from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
-from settings import Settings
+from settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
+ERROR_BODY_BYTES = 4096  # of a non-200 answer: enough for its message
 
 
 class Http:
@@ -51,12 +53,17 @@ class Http:
         *,
         backoff: Backoff | None = None,
         max_attempts: int = 8,
+        max_body_bytes: int = MAX_PAYLOAD_BYTES,
+        reject: Callable[[bytes, ParseError], None] | None = None,
     ) -> None:
+        """:param reject: where a body over ``max_body_bytes`` goes (the dead-letter topic)."""
         self.session, self.source, self.stop = session, source, stop
         self.backoff = backoff or Backoff(base_s=1.0, cap_s=300.0)
         self.max_attempts = max_attempts
+        self.max_body_bytes = max_body_bytes
+        self.reject = reject
         self.last_headers: dict[str, str] = {}
-        self.requests = self.rate_limited = 0
+        self.requests = self.rate_limited = self.too_large = 0
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True if stopped."""
@@ -69,17 +76,21 @@ class Http:
     async def get(
         self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
     ) -> bytes | None:
-        """The body of a 200, or None after ``max_attempts`` failures (or when stopped)."""
+        """The body of a 200, or None after ``max_attempts`` failures (or when stopped).
+
+        A 200 whose body is over ``max_body_bytes`` (received or inflated) goes to ``reject``
+        and gives None at once: asking again would fetch the same body.
+        """
         for _ in range(self.max_attempts):
             if self.stop.is_set():
                 return None
             self.requests += 1
             try:
-                async with self.session.get(url, params=params, headers=headers) as resp:
-                    body = await resp.read()
-                    self.last_headers = dict(resp.headers)
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, body = await self._fetch(url, params, headers)
+            except BodyTooLarge as exc:
+                self._too_large(url, exc)
+                return None
+            except (aiohttp.ClientError, TimeoutError, ParseError) as exc:
                 status, body, cause = 0, b"", type(exc).__name__
             else:
                 cause = f"HTTP {status}"
@@ -89,8 +100,8 @@ class Http:
                 return body
             if status == 401:
                 raise FatalUpstreamError(
-                    f"{self.source}: 401 Unauthorized from {url}: "
-                    f"{body[:200].decode(errors='replace')}"
+                    f"{self.source}: 401 Unauthorized from {redact_url(url)}: "
+                    f"{body[:200].decode(errors='replace')!r}"
                 )
             metrics.RECONNECTS.labels(self.source, cause).inc()
             wait = None
@@ -99,11 +110,33 @@ class Http:
                 wait = retry_after_s(self.last_headers, time.time())
             if wait is None:
                 wait = self.backoff.next()
-            log.warning("%s: %s from %s; retrying in %.1fs", self.source, cause, url, wait)
+            log.warning(
+                "%s: %s from %s; retrying in %.1fs", self.source, cause, redact_url(url), wait
+            )
             if await self.sleep(wait):
                 return None
-        log.error("%s: giving up on %s for this round", self.source, url)
+        log.error("%s: giving up on %s for this round", self.source, redact_url(url))
         return None
+
+    async def _fetch(
+        self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None
+    ) -> tuple[int, bytes]:
+        """One GET: status and body, the body capped before and after decompression."""
+        headers = {"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})}
+        async with self.session.get(
+            url, params=params, headers=headers, auto_decompress=False
+        ) as resp:
+            self.last_headers = dict(resp.headers)
+            if resp.status != 200:  # an error page is read only for its first bytes
+                return resp.status, await read_body(resp, ERROR_BODY_BYTES, truncate=True)
+            return resp.status, await read_body(resp, self.max_body_bytes)
+
+    def _too_large(self, url: str, exc: BodyTooLarge) -> None:
+        self.too_large += 1
+        metrics.RECONNECTS.labels(self.source, "body too large").inc()
+        log.error("%s: %s from %s; skipped this round", self.source, exc, redact_url(url))
+        if self.reject is not None:
+            self.reject(exc.prefix, exc)
 
 
 def _reject_all(publisher: Publisher, rejected: list[Rejected]) -> None:
@@ -403,7 +436,7 @@ def _serve(
             loop.add_signal_handler(sig, stop.set)
         timeout = aiohttp.ClientTimeout(total=60, sock_read=45)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await body(publisher, Http(session, source, stop), stop)
+            await body(publisher, Http(session, source, stop, reject=publisher.reject), stop)
 
     try:
         asyncio.run(go())

@@ -10,6 +10,8 @@
 - REST v2 ``/api/2/streams/{name}.json`` and ``/api/2/streams/symbol/{symbol}.json``:
   each GET serves the next queued response (or the last one again), filtered by ``since`` /
   ``max``; ``X-RateLimit-*`` headers; 429 ``rest_429`` times; optional bearer token.
+- Hostile bodies for the three polled endpoints (``hostile``): a gzip bomb, or a 200 whose
+  body never ends.
 
 Every request is recorded in ``requests`` for assertions. Run it for demos:
 ``python -m tests.fakes.stocktwits_server --port 8999 --events 100000``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import time
 import zlib
@@ -65,6 +68,19 @@ def message_events(n: int, first_seq: int = 10**20, first_id: int = 1) -> list[t
     ]
 
 
+BOMB_INFLATED_BYTES = 256 << 20
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """A gzip body of about 255 KB that inflates to 256 MiB of ``0`` bytes (built in 1 MiB
+    steps: the 256 MiB never exist on this side)."""
+    gz = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"0" * (1 << 20)
+    parts = [gz.compress(block) for _ in range(BOMB_INFLATED_BYTES >> 20)]
+    return b"".join(parts) + gz.flush()
+
+
 @dataclass
 class FakeStocktwits:
     """State and faults of the fake upstream; mutate the fields between connections."""
@@ -94,6 +110,9 @@ class FakeStocktwits:
     rest: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rest_429: int = 0
     rest_remaining: int = 1_000_000  # requests left this hour (upstream: 200 or 400)
+    # hostile bodies: endpoint ("trending", "chart", "rest") → queued modes, one per request:
+    # "bomb" (a 255 KB gzip body that inflates to 256 MiB), "endless" (a 200 that never ends)
+    hostile: dict[str, list[str]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     connections: int = 0
 
@@ -203,6 +222,32 @@ class FakeStocktwits:
             return b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
         return b"data: " + payload + b"\n\n"
 
+    # --- hostile bodies ---------------------------------------------------------------------
+
+    async def _hostile(self, endpoint: str, request: web.Request) -> web.StreamResponse | None:
+        modes = self.hostile.get(endpoint)
+        if not modes:
+            return None
+        mode = modes.pop(0)
+        self._record(request, 200)
+        if mode == "bomb":
+            return web.Response(
+                body=gzip_bomb(),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+        if mode != "endless":
+            raise ValueError(f"unknown hostile mode {mode!r}")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        chunk = b'{"data": {"trending_symbols": [' + b'{"symbol": "AAPL"},' * 4000
+        try:
+            while True:  # until the client hangs up
+                await resp.write(chunk)
+                await asyncio.sleep(0)
+        except (ConnectionResetError, ConnectionError):
+            return resp
+
     # --- trending ---------------------------------------------------------------------------
 
     async def _trending(self, request: web.Request) -> web.Response:
@@ -211,6 +256,8 @@ class FakeStocktwits:
         if self.trending_429 > 0:
             self.trending_429 -= 1
             return self._refuse(request, 429, '{"error": "rate limited"}', **{"Retry-After": "1"})
+        if hostile := await self._hostile("trending", request):
+            return hostile
         self._record(request, 200)
         page = int(request.query.get("page", "1"))
         body = self.trending_pages.get(
@@ -226,6 +273,8 @@ class FakeStocktwits:
         if self.chart_503 > 0:
             self.chart_503 -= 1
             return self._refuse(request, 503, "Service Unavailable")
+        if hostile := await self._hostile("chart", request):
+            return hostile
         self._record(request, 200)
         return web.json_response(self.charts.get(request.match_info["symbol"], {"data": {}}))
 
@@ -248,6 +297,8 @@ class FakeStocktwits:
                 'N requests an hour."}]}',
                 **{**limits, "X-RateLimit-Remaining": "0", "Retry-After": "1"},
             )
+        if hostile := await self._hostile("rest", request):
+            return hostile
         path = request.match_info["path"]
         queue = self.rest.get(path)
         if queue is None:
