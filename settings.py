@@ -93,6 +93,31 @@ class Settings:
     spike_alpha: float = _setting(
         0.05, "EWMA weight of the newest window in a symbol's baseline (memory ≈ 1/alpha)."
     )
+    spike_scored: str = _setting(
+        "users",
+        "Volume the spike detectors score: `users` (distinct users, so one account's flood "
+        "is not a crowd) or `messages`. Message counts are reported either way.",
+    )
+    surge_window: str = _setting(
+        "1h", "Tumbling window the hour-scale surge detector scores (must divide a day and "
+        "be in `windows`); empty: no surge detector."
+    )
+    surge_spans: str = _setting(
+        "1h,3h,6h", "Spans the surge detector tests, each summing the windows ending at the "
+        "closed one (multiples of `surge_window`)."
+    )
+    surge_p: float = _setting(
+        1e-6, "Surge threshold: negative-binomial p-value (Bonferroni over the spans)."
+    )
+    surge_min_count: int = _setting(
+        12, "A surge needs at least this much scored volume over its span."
+    )
+    surge_min_ratio: float = _setting(
+        2.0, "A surge needs at least this many times its expected volume over its span."
+    )
+    surge_warmup_days: int = _setting(
+        5, "Days a symbol's hour-of-day profile must have seen before it may surge."
+    )
     revision_horizon_ms: int = _setting(
         3_600_000, "How long after a window's end a destroy still yields a corrected result."
     )
