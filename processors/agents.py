@@ -1,11 +1,13 @@
-"""Faust I/O of the signal engine: read, delegate to the pure modules, write what they return.
+"""Faust I/O of the signals stage: read mention batches, delegate to the pure engine, write
+what it returns.
 
-Stage 1 (``fan_out``) reads the raw message and /sentiment topics, de-duplicates by message
-id in the ``seen`` table and sends mentions to the symbol-keyed mentions topic. Stage 2
-(``signals``) keeps one :class:`~processors.engine.PartitionEngine` per mentions partition,
-persists every changed symbol row in the ``symbols`` table and sends the closed windows. The
-idle timer writes a TICK record into a quiet partition, so idle closes are ordinary records
-in the log: a replay after a crash closes the same windows at the same place.
+One agent reads ``pulse.mention-batches`` (written by the fan-out, :mod:`processors.fanout`):
+a handful of records per fan-out batch, each carrying many mentions and the raw partitions'
+progress. Per symbol partition a :class:`~processors.engine.PartitionEngine` applies them,
+the changed rows go to the changelogged ``symbols`` table and the closed windows to the output
+topics. Every record a batch produced is durable before its input counts as done
+(:class:`Sink`). :class:`ReadGuard` and the stall checks work around faust-streaming consumer
+defects that are still reachable with one agent (see docs/processors.md).
 """
 
 from __future__ import annotations
@@ -16,41 +18,28 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
 import faust
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 
-from processors.engine import Outputs, PartitionEngine
-from processors.mentions import (
-    ExpiryQueue,
-    Mention,
-    MentionKind,
-    Seen,
-    on_message_event,
-    on_sentiment_event,
-    rebuild_expiry,
-    tick,
-)
-from processors.watchdog import (
-    Offsets,
-    Partition,
-    ReadingOrder,
-    StallWatch,
-    Verdict,
-)
+from processors.engine import Batch, Outputs, PartitionEngine, partition_of_row_key
+from processors.mentions import from_columns, symbol_partition
+from processors.progress import ReadProgress
+from processors.watchdog import Offsets, Partition, ReadingOrder, StallWatch, Verdict
 from processors.windows import split_row_key
 from schemas import deadletter, topics
 from schemas.deadletter import Reason
 
-STAGE1, STAGE2 = "stage1", "stage2"
-# stage 2 takes mentions in batches and writes each changed table row once per batch
-BATCH_MAX, BATCH_WITHIN_S = 2_000, 0.05
-# stall watchdog (processors/watchdog.py): checks while the agents have been idle this long
+STAGE = "signals"
+BATCH_MAX, BATCH_WITHIN_S = 200, 0.05  # mention-batch records per agent batch
+# stall watchdog (processors/watchdog.py): checks while the agent has been idle this long
 STALL_CHECK_S, STALL_S, IDLE_BEFORE_CHECK_S = 5.0, 20.0, 10.0
 CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
+OUTPUTS = (topics.VOLUME, topics.SENTIMENT, topics.SPIKES, topics.LATE_EVENTS,
+           topics.DEAD_LETTER)
 log = logging.getLogger(__name__)
 
 
@@ -58,458 +47,392 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _exit_now(stage: str, why: str, code: int) -> NoReturn:
-    log.critical("%s: %s", stage, why)
+def _exit_now(why: str, code: int) -> NoReturn:
+    log.critical("%s: %s", STAGE, why)
     logging.shutdown()
     os._exit(code)
 
 
 def _by_partition(events: Any) -> list[list[Any]]:
-    """A batch's events split by (topic, partition), each in offset order: a partition's
-    records and its transaction (exactly-once) stay together."""
+    """A batch's events split by partition, each in offset order: a partition's records and
+    its transaction (exactly-once) stay together."""
     groups: dict[tuple[str, int], list[Any]] = {}
     for event in events:
         groups.setdefault((event.message.topic, event.message.partition), []).append(event)
     return list(groups.values())
 
 
-def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwise)
-    """Attach agents, the idle timer, rebalance hooks and web pages to ``p.app``."""
-    from processors.app import symbol_partition
+class Sink:
+    """Where a batch's records go, and the one rule: durable before the input counts as done.
 
-    app: faust.App = p.app
-    s = p.settings
-    m = p.metrics
-    n_symbol = s.symbol_partitions
-    messages_name = p.name(topics.MESSAGES)
-    mentions_name = p.name(topics.MENTIONS)
-    decode_message = p.serde.deserializer(topics.MESSAGES)
-    decode_sentiment = p.serde.deserializer(topics.SENTIMENT_EVENTS)
-    decode_mention = p.serde.deserializer(topics.MENTIONS)
-    encode: dict[str, Callable[[dict[str, Any]], bytes]] = {
-        spec.name: p.serde.serializer(spec)
-        for spec in (topics.MENTIONS, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
-                     topics.LATE_EVENTS, topics.DEAD_LETTER)
-    }
-    mentions_out = p.mentions_topic
-    volume_out = p.out_topics[topics.VOLUME.name]
-    sentiment_out = p.out_topics[topics.SENTIMENT.name]
-    spikes_out = p.out_topics[topics.SPIKES.name]
-    late_out = p.out_topics[topics.LATE_EVENTS.name]
-    dlq_out = p.out_topics[topics.DEAD_LETTER.name]
-    ttl_ms = s.dedup_ttl_s * 1000
+    At-least-once: one librdkafka producer, flushed at the end of each batch before faust
+    acks the batch's events (faust's own producer costs ~50 µs of Python per record).
+    Exactly-once: records are queued per input partition and sent with that partition's
+    transactional id while faust's commit waits (:meth:`fence`).
+    """
 
-    expiry: dict[int, ExpiryQueue] = {}
-    engines: dict[int, PartitionEngine] = {}
-    last_data_offset: dict[int, int] = {}
-    last_input_at: dict[int, float] = {}
-    tick_sent_for: dict[int, int] = {}
-    tick_producer: list[Producer] = []
-    p.extra.update(engines=engines, expiry=expiry)
-    last_batch_at = [time.monotonic()]  # when any batch last had records to process
-    # slack 1: a transaction's commit marker can end a partition (never delivered as a record)
-    stall_watch = StallWatch(stall_ms=int(STALL_S * 1000), slack=1)
-    recovery_watch = StallWatch(stall_ms=int(STALL_S * 1000))
-    # each partition's records once and in order (faust can repeat or skip some after a
-    # rebalance); holes found are sought back to after the batch
-    reading_order = ReadingOrder()
-    started: set[Partition] = set()  # partitions whose reading start is known (or unknowable)
-    seeks_due: list[tuple[Partition, int]] = []
-    offsets_reader: list[Consumer] = []
-    stream_topics = {messages_name, p.name(topics.SENTIMENT_EVENTS), mentions_name}
-    exactly_once = s.processing_guarantee == "exactly_once"
-    # topics without transaction markers, whose offsets a worker must read without a hole;
-    # exactly-once writes the mentions transactionally (markers, aborted batches)
-    contiguous = stream_topics - ({mentions_name} if exactly_once else set())
-    eos_pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
-    eos_batches: list[tuple[str, list[Any]]] = []  # (transactional id, its records)
-    commit_lock = asyncio.Lock()  # exactly-once: faust commits between batches only
+    def __init__(self, app: faust.App, kafka_config: dict[str, str], exactly_once: bool) -> None:
+        self.app = app
+        self.producer: Producer | None = None if exactly_once else Producer({
+            **kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+        })
+        self._errors: list[str] = []
+        self._pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
+        self._transactions: list[tuple[str, list[Any]]] = []  # (transactional id, records)
+        self._commit_lock = asyncio.Lock()
 
-    # At-least-once: every record (mentions, outputs, changelog rows, dead letters) goes
-    # through one librdkafka producer, flushed at the end of each batch before the batch's
-    # events are acked; faust's own producer costs ~50 µs of Python per record.
-    # Exactly-once: records go through faust's transactional producer (see `drain`).
-    fast: Producer | None = None if exactly_once else Producer({
-        **s.kafka_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-        "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
-    })
-    delivery_errors: list[str] = []
-    topic_names: dict[int, str] = {}
-
-    def on_delivery(err: Any, _msg: Any) -> None:
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
-            delivery_errors.append(str(err))
+            self._errors.append(str(err))
 
-    def send(topic: Any, key: bytes | None, value: bytes | None, partition: int | None,
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
              headers: Any = None) -> None:
-        """Queue one record; durable before the input that caused it is acked."""
-        name = topic_names.get(id(topic))
-        if name is None:
-            name = topic_names[id(topic)] = topic.get_topic_name()
-        if fast is None:
-            eos_pending.append((name, key, value, partition, headers))
+        if self.producer is None:
+            self._pending.append((topic, key, value, partition, headers))
             return
-        kwargs: dict[str, Any] = {"on_delivery": on_delivery}
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = headers
         while True:
             try:
-                fast.produce(name, value, key, **kwargs)
+                self.producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:  # queue full: let librdkafka send some
-                fast.poll(0.05)
+                self.producer.poll(0.05)
 
-    async def flush_batch() -> None:
-        """At-least-once: wait until every record of the batch is acknowledged (or fail the
-        agent, which leaves the batch uncommitted for a replay)."""
-        if fast is None:
+    def end_partition(self, msg: Any) -> None:
+        """Exactly-once: the records queued so far belong to the transaction of ``msg``'s
+        input partition. faust would pick the transaction of the *destination* partition,
+        which for an output topic is not the one that commits this input."""
+        if not self._pending:
             return
-        left = await asyncio.get_running_loop().run_in_executor(None, fast.flush, 60.0)
-        if left or delivery_errors:
-            errors, delivery_errors[:] = delivery_errors[:3], []
+        group = self.app.assignor.group_for_topic(msg.topic)
+        self._transactions.append((f"{self.app.conf.id}-{group}-{msg.partition}",
+                                   list(self._pending)))
+        self._pending.clear()
+
+    async def _flush(self) -> None:
+        assert self.producer is not None
+        left = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
+        if left or self._errors:
+            errors, self._errors[:] = self._errors[:3], []
             raise RuntimeError(f"{left} records unsent, delivery errors: {errors}")
 
-    async def guarded(stage: str, batch_work: Coroutine[Any, Any, None]) -> None:
-        """Run one batch. faust's ``take_events`` acks a batch's events even when the block
-        fails or is cancelled, and would then commit them. So a failure ends the process at
-        once (the uncommitted input is read again after the restart), and a stop inside a
-        batch first makes its records durable (at-least-once: the only wait is the final
-        flush, so the batch is complete) or exits without committing (exactly-once: the open
-        transaction is aborted and the batch re-read)."""
-        try:
-            await batch_work
-        except asyncio.CancelledError:
-            if fast is not None:
-                fast.flush(30.0)
-                raise
-            _exit_now(stage, "stopped inside a batch; its transaction is left to abort", 0)
-        except Exception as exc:  # see above: the batch must not be acked
-            log.critical("%s: batch failed", stage, exc_info=exc)
-            _exit_now(stage, f"batch failed: {exc!r}; exiting so its input is re-read", 70)
-
-    def drain(msg: Any) -> None:
-        """Exactly-once: the records queued by ``msg``'s partition group belong to the
-        transaction of that input partition (sent by :func:`transaction_fence`). faust
-        would pick the transaction of the *destination* partition, which for a repartition
-        (stage 1) or an output topic is not the one that commits this input."""
-        if not eos_pending:
-            return
-        group = app.assignor.group_for_topic(msg.topic)
-        eos_batches.append((f"{app.conf.id}-{group}-{msg.partition}", list(eos_pending)))
-        eos_pending.clear()
-
     @contextlib.asynccontextmanager
-    async def transaction_fence(batch: list[Any], stream: Any) -> AsyncIterator[None]:
+    async def fence(self, batch: list[Any], stream: Any) -> AsyncIterator[None]:
         """Make a batch's records durable before its input counts as done.
 
-        At-least-once: flush the batch's records; ``take_events`` acks the events after
-        the block, so no offset is committed before its records are acknowledged.
         Exactly-once: send the records into their input partition's transaction and ack the
-        events, all while faust's commit (offsets + transaction commit) waits: a commit in
-        between would make the records visible with the input offsets still behind them,
-        and a restart would then emit them again (seen: a window emitted twice)."""
-        if fast is not None:
+        events while faust's commit (offsets + transaction commit) waits: a commit in between
+        would make the records visible with the input offsets still behind them, and a
+        restart would emit them again (seen: a window emitted twice)."""
+        if self.producer is not None:
             yield
-            await flush_batch()
+            await self._flush()
             return
-        fence_commits()
-        async with commit_lock:
+        self._fence_commits()
+        async with self._commit_lock:
             yield
-            pending = list(eos_batches)
-            eos_batches.clear()
-            for tid, records in pending:
-                for topic_name, key, value, partition, headers in records:
-                    await app.producer.send(
-                        topic_name, key, value, partition, None, headers, transactional_id=tid
+            transactions, self._transactions = self._transactions, []
+            for tid, records in transactions:
+                for topic, key, value, partition, headers in records:
+                    await self.app.producer.send(
+                        topic, key, value, partition, None, headers, transactional_id=tid
                     )
             for event in batch:
                 if not event.message.acked:  # (events not processed are marked already)
                     await stream.ack(event)
 
-    def fence_commits() -> None:
-        consumer = app.consumer
+    def _fence_commits(self) -> None:
+        consumer = self.app.consumer
         if getattr(consumer, "_pulse_fenced", False):
             return
         commit = consumer.commit
+        lock = self._commit_lock
 
         async def commit_between_batches(*args: Any, **kwargs: Any) -> Any:
-            async with commit_lock:
+            async with lock:
                 return await commit(*args, **kwargs)
 
         consumer.commit = commit_between_batches
         consumer._pulse_fenced = True
 
-    def dead_letter(event: Any, reason: Reason, stage: str, error: BaseException) -> None:
-        msg = event.message
-        record = deadletter.dead_letter(
-            event.value,
-            source=msg.topic,
-            stage=stage,
-            reason=reason,
-            error=f"{type(error).__name__}: {error}",
-            source_topic=msg.topic,
-            source_partition=msg.partition,
-            source_offset=msg.offset,
-        )
-        send(dlq_out, msg.topic.encode(), encode[topics.DEAD_LETTER.name](record), None,
-             deadletter.headers(reason, stage, msg.topic))
-        m.dead_letters.labels(reason.value).inc()
-
-    def put_row(table: Any, partition: int, key: str, row: dict[str, Any] | None) -> None:
-        """Write a table row and its changelog record to ``partition``.
-
-        Same effect as ``table[key] = row`` without faust's per-key path (eager
-        partitioning, sensors, event lookup), which capped us at a few hundred writes/s.
-        """
-        if row is None:
-            table.data.pop(key, None)
-        else:
-            table.data[key] = row
-        # faust's "json" codec: the bytes its recovery reads back
-        send(table.changelog_topic, json.dumps(key).encode(),
-             None if row is None else json.dumps(row).encode(), partition)
-
-    def expiry_for(partition: int) -> ExpiryQueue:
-        queue = expiry.get(partition)
-        if queue is None:
-            rows = [
-                (key, Seen.from_json(row))
-                for key, row in p.seen.data.items()
-                if row and row.get("partition") == partition
-            ]
-            queue = expiry[partition] = rebuild_expiry(rows, ttl_ms)
-        return queue
-
-    def engine_for(partition: int) -> PartitionEngine:
-        engine = engines.get(partition)
-        if engine is None:
-            rows = [
-                (key, row)
-                for key, row in p.symbols.data.items()
-                if row and symbol_partition(split_row_key(key)[0], n_symbol) == partition
-            ]
-            engine = engines[partition] = PartitionEngine.from_rows(p.cfg, rows)
-        return engine
-
-    def on_raw_event(event: Any) -> None:
-        msg = event.message
-        is_message = msg.topic == messages_name
-        try:
-            record = (decode_message if is_message else decode_sentiment)(event.value)
-            if record is None:
-                raise ValueError("empty value")
-        except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
-            dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
+    def stop_inside_batch(self) -> None:
+        """A stop inside a batch: at-least-once makes its records durable first (the batch
+        is complete: the only wait is the final flush); exactly-once exits without
+        committing (the open transaction aborts and the batch is read again)."""
+        if self.producer is not None:
+            self.producer.flush(30.0)
             return
-        try:
-            key = ("m" if is_message else "s") + str(record["message_id"])
-            row = p.seen.data.get(key)
-            seen = Seen.from_json(row) if row else None
-            apply = on_message_event if is_message else on_sentiment_event
-            new, mentions = apply(record, seen, msg.partition, msg.offset)
-        except (KeyError, TypeError, ValueError) as exc:  # decodable but unusable
-            dead_letter(event, Reason.PROCESS_FAILED, "process", exc)
-            return
-        queue = expiry_for(msg.partition)
-        if new is not None:
-            put_row(p.seen, msg.partition, key, new.to_json())
-            queue.add(key, new.seen_ms)
-        elif not mentions:
-            m.duplicates.labels(msg.topic).inc()
-        for mention in mentions:
-            send(mentions_out, mention.symbol.encode(),
-                 encode[topics.MENTIONS.name](mention.to_avro()),
-                 symbol_partition(mention.symbol, n_symbol))
-            m.mentions.labels(mention.kind.value).inc()
-        horizon = queue.max_seen_ms - ttl_ms
-        for old_key in queue.expired():
-            old = p.seen.data.get(old_key)
-            if old is not None and old["seen_ms"] < horizon:
-                put_row(p.seen, msg.partition, old_key, None)
-                m.dedup_expired.inc()
+        _exit_now("stopped inside a batch; its transaction is left to abort", 0)
 
-    @app.agent(p.raw_topic, name="pulse-fan-out")
-    async def fan_out(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await guarded(STAGE1, run_batch(batch, stream, fan_out_events))
 
-    def in_order(events: list[Any]) -> list[Any]:
-        """The events of one partition that come next in its offset order (see
-        :class:`~processors.watchdog.ReadingOrder`); a hole is logged, counted and queued
-        for a seek back."""
+class ReadGuard:
+    """Each partition's records once and in offset order (faust can repeat or skip some after
+    a rebalance, :class:`~processors.watchdog.ReadingOrder`); holes are sought back to."""
+
+    def __init__(self, metrics: Any, contiguous: bool) -> None:
+        self.order = ReadingOrder()
+        self.metrics = metrics
+        self.contiguous = contiguous  # exactly-once inputs have transaction markers (holes)
+        self.started: set[Partition] = set()
+        self.seeks_due: list[tuple[Partition, int]] = []
+
+    def reset(self) -> None:
+        self.order.reset()
+        self.started.clear()
+        self.seeks_due.clear()
+
+    def in_order(self, events: list[Any]) -> list[Any]:
         first = events[0].message
         tp = (first.topic, first.partition)
-        holes_are_gaps = first.topic in contiguous
         kept = []
         for event in events:
             msg = event.message
-            verdict = reading_order.admit(tp, msg.offset, contiguous=holes_are_gaps)
+            verdict = self.order.admit(tp, msg.offset, contiguous=self.contiguous)
             if verdict is Verdict.READ:
                 kept.append(event)
                 continue
-            # not processed, so not acked either: faust must not count it towards a commit
-            msg.acked = True
-            if verdict is Verdict.AHEAD:
-                target = reading_order.needs_seek(tp)
-                if target is not None:
-                    log.error("%s[%d]: offsets %d-%d were never delivered to the agent (a "
-                              "consumer defect, see processors/faust_fixes.py): reading "
-                              "them again", msg.topic, msg.partition, target, msg.offset - 1)
-                    m.offset_gaps.labels(msg.topic).inc(msg.offset - target)
-                    seeks_due.append((tp, target))
-            else:
-                m.repeats.labels(msg.topic).inc()
+            msg.acked = True  # not processed, so faust must not count it towards a commit
+            if verdict is Verdict.REPEAT:
+                self.metrics.repeats.labels(msg.topic).inc()
+                continue
+            target = self.order.needs_seek(tp)
+            if target is not None:
+                log.error("%s[%d]: offsets %d-%d were never delivered to the agent (a consumer "
+                          "defect, see processors/faust_fixes.py): reading them again",
+                          msg.topic, msg.partition, target, msg.offset - 1)
+                self.metrics.offset_gaps.labels(msg.topic).inc(msg.offset - target)
+                self.seeks_due.append((tp, target))
         return kept
 
-    async def seek_back() -> None:
-        while seeks_due:
-            (topic, partition), offset = seeks_due.pop(0)
-            await app.consumer.seek(TP(topic, partition), offset)
+    def unknown_starts(self, batch: list[Any]) -> list[Partition]:
+        return sorted({(e.message.topic, e.message.partition) for e in batch} - self.started)
 
-    def partition_groups(batch: list[Any]) -> Iterator[tuple[list[Any], Any]]:
-        """The batch by partition, in reading order (:func:`in_order`), with its last
-        message."""
-        for events in _by_partition(batch):
-            events = in_order(events)
-            if not events:
-                continue
-            last = events[-1].message
-            last_batch_at[0] = time.monotonic()
-            yield events, last
-
-    async def learn_reading_starts(batch: list[Any]) -> None:
-        """Where reading starts for the batch's partitions first read in this assignment:
-        the group's commit, else the log start (auto reset "earliest"). Asked of the broker
-        before their first record is processed, so a first record beyond it is a hole."""
-        unknown = sorted({(e.message.topic, e.message.partition) for e in batch} - started)
-        if not unknown:
-            return
-        try:
-            found = await asyncio.get_running_loop().run_in_executor(
-                None, broker_offsets, unknown)
-        except Exception as exc:  # noqa: BLE001 - then holes are only found later
-            log.warning("where reading starts is unknown (%r): first records taken as read", exc)
-            found = {}
-        for tp in unknown:
-            started.add(tp)
+    def learn_starts(self, partitions: list[Partition], found: dict[Partition, Offsets]) -> None:
+        for tp in partitions:
+            self.started.add(tp)
             if tp in found:
-                reading_order.start(tp, found[tp].start)
+                self.order.start(tp, found[tp].start)
 
-    async def run_batch(
-        batch: list[Any], stream: Any, process: Callable[[list[Any]], None]
-    ) -> None:
-        """One batch of either stage: in order, durable before acked, holes sought back."""
-        await learn_reading_starts(batch)
-        async with transaction_fence(batch, stream):
-            process(batch)
-        await seek_back()
 
-    def fan_out_events(batch: list[Any]) -> None:
-        for events, last in partition_groups(batch):
-            for event in events:
-                m.events_in.labels(event.message.topic).inc()
-                on_raw_event(event)
-            m.lag_ms.labels(STAGE1).set(_now_ms() - last.timestamp * 1000)
-            drain(last)
+class Signals:
+    """The signals stage's agent, stall checks and pages, attached to one faust app."""
 
-    def publish(out: Outputs, partition: int) -> None:
+    def __init__(self, p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwise)
+        self.p = p
+        self.app: faust.App = p.app
+        self.m = p.metrics
+        self.partitions = p.settings.symbol_partitions
+        self.input_name = p.name(topics.MENTION_BATCHES)
+        self.decode_batch_record = p.serde.deserializer(topics.MENTION_BATCHES)
+        self.encode = {spec.name: p.serde.serializer(spec) for spec in OUTPUTS}
+        self.out_names = {spec.name: p.name(spec) for spec in OUTPUTS}
+        exactly_once = p.settings.processing_guarantee == "exactly_once"
+        self.sink = Sink(self.app, p.settings.kafka_config(), exactly_once)
+        self.guard = ReadGuard(self.m, contiguous=not exactly_once)
+        self.engines: dict[int, PartitionEngine] = {}
+        self.last_batch_at = time.monotonic()
+        # slack 1: a transaction's commit marker can end a partition (never a record)
+        self.stall_watch = StallWatch(stall_ms=int(STALL_S * 1000), slack=1)
+        self.recovery_watch = StallWatch(stall_ms=int(STALL_S * 1000))
+        self._offsets_reader: Consumer | None = None
+        p.extra.update(engines=self.engines)
+
+    # --- the agent --------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        app = self.app
+
+        @app.agent(self.p.mentions_topic, name="pulse-signals")
+        async def signals(stream: faust.StreamT[bytes]) -> None:
+            # events are acked after their batch, so the rows written at its end are durable
+            # before any of its offsets can be committed
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                await self.guarded(self.run_batch(batch, stream))
+
+        @app.timer(interval=STALL_CHECK_S)
+        async def stall_check() -> None:
+            try:
+                await self.stall_check()
+            except Exception as exc:  # noqa: BLE001 - a broker outage must not end the worker
+                log.warning("stall check skipped: %r", exc)
+
+        @app.on_partitions_revoked.connect
+        async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            # rebuilt lazily from the table, which faust restores before streams resume
+            self.engines.clear()
+            self.stall_watch.reset()
+            self.guard.reset()
+
+        self._pages()
+        self.p.extra.update(signals=signals)
+
+    async def guarded(self, batch_work: Any) -> None:
+        """Run one batch. faust's ``take_events`` acks a batch's events even when the block
+        fails or is cancelled, and would then commit them. So a failure ends the process at
+        once (the uncommitted input is read again after the restart)."""
+        try:
+            await batch_work
+        except asyncio.CancelledError:
+            self.sink.stop_inside_batch()
+            raise
+        except Exception as exc:  # see above: the batch must not be acked
+            log.critical("%s: batch failed", STAGE, exc_info=exc)
+            _exit_now(f"batch failed: {exc!r}; exiting so its input is re-read", 70)
+
+    async def run_batch(self, batch: list[Any], stream: Any) -> None:
+        """One agent batch: in order, durable before acked, holes sought back."""
+        unknown = self.guard.unknown_starts(batch)
+        if unknown:
+            self.guard.learn_starts(unknown, await self._broker_offsets_or_none(unknown))
+        async with self.sink.fence(batch, stream):
+            for events in _by_partition(batch):
+                self.process_partition(events)
+        while self.guard.seeks_due:
+            (topic, partition), offset = self.guard.seeks_due.pop(0)
+            await self.app.consumer.seek(TP(topic, partition), offset)
+
+    def process_partition(self, events: list[Any]) -> None:
+        events = self.guard.in_order(events)
+        if not events:
+            return
+        self.last_batch_at = time.monotonic()
+        last = events[-1].message
+        part = last.partition
+        engine = self.engine_for(part)
+        self.m.events_in.labels(last.topic).inc(len(events))
+        self.m.lag_ms.labels(STAGE).set(_now_ms() - last.timestamp * 1000)
+        for event in events:
+            self.on_event(event, engine)
+        for key, row in engine.persist(part):
+            self.put_row(part, key, row)
+        self.sink.end_partition(last)
+        self.m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
+
+    def on_event(self, event: Any, engine: PartitionEngine) -> None:
+        msg = event.message
+        try:
+            batch = self.decode_batch(event.value)
+        except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
+            self.dead_letter(event, Reason.DECODE_FAILED, exc)
+            return
+        out = engine.on_batch(batch, int(msg.timestamp * 1000), _now_ms(), msg.offset)
+        if out.idle_close:
+            log.info("partition %d: every raw partition quiet, closed %d windows",
+                     msg.partition, out.closed_windows)
+            self.m.idle_closes.inc()
+        self.m.mentions.inc(len(batch.mentions))
+        self.publish(out, msg.partition)
+
+    def decode_batch(self, value: bytes) -> Batch:
+        record = self.decode_batch_record(value)
+        if record is None:
+            raise ValueError("empty value")
+        return Batch(
+            mentions=from_columns(record),
+            progress=[ReadProgress.from_avro(r) for r in record["progress"]],
+            raw_partitions=record["raw_partitions"],
+        )
+
+    def engine_for(self, partition: int) -> PartitionEngine:
+        engine = self.engines.get(partition)
+        if engine is None:
+            engine = self.engines[partition] = PartitionEngine.from_rows(
+                self.p.cfg, self._rows_of(partition))
+        return engine
+
+    def _rows_of(self, partition: int) -> Iterator[tuple[str, Any]]:
+        for key, row in self.p.symbols.data.items():
+            if not row:
+                continue
+            owner = partition_of_row_key(key)
+            if owner is None:
+                owner = symbol_partition(split_row_key(key)[0], self.partitions)
+            if owner == partition:
+                yield key, json.loads(row) if isinstance(row, str) else row
+
+    # --- output -----------------------------------------------------------------------------
+
+    def publish(self, out: Outputs, partition: int) -> None:
         # outputs go to the partition of their symbol, which is the partition being read;
         # the close time rides in a header so the value stays identical on a replay
         closed_at = [(CLOSED_AT_HEADER, str(_now_ms()).encode())]
+        send, enc, names, m = self.sink.send, self.encode, self.out_names, self.m
         for rec in out.volumes:
-            send(volume_out, rec["symbol"].encode(), encode[topics.VOLUME.name](rec),
-                 partition, closed_at)
+            send(names[topics.VOLUME.name], rec["symbol"].encode(),
+                 enc[topics.VOLUME.name](rec), partition, closed_at)
             m.windows_emitted.labels(str(rec["window_size_ms"])).inc()
         for rec in out.sentiments:
-            send(sentiment_out, rec["symbol"].encode(), encode[topics.SENTIMENT.name](rec),
-                 partition)
+            send(names[topics.SENTIMENT.name], rec["symbol"].encode(),
+                 enc[topics.SENTIMENT.name](rec), partition)
         for rec in out.spikes:
-            send(spikes_out, rec["symbol"].encode(), encode[topics.SPIKES.name](rec), partition)
+            send(names[topics.SPIKES.name], rec["symbol"].encode(), enc[topics.SPIKES.name](rec),
+                 partition)
             m.spikes.inc()
         for rec, kind in zip(out.late, out.late_kinds, strict=True):
-            send(late_out, rec["mention"]["symbol"].encode(),
-                 encode[topics.LATE_EVENTS.name](rec), partition)
+            send(names[topics.LATE_EVENTS.name], rec["mention"]["symbol"].encode(),
+                 enc[topics.LATE_EVENTS.name](rec), partition)
             m.late_events.labels(kind).inc()
         if out.corrections:
             m.corrections.inc(out.corrections)
 
-    def on_mention_event(event: Any, engine: PartitionEngine) -> None:
-        msg = event.message
-        part = msg.partition
-        try:
-            mention = Mention.from_avro(decode_mention(event.value))
-        except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
-            dead_letter(event, Reason.DECODE_FAILED, "decode", exc)
-            return
-        trigger_ms = int(msg.timestamp * 1000)
-        if mention.kind is MentionKind.TICK:
-            # input resumed after the timer fired: the tick is stale, let the data decide
-            if last_data_offset.get(part, mention.message_id) != mention.message_id:
-                return
-            out = engine.on_idle_tick(trigger_ms, msg.offset)
-            log.info("idle tick on partition %d closed %d windows", part, out.closed_windows)
-            if out.closed_windows:
-                m.idle_closes.inc()
+    def put_row(self, partition: int, key: str, row: dict[str, Any] | None) -> None:
+        """Write a table row and its changelog record to ``partition``.
+
+        Same effect as ``table[key] = row`` without faust's per-key path (eager partitioning,
+        sensors, event lookup), which capped us at a few hundred writes/s. The in-memory copy
+        is kept as its JSON text (a third of the memory of the dict); a recovery restores
+        dicts, and :meth:`_rows_of` reads both.
+        """
+        table = self.p.symbols
+        if row is None:
+            table.data.pop(key, None)
+            value = None
         else:
-            last_data_offset[part] = msg.offset
-            last_input_at[part] = time.monotonic()
-            out = engine.on_mention(mention, trigger_ms, _now_ms(), msg.offset)
-        publish(out, part)
+            text = json.dumps(row)
+            table.data[key] = text
+            value = text.encode()
+        # faust's "json" codec: the bytes its recovery reads back
+        self.sink.send(table.changelog_topic.get_topic_name(), json.dumps(key).encode(), value,
+                       partition)
 
-    @app.agent(p.mentions_topic, name="pulse-signals")
-    async def signals(stream: faust.StreamT[bytes]) -> None:
-        # events are acked after their batch, so the rows written at its end are flushed
-        # before any of its offsets can be committed
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await guarded(STAGE2, run_batch(batch, stream, signals_events))
+    def dead_letter(self, event: Any, reason: Reason, error: BaseException) -> None:
+        msg = event.message
+        stage = "decode" if reason is Reason.DECODE_FAILED else "process"
+        record = deadletter.dead_letter(
+            event.value, source=msg.topic, stage=stage, reason=reason,
+            error=f"{type(error).__name__}: {error}", source_topic=msg.topic,
+            source_partition=msg.partition, source_offset=msg.offset,
+        )
+        self.sink.send(self.out_names[topics.DEAD_LETTER.name], msg.topic.encode(),
+                       self.encode[topics.DEAD_LETTER.name](record), None,
+                       deadletter.headers(reason, stage, msg.topic))
+        self.m.dead_letters.labels(reason.value).inc()
 
-    def signals_events(batch: list[Any]) -> None:
-        for events, last in partition_groups(batch):
-            part = last.partition
-            engine = engine_for(part)
-            m.events_in.labels(last.topic).inc(len(events))
-            m.lag_ms.labels(STAGE2).set(_now_ms() - last.timestamp * 1000)
-            for event in events:
-                on_mention_event(event, engine)
-            for key, row in engine.persist():
-                put_row(p.symbols, part, key, row)
-            drain(last)
-            m.watermark_ms.labels(str(part)).set(engine.watermark_ms)
+    # --- broker offsets and stall checks ----------------------------------------------------
 
-    @app.timer(interval=max(0.5, s.idle_close_s / 4))
-    async def idle_ticks() -> None:
-        now = time.monotonic()
-        for part, engine in list(engines.items()):
-            last = last_data_offset.get(part)
-            if last is None or tick_sent_for.get(part) == last:
-                continue
-            if now - last_input_at.get(part, now) < s.idle_close_s or not engine.has_open():
-                continue
-            if not tick_producer:
-                # a plain producer: in exactly-once mode a faust send outside an event would
-                # sit in a transaction that only commits with new input
-                tick_producer.append(Producer({**s.kafka_config(), "linger.ms": 0}))
-            tick_sent_for[part] = last
-            tick_producer[0].produce(
-                mentions_name, value=encode[topics.MENTIONS.name](tick(last).to_avro()),
-                partition=part,
-            )
-            tick_producer[0].poll(0)
-            log.info("idle tick sent to %s[%d] after offset %d", mentions_name, part, last)
+    async def _broker_offsets_or_none(self, partitions: list[Partition]) -> dict[Partition,
+                                                                              Offsets]:
+        """Where reading starts for partitions first read in this assignment: the group's
+        commit, else the log start; asked before their first record is processed, so a first
+        record beyond it is a hole."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.broker_offsets, partitions)
+        except Exception as exc:  # noqa: BLE001 - then holes are only found later
+            log.warning("where reading starts is unknown (%r): first records taken as read", exc)
+            return {}
 
-    def recovered() -> bool:
-        recovery = getattr(app.tables, "recovery", None)
-        completed = getattr(recovery, "completed", None)
-        return (not app.rebalancing and completed is not None and completed.is_set()
-                and bool(app.consumer.assignment()))
-
-    def broker_offsets(partitions: list[Partition]) -> dict[Partition, Offsets]:
-        if not offsets_reader:  # reads the group's commits; never joins the group
-            offsets_reader.append(Consumer({**s.kafka_config(), "group.id": app.conf.id,
-                                            "enable.auto.commit": False}))
-        reader = offsets_reader[0]
+    def broker_offsets(self, partitions: list[Partition]) -> dict[Partition, Offsets]:
+        if self._offsets_reader is None:  # reads the group's commits; never joins the group
+            self._offsets_reader = Consumer({**self.p.settings.kafka_config(),
+                                             "group.id": self.app.conf.id,
+                                             "enable.auto.commit": False})
+        reader = self._offsets_reader
         found: dict[Partition, Offsets] = {}
         for tp in reader.committed([TopicPartition(t, n) for t, n in partitions], timeout=10):
             low, high = reader.get_watermark_offsets(tp, timeout=10)
@@ -517,9 +440,15 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                 tp.offset if tp.offset >= 0 else None, low, high)
         return found
 
-    def recovery_positions() -> dict[Partition, tuple[int, int]]:
+    def recovered(self) -> bool:
+        recovery = getattr(self.app.tables, "recovery", None)
+        completed = getattr(recovery, "completed", None)
+        return (not self.app.rebalancing and completed is not None and completed.is_set()
+                and bool(self.app.consumer.assignment()))
+
+    def recovery_positions(self) -> dict[Partition, tuple[int, int]]:
         """Changelog partitions being restored: (next offset to apply, high watermark)."""
-        recovery = getattr(app.tables, "recovery", None)
+        recovery = getattr(self.app.tables, "recovery", None)
         if recovery is None or not recovery.in_recovery:
             return {}
         # faust keeps the last offset applied and the last offset to reach (-1: none)
@@ -527,65 +456,57 @@ def attach(p: Any) -> None:  # p: processors.app.Pipeline (import cycle otherwis
                                            recovery.active_highwaters.get(tp, -1) + 1)
                 for tp in recovery.active_tps if tp in recovery.active_highwaters}
 
-    async def recovery_stall_check() -> None:
-        """The same fetch stall can hit a changelog partition during a table recovery, which
-        then never ends (faust logs "No event received for active tp"): seek it too."""
-        positions = recovery_positions()
-        if not positions:
-            recovery_watch.reset()
+    async def stall_check(self) -> None:
+        """faust-streaming #629: a partition (or a changelog partition being restored) that
+        is assigned, has records waiting and is never fetched; sought to where reading
+        stands, only while the agent is idle so nothing is read twice."""
+        positions = self.recovery_positions()
+        if positions:
+            await self.seek_stalled(self.recovery_watch, positions,
+                                    "table recovery has %d records to read and none arrived")
+        else:
+            self.recovery_watch.reset()
+        if not self.recovered() or time.monotonic() - self.last_batch_at < IDLE_BEFORE_CHECK_S:
+            self.stall_watch.reset()  # busy (or rebalancing): stalls are only judged when idle
             return
-        await seek_stalled(recovery_watch, positions, "table recovery has %d records to read "
-                           "and none arrived")
+        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
+                    if tp.topic == self.input_name]
+        offsets = await asyncio.get_running_loop().run_in_executor(
+            None, self.broker_offsets, assigned)
+        positions = {tp: (self.guard.order.position(tp, o), o.high) for tp, o in offsets.items()}
+        await self.seek_stalled(self.stall_watch, positions,
+                                "%d records waiting, none read while idle")
 
     async def seek_stalled(
-        watch: StallWatch, positions: dict[Partition, tuple[int, int]], what: str
+        self, watch: StallWatch, positions: dict[Partition, tuple[int, int]], what: str
     ) -> None:
-        """Seek the partitions ``watch`` finds stalled to where their reading stands."""
         for topic, partition in watch.check(_now_ms(), positions):
             position, high = positions[(topic, partition)]
-            log.warning(
-                "%s[%d]: " + what + " for %.0f s: seeking it to offset %d "
-                "(faust-streaming issue #629)", topic, partition, high - position, STALL_S,
-                position,
-            )
-            m.stall_seeks.inc()
-            await app.consumer.seek(TP(topic, partition), position)
+            log.warning("%s[%d]: " + what + " for %.0f s: seeking it to offset %d "
+                        "(faust-streaming issue #629)", topic, partition, high - position,
+                        STALL_S, position)
+            self.m.stall_seeks.inc()
+            await self.app.consumer.seek(TP(topic, partition), position)
 
-    @app.timer(interval=STALL_CHECK_S)
-    async def stall_check() -> None:
-        await recovery_stall_check()
-        if not recovered() or time.monotonic() - last_batch_at[0] < IDLE_BEFORE_CHECK_S:
-            stall_watch.reset()  # busy (or rebalancing): stalls are only judged when idle
-            return
-        assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()
-                    if tp.topic in stream_topics]
-        offsets = await asyncio.get_running_loop().run_in_executor(
-            None, broker_offsets, assigned)
-        positions = {tp: (reading_order.position(tp, o), o.high) for tp, o in offsets.items()}
-        await seek_stalled(stall_watch, positions, "%d records waiting, none read while idle")
+    # --- web --------------------------------------------------------------------------------
 
-    @app.on_partitions_revoked.connect
-    async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # rebuilt lazily from the tables, which faust restores before streams resume
-        engines.clear()
-        expiry.clear()
-        last_data_offset.clear()
-        stall_watch.reset()
-        reading_order.reset()
-        started.clear()
-        seeks_due.clear()
+    def _pages(self) -> None:
+        app, m = self.app, self.m
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(m.exposition(), content_type="text/plain; version=0.0.4")
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            return web.bytes(m.exposition(), content_type="text/plain; version=0.0.4")
 
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok"})
 
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        ready = recovered()
-        return web.json({"ready": ready}, status=200 if ready else 503)
+        @app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            ready = self.recovered()
+            return web.json({"ready": ready}, status=200 if ready else 503)
 
-    p.extra.update(fan_out=fan_out, signals=signals, idle_ticks=idle_ticks)
+
+def attach(p: Any) -> None:
+    """Attach the signals agent, stall checks, rebalance hook and web pages to ``p.app``."""
+    Signals(p).attach()

@@ -1,22 +1,27 @@
-"""The faust app of the signal engine: configuration, topics, tables; ``pulse worker``.
+"""``pulse worker``: the two processing stages, and the faust app of the signals stage.
 
-``build(settings)`` declares everything and returns a :class:`Pipeline`; agents, timers and
-web pages are attached by :mod:`processors.agents`. Faust's own windowed tables are not used
-(their closes need a later event, hopping windows emit only the last step, windowed state
-does not survive every rebalance): per-symbol state is plain JSON in changelogged tables and
-the watermark and idle closes are ours.
+* ``--stage fan-out`` — :mod:`processors.fanout`: a plain confluent-kafka consumer group over
+  the raw topics, writing mention batches (scale up to the raw partition count).
+* ``--stage signals`` — the faust worker: windows, ratios, spikes (scale up to the symbol
+  partition count). ``build(settings)`` declares its app, topics and table.
+* no ``--stage`` (a laptop, the demo): both, as two child processes on separate cores,
+  stopped together and restarted when one crashes (:mod:`processors.supervisor`).
+
+Faust's own windowed tables are not used (their closes need a later event of the same key,
+hopping windows emit only the last step, windowed state does not survive every rebalance):
+per-symbol state is plain JSON in a changelogged table and the watermark is ours.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 
 from processors import spikes
 from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
@@ -31,15 +36,9 @@ log = logging.getLogger(__name__)
 
 GUARANTEES = {"at_least_once", "exactly_once"}
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
-
-
-def symbol_partition(symbol: str, partitions: int) -> int:
-    """Mentions partition of a symbol: Kafka's default (murmur2) partitioner on its UTF-8 key.
-
-    Stage 1 sends to this partition explicitly and stage 2 uses it to find which table rows
-    belong to a partition, so the two can never disagree.
-    """
-    return (murmur2(symbol.encode()) & 0x7FFFFFFF) % partitions
+STAGES = ("fan-out", "signals")
+OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
+           topics.LATE_EVENTS, topics.DEAD_LETTER)
 
 
 def window_config(settings: Settings) -> WindowConfig:
@@ -67,20 +66,36 @@ def window_config(settings: Settings) -> WindowConfig:
     )
 
 
+def broker_credentials(settings: Settings) -> Any:
+    """faust's (aiokafka's) view of the same security settings every other client uses."""
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_ca_location or None)
+        if settings.ssl_certificate_location:
+            context.load_cert_chain(settings.ssl_certificate_location,
+                                    settings.ssl_key_location or None)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username, password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism or "PLAIN", ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
 @dataclass
 class Pipeline:
-    """The app and everything the agents need; one per worker process (or per test)."""
+    """The signals app and everything its agent needs; one per worker process (or test)."""
 
     settings: Settings
     app: faust.App
     serde: Serde
     metrics: Metrics
     cfg: WindowConfig
-    raw_topic: Any
     mentions_topic: Any
-    out_topics: dict[str, Any]
-    seen: Any  # Table: "m<id>" / "s<id>" → Seen row
-    symbols: Any  # Table: symbol → SymbolState row
+    symbols: Any  # Table: symbol / pane chunk / partition rows (processors.engine)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def name(self, spec: topics.TopicSpec) -> str:
@@ -94,7 +109,7 @@ def _state_dir(settings: Settings) -> Path:
 
 
 def build(settings: Settings) -> Pipeline:
-    """Declare the faust app, its topics and tables, and attach the agents."""
+    """Declare the faust app, its input topic and table, and attach the agent."""
     if settings.processing_guarantee not in GUARANTEES:
         raise ValueError(f"processing_guarantee must be one of {sorted(GUARANTEES)}")
     if settings.store not in STORES:
@@ -103,6 +118,7 @@ def build(settings: Settings) -> Pipeline:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
         store=STORES[settings.store],
         processing_guarantee=settings.processing_guarantee,
         datadir=str(_state_dir(settings)),
@@ -113,72 +129,44 @@ def build(settings: Settings) -> Pipeline:
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
-        producer_linger=0.005,  # a few ms of batching: many small records per event
+        producer_linger=0.005,
         table_standby_replicas=0,
         # a SIGKILLed worker's partitions move after 10 s instead of faust's default 60 s
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         consumer_auto_offset_reset="earliest",
     )
-
     keep_queues_on_redundant_resume(app.flow_control)  # faust-streaming #596
     gaps_exclude_the_record_read()
-
-    def topic(spec: topics.TopicSpec) -> Any:
-        return app.topic(
-            spec.full_name(settings),
-            partitions=spec.partitions(settings),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-
-    raw_topic = app.topic(
-        topics.MESSAGES.full_name(settings),
-        topics.SENTIMENT_EVENTS.full_name(settings),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    spec = topics.MENTION_BATCHES
     pipeline = Pipeline(
         settings=settings,
         app=app,
         serde=Serde(settings),
         metrics=Metrics(),
         cfg=cfg,
-        raw_topic=raw_topic,
-        mentions_topic=topic(topics.MENTIONS),
-        out_topics={
-            spec.name: topic(spec)
-            for spec in (topics.VOLUME, topics.SENTIMENT, topics.SPIKES, topics.LATE_EVENTS,
-                         topics.DEAD_LETTER)
-        },
-        seen=app.Table(
-            "seen", key_type=str, partitions=settings.raw_partitions
+        mentions_topic=app.topic(
+            spec.full_name(settings), partitions=spec.partitions(settings), key_type=bytes,
+            value_type=bytes, key_serializer="raw", value_serializer="raw",
         ),
-        symbols=app.Table(
-            "symbols", key_type=str, partitions=settings.symbol_partitions
-        ),
+        symbols=app.Table("symbols", key_type=str, partitions=settings.symbol_partitions),
     )
-    from processors import agents  # attaches agents, timers and pages to this app
+    from processors import agents  # attaches the agent, timers and pages to this app
 
     agents.attach(pipeline)
     return pipeline
 
 
 def prepare(settings: Settings) -> None:
-    """Create the pipeline's topics and register the schemas the worker writes and reads."""
+    """Create the pipeline's topics and register the schemas the stages write and read."""
     ensure_topics(settings)
     serde = Serde(settings)
-    for spec in (topics.MENTIONS, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
-                 topics.LATE_EVENTS, topics.DEAD_LETTER):
+    for spec in OUTPUTS:
         serde.register(spec)
 
 
 def run(pipeline: Pipeline, loglevel: str = "info") -> int:
-    """Run the worker until it is stopped (SIGTERM/SIGINT); returns its exit code."""
+    """Run the signals worker until it is stopped (SIGTERM/SIGINT); returns its exit code."""
     # mode spells levels crit/error/warn/info/debug; anything else silently means "all"
     level = {"critical": "crit", "warning": "warn"}.get(loglevel.lower(), loglevel.lower())
     worker = faust.Worker(pipeline.app, loglevel=level, quiet=True)
@@ -190,17 +178,26 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
 
 
 def main(settings: Settings, argv: list[str]) -> int:
-    """``pulse worker``: create topics, register schemas, run the faust worker."""
+    """``pulse worker``: create topics, register schemas, run one stage or both."""
     parser = argparse.ArgumentParser(
         prog="pulse worker",
-        description="Run the Faust signal engine: raw topics → mentions → windowed volume, "
-        "sentiment, spikes and late events. Configured by PULSE_* variables.",
+        description="Run the processing stages: raw topics → fan-out → mention batches → "
+        "signals (windowed volume, sentiment, spikes, late events). Without --stage both run, "
+        "as two child processes. Configured by PULSE_* variables.",
     )
+    parser.add_argument("--stage", choices=STAGES,
+                        help="run one stage in this process (deployments scale each on its own)")
     parser.add_argument("--no-prepare", action="store_true",
                         help="do not create topics / register schemas first")
     args = parser.parse_args(argv)
     if not args.no_prepare:
         prepare(settings)
-    pipeline = build(settings)
-    return run(pipeline, settings.log_level)
+    if args.stage == "fan-out":
+        from processors import fanout
 
+        return fanout.main(settings, [])
+    if args.stage == "signals":
+        return run(build(settings), settings.log_level)
+    from processors.supervisor import supervise
+
+    return supervise([["--stage", stage, "--no-prepare"] for stage in STAGES])

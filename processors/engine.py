@@ -1,8 +1,11 @@
-"""Stage 2, pure: one mentions partition's symbols, watermark and closes.
+"""Pure: one symbol partition's symbols, watermark and closes.
 
-:class:`PartitionEngine` is what the faust agent drives, one per assigned partition; it is
-plain Python so unit tests and the benchmark run it without Kafka. It returns the records to
-publish and the symbols whose table rows changed; the agent does the I/O.
+:class:`PartitionEngine` is what the signals stage drives, one per assigned symbol partition;
+it is plain Python so unit tests and the benchmark run it without Kafka. Each input is a
+mention batch (:class:`Batch`): its mentions are applied against the watermark as it stood,
+then the batch's progress marks move the watermark (:class:`~processors.progress.Watermark`)
+and every window it passed closes, for every symbol of the partition. The engine returns the
+records to publish; :meth:`PartitionEngine.persist` returns the table rows that changed.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.mentions import Mention, MentionKind
+from processors.mentions import ANY_SYMBOL, Mention, MentionKind
+from processors.progress import ReadProgress, Watermark
 from processors.windows import (
     Closed,
-    PartitionClock,
     SymbolState,
     WindowConfig,
     WindowResult,
@@ -22,12 +25,31 @@ from processors.windows import (
     add_mention,
     close_windows,
     pane_key,
-    recovered_watermark,
     spike_record,
     states_from_rows,
     window_result,
     window_start_ms,
 )
+
+PARTITION_ROW = "\x00partition"  # table key prefix of a partition's own row (never a symbol)
+
+
+def partition_row_key(partition: int) -> str:
+    return f"{PARTITION_ROW}{partition}"
+
+
+def partition_of_row_key(key: str) -> int | None:
+    """The partition of a :func:`partition_row_key`; None for symbol and pane rows."""
+    return int(key[len(PARTITION_ROW):]) if key.startswith(PARTITION_ROW) else None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One mention batch record: mentions, then how far each raw partition had been read."""
+
+    mentions: list[Mention]
+    progress: list[ReadProgress]
+    raw_partitions: int
 
 
 @dataclass
@@ -41,6 +63,7 @@ class Outputs:
     changed: set[str] = field(default_factory=set)
     closed_windows: int = 0
     corrections: int = 0
+    idle_close: bool = False
     late_kinds: list[str] = field(default_factory=list)
 
     def add_result(self, result: WindowResult, emitted_at_ms: int) -> None:
@@ -49,24 +72,36 @@ class Outputs:
 
 
 class PartitionEngine:
-    """Symbols of one stage-2 partition: apply mentions, advance the watermark, close."""
+    """Symbols of one symbol partition: apply batches, advance the watermark, close."""
 
-    def __init__(self, cfg: WindowConfig, states: dict[str, SymbolState] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: WindowConfig,
+        states: dict[str, SymbolState] | None = None,
+        partition_row: dict[str, Any] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.states: dict[str, SymbolState] = states or {}
+        row = partition_row or {}
+        self.clock = Watermark.from_json(cfg.grace_ms, row.get("watermark"))
+        # destroys without a body whose message was not (yet) counted here: id → event time
+        self.orphans: dict[int, int] = {int(k): v for k, v in row.get("orphans", {}).items()}
+        self.last_offset: int = row.get("last_offset", -1)  # last batch that moved the clock
+        self._clock_dirty = False
         # what changed since the last `persist()`: symbols, and which of their panes
         self._dirty: dict[str, set[int]] = {}
-        self._persisted_panes = {s: set(st.panes) for s, st in self.states.items()}
-        self.clock = PartitionClock(
-            cfg.grace_ms, recovered_watermark(list(self.states.values()), cfg.grace_ms)
-        )
+        self._persisted_chunks = {
+            s: {start: p.chunks for start, p in st.panes.items()} for s, st in self.states.items()
+        }
         self._due: list[tuple[int, str]] = []  # (earliest pending end, symbol), may be stale
         for symbol, state in self.states.items():
             self._schedule(symbol, state)
-        # After a crash the rows can be ahead of the committed input: records up to
+        # After a crash the rows can be ahead of the committed input: batches up to
         # `replay_upto` already changed them, but what they emitted may be lost. Such
-        # records only re-emit the windows (and spikes) they closed.
-        self.replay_upto = max((st.last_offset for st in self.states.values()), default=-1)
+        # batches only re-emit the windows (and spikes) they closed.
+        self.replay_upto = max(
+            [st.last_offset for st in self.states.values()] + [self.last_offset], default=-1
+        )
         self._replay: dict[int, list[tuple[int, int, int, str, WindowSpec]]] = {}
         for symbol, state in self.states.items():
             for spec in cfg.specs:
@@ -78,84 +113,107 @@ class PartitionEngine:
     @classmethod
     def from_rows(cls, cfg: WindowConfig, rows: Any) -> PartitionEngine:
         """Rebuild from the partition's ``(key, row)`` table rows (see :meth:`persist`)."""
-        return cls(cfg, states_from_rows(rows, cfg))
+        rows = list(rows)
+        partition_row = next(
+            (row for key, row in rows if partition_of_row_key(key) is not None), None
+        )
+        symbol_rows = [(k, r) for k, r in rows if partition_of_row_key(k) is None]
+        return cls(cfg, states_from_rows(symbol_rows, cfg), partition_row)
 
-    def persist(self) -> list[tuple[str, dict[str, Any] | None]]:
+    @property
+    def watermark_ms(self) -> int:
+        return self.clock.watermark_ms
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def persist(self, partition: int) -> list[tuple[str, dict[str, Any] | None]]:
         """Table writes for what changed since the last call, as ``(key, row or None)``.
 
-        One meta row per changed symbol and one row per changed pane (deleted panes as
-        None), panes first: a crash between the two leaves the meta row behind, which
+        Per changed pane one new chunk row (only what it gained), per changed symbol its meta
+        row, and the partition's own row (watermark, orphan destroys) — chunks first: a crash
+        between them leaves the meta row behind, which
         :func:`~processors.windows.states_from_rows` repairs and a replay re-applies.
         """
         writes: list[tuple[str, dict[str, Any] | None]] = []
         metas: list[tuple[str, dict[str, Any] | None]] = []
         for symbol, panes in self._dirty.items():
             state = self.states[symbol]
-            persisted = self._persisted_panes.setdefault(symbol, set())
-            for start in persisted - state.panes.keys():
-                writes.append((pane_key(symbol, start), None))
-                persisted.discard(start)
-            for start in panes:
+            persisted = self._persisted_chunks.setdefault(symbol, {})
+            for start in [s for s in persisted if s not in state.panes]:
+                writes.extend((pane_key(symbol, start, n), None) for n in range(persisted[start]))
+                del persisted[start]
+            for start in sorted(panes):
                 pane = state.panes.get(start)
-                if pane is not None:
-                    writes.append((pane_key(symbol, start), pane.to_json()))
-                    persisted.add(start)
+                if pane is not None and pane.dirty():
+                    writes.append((pane_key(symbol, start, pane.chunks), pane.take_chunk()))
+                    persisted[start] = pane.chunks
             metas.append((symbol, state.meta_json()))
         self._dirty.clear()
+        if self._clock_dirty:
+            metas.append((partition_row_key(partition), self.partition_json()))
+            self._clock_dirty = False
         return writes + metas
+
+    def partition_json(self) -> dict[str, Any]:
+        return {
+            "watermark": self.clock.to_json(),
+            "orphans": {str(k): v for k, v in self.orphans.items()},
+            "last_offset": self.last_offset,
+        }
 
     def _touch(self, symbol: str, pane_start: int | None = None) -> None:
         panes = self._dirty.setdefault(symbol, set())
         if pane_start is not None:
             panes.add(pane_start)
 
-    @property
-    def watermark_ms(self) -> int:
-        return self.clock.watermark_ms
+    # --- input ------------------------------------------------------------------------------
 
     def has_open(self) -> bool:
         """Some window of this partition is still waiting for its close."""
         return any(st.earliest_end_ms(self.cfg.specs) is not None for st in self.states.values())
 
-    def _schedule(self, symbol: str, state: SymbolState) -> None:
-        end = state.earliest_end_ms(self.cfg.specs)
-        if end is not None:
-            heapq.heappush(self._due, (end, symbol))
+    def on_batch(self, batch: Batch, trigger_ms: int, now_ms: int, offset: int = -1) -> Outputs:
+        """Apply a batch's mentions, then its progress marks; close what became final.
 
-    def _replayed(self, offset: int, trigger_ms: int) -> Outputs:
-        out = Outputs()
-        for _, _, start, symbol, spec in sorted(self._replay.pop(offset, []),
-                                                key=lambda e: e[:4]):
-            state = self.states[symbol]
-            revision = state.emitted[spec.key][start]
-            result = window_result(state, symbol, spec, start, revision, self.cfg.pane_ms)
-            out.add_result(result, trigger_ms)
-            spike = state.spikes_sent.get(spec.key, {}).get(start)
-            if spike is not None and revision == 0:
-                out.spikes.append(spike)
+        :param trigger_ms: Kafka timestamp of the batch record; becomes ``emitted_at_ms`` of
+            what it closes, so a replay after a crash rebuilds identical records.
+        :param now_ms: wall-clock time, only for ``LateMention.detected_at_ms``.
+        :param offset: the batch record's offset (-1: not from a log), to tell a replay.
+        """
+        replaying = 0 <= offset <= self.replay_upto
+        out = self._replayed(offset, trigger_ms) if replaying else Outputs()
+        for mention in batch.mentions:
+            if mention.kind is MentionKind.RETRACTION and mention.symbol == ANY_SYMBOL:
+                for resolved in self._resolve(mention):
+                    self._apply(resolved, out, trigger_ms, now_ms, offset, replaying)
+            else:
+                self._apply(mention, out, trigger_ms, now_ms, offset, replaying)
+        if not replaying or offset > self.last_offset:
+            self._advance(batch, out, trigger_ms, offset)
+        self._stamp(out, offset)
         return out
 
-    def on_mention(
-        self, mention: Mention, trigger_ms: int, now_ms: int, offset: int = -1
-    ) -> Outputs:
-        """Apply one data mention, then close whatever the new watermark made final.
+    def _advance(self, batch: Batch, out: Outputs, trigger_ms: int, offset: int) -> None:
+        moved = self.clock.observe(batch.progress, batch.raw_partitions)
+        self.last_offset = max(self.last_offset, offset)
+        self._clock_dirty = True
+        if moved:
+            self._close_due(trigger_ms, out, offset)
+            self._forget_orphans()
+        if self.clock.all_quiet() and self.has_open():
+            self._idle_close(trigger_ms, out, offset)
 
-        :param trigger_ms: Kafka timestamp of the mention; becomes ``emitted_at_ms`` of what
-            it closes, so a replay after a crash rebuilds identical records.
-        :param now_ms: wall-clock time, only for ``LateMention.detected_at_ms``.
-        """
-        if mention.kind is MentionKind.TICK:
-            raise ValueError("ticks go to on_idle_tick")
+    def _apply(
+        self, mention: Mention, out: Outputs, trigger_ms: int, now_ms: int, offset: int,
+        replaying: bool,
+    ) -> None:
         symbol = mention.symbol
         state = self.states.get(symbol)
-        if 0 <= offset <= self.replay_upto:
-            out = self._replayed(offset, trigger_ms)
-            if state is not None and offset <= state.last_offset:
-                return out
-            # this symbol's rows were not written up to here (a crash between rows of one
-            # batch): apply the mention for real; pane ids make a repeat harmless
-        else:
-            out = Outputs()
+        if replaying and state is not None and offset <= state.last_offset:
+            return  # this batch already changed this symbol's rows before the crash
+        # (else: its rows were not written up to here; pane ids make a repeat harmless)
+        if mention.kind is MentionKind.MESSAGE and mention.message_id in self.orphans:
+            return  # destroyed before it arrived
         if state is None:
             state = self.states[symbol] = SymbolState()
         before = state.earliest_end_ms(self.cfg.specs)
@@ -164,14 +222,12 @@ class PartitionEngine:
         if pane_start in state.panes:  # a retraction marks its pane even when not counted
             self._touch(symbol, pane_start)
         if applied.late:
-            out.late.append(
-                {
-                    "mention": mention.to_avro(),
-                    "watermark_ms": self.clock.watermark_ms,
-                    "lateness_ms": applied.lateness_ms,
-                    "detected_at_ms": now_ms,
-                }
-            )
+            out.late.append({
+                "mention": mention.to_avro(),
+                "watermark_ms": self.clock.watermark_ms,
+                "lateness_ms": applied.lateness_ms,
+                "detected_at_ms": now_ms,
+            })
             out.late_kinds.append(mention.kind.value)
         if applied.counted:
             out.changed.add(symbol)
@@ -181,21 +237,39 @@ class PartitionEngine:
             state.emitted_by.setdefault(correction.spec.key, {})[correction.start_ms] = offset
         if state.earliest_end_ms(self.cfg.specs) != before:
             self._schedule(symbol, state)
-        if self.clock.observe(mention.created_at_ms):
-            self._close_due(trigger_ms, out, offset)
-        self._stamp(out, offset)
-        return out
+
+    def _resolve(self, retraction: Mention) -> list[Mention]:
+        """A destroy without body: a retraction for every symbol whose panes counted it."""
+        found = [
+            Mention(MentionKind.RETRACTION, symbol, retraction.message_id, start)
+            for symbol, state in self.states.items()
+            for start, pane in state.panes.items()
+            if retraction.message_id in pane.messages
+        ]
+        if not found:  # not counted (yet): a create arriving later must not count
+            self.orphans[retraction.message_id] = retraction.created_at_ms
+            self._clock_dirty = True
+        return found
+
+    def _forget_orphans(self) -> None:
+        horizon = self.clock.watermark_ms - self.cfg.retain_ms
+        for message_id in [i for i, t in self.orphans.items() if t < horizon]:
+            del self.orphans[message_id]
 
     def _stamp(self, out: Outputs, offset: int) -> None:
         for symbol in out.changed:
             self.states[symbol].last_offset = max(self.states[symbol].last_offset, offset)
             self._touch(symbol)
 
-    def on_idle_tick(self, trigger_ms: int, offset: int = -1) -> Outputs:
-        """Input went quiet: close every open window of the partition now."""
-        if 0 <= offset <= self.replay_upto:
-            return self._replayed(offset, trigger_ms)
-        out = Outputs()
+    # --- closes -----------------------------------------------------------------------------
+
+    def _schedule(self, symbol: str, state: SymbolState) -> None:
+        end = state.earliest_end_ms(self.cfg.specs)
+        if end is not None:
+            heapq.heappush(self._due, (end, symbol))
+
+    def _idle_close(self, trigger_ms: int, out: Outputs, offset: int) -> None:
+        """Every raw partition went quiet: close every open window of the partition now."""
         ends = [
             start + spec.size_ms
             for state in self.states.values()
@@ -205,8 +279,7 @@ class PartitionEngine:
         if ends:
             self.clock.force(max(ends))
             self._close_due(trigger_ms, out, offset)
-        self._stamp(out, offset)
-        return out
+            out.idle_close = True
 
     def _close_due(self, trigger_ms: int, out: Outputs, offset: int) -> None:
         wm = self.clock.watermark_ms
@@ -231,3 +304,16 @@ class PartitionEngine:
             spike = spike_record(result, closed.verdict, trigger_ms)
             out.spikes.append(spike)
             state.spikes_sent.setdefault(result.spec.key, {})[result.start_ms] = spike
+
+    def _replayed(self, offset: int, trigger_ms: int) -> Outputs:
+        out = Outputs()
+        for _, _, start, symbol, spec in sorted(self._replay.pop(offset, []),
+                                                key=lambda e: e[:4]):
+            state = self.states[symbol]
+            revision = state.emitted[spec.key][start]
+            result = window_result(state, symbol, spec, start, revision, self.cfg.pane_ms)
+            out.add_result(result, trigger_ms)
+            spike = state.spikes_sent.get(spec.key, {}).get(start)
+            if spike is not None and revision == 0:
+                out.spikes.append(spike)
+        return out

@@ -36,18 +36,21 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """One ``python -m processors`` child with its log in a file."""
+    """One ``python -m processors`` child with its log in a file: both stages (as
+    ``pulse worker`` runs them), or one (``stage="fan-out"`` / ``"signals"``)."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, stage: str | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.stage = stage
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "processors", "--no-prepare"],
+            [sys.executable, "-m", "processors", "--no-prepare",
+             *(["--stage", self.stage] if self.stage else [])],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

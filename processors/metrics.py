@@ -12,12 +12,8 @@ class Metrics:
         self.events_in = Counter(
             "pulse_events_in", "Input records read, by topic.", ["topic"], registry=r
         )
-        self.duplicates = Counter(
-            "pulse_duplicates", "Raw events dropped as duplicates, by topic.", ["topic"],
-            registry=r,
-        )
         self.mentions = Counter(
-            "pulse_mentions", "Mentions published by stage 1, by kind.", ["kind"], registry=r
+            "pulse_mentions_in", "Mentions read from mention batches.", registry=r
         )
         self.windows_emitted = Counter(
             "pulse_windows_emitted", "Final window results, by window size (ms).", ["size_ms"],
@@ -35,10 +31,8 @@ class Metrics:
         )
         self.spikes = Counter("pulse_spikes", "Spikes fired.", registry=r)
         self.idle_closes = Counter(
-            "pulse_idle_closes", "Partitions closed by the idle timer.", registry=r
-        )
-        self.dedup_expired = Counter(
-            "pulse_dedup_expired", "Message ids forgotten by the dedup TTL.", registry=r
+            "pulse_idle_closes", "Idle closes: every raw partition quiet, open windows closed.",
+            registry=r,
         )
         self.stall_seeks = Counter(
             "pulse_stall_seeks", "Assigned partitions found unread with records waiting, and "
@@ -58,7 +52,7 @@ class Metrics:
             ["stage"], registry=r,
         )
         self.watermark_ms = Gauge(
-            "pulse_watermark_ms", "Stage-2 watermark (event time), by partition.", ["partition"],
+            "pulse_watermark_ms", "Watermark (event time) of each symbol partition.", ["partition"],
             registry=r,
         )
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from processors import spikes
 from processors.mentions import Mention, MentionKind
+from processors.progress import NO_WATERMARK
 from processors.sentiment import bullish_ratio, wilson_interval
 
 SAMPLE_IDS = 5
-NO_WATERMARK = -(2**62)  # before any event
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -103,9 +103,61 @@ class WindowConfig:
 
 @dataclass
 class Pane:
+    """One pane of one symbol: the counted message ids (user, label), the /sentiment scores by
+    message id, and the ids destroyed.
+
+    Persisted as append-only *chunks*: each :meth:`take_chunk` returns only what was added
+    since the last one, so a hot symbol's growing pane is never rewritten whole.
+    """
+
     messages: dict[int, tuple[int | None, str | None]] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     retracted: set[int] = field(default_factory=set)
+    chunks: int = 0  # chunk rows written so far
+    # ("m" | "s" | "r", id) added since the last chunk
+    _new: list[tuple[str, int]] = field(default_factory=list, repr=False, compare=False)
+
+    def add_message(self, message_id: int, user_id: int | None, sentiment: str | None) -> None:
+        self.messages[message_id] = (user_id, sentiment)
+        self._new.append(("m", message_id))
+
+    def add_score(self, message_id: int, score: float) -> None:
+        self.scores[message_id] = score
+        self._new.append(("s", message_id))
+
+    def retract(self, message_id: int) -> bool:
+        """Destroy ``message_id``; True when it had been counted here."""
+        self.retracted.add(message_id)
+        self._new.append(("r", message_id))
+        return self.messages.pop(message_id, None) is not None
+
+    def dirty(self) -> bool:
+        return bool(self._new)
+
+    def take_chunk(self) -> dict[str, Any]:
+        """What changed since the last chunk, as one JSON-able row; numbers the chunk."""
+        chunk: dict[str, Any] = {"m": {}, "s": {}, "r": []}
+        for kind, message_id in self._new:
+            if kind == "m":
+                chunk["m"][str(message_id)] = list(self.messages.get(message_id, (None, None)))
+            elif kind == "s":
+                chunk["s"][str(message_id)] = self.scores[message_id]
+            else:
+                chunk["r"].append(message_id)
+        self._new.clear()
+        self.chunks += 1
+        return chunk
+
+    def apply_chunk(self, chunk: dict[str, Any]) -> None:
+        """Rebuild: apply one chunk row (in the order they were written)."""
+        for k, v in chunk["m"].items():
+            self.messages[int(k)] = (v[0], v[1])
+        for k, v in chunk["s"].items():
+            self.scores[int(k)] = v
+        for message_id in chunk["r"]:
+            self.retracted.add(message_id)
+            self.messages.pop(message_id, None)
+        self.chunks += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -197,38 +249,45 @@ class SymbolState:
 PANE_KEY_SEP = "\t"  # never part of a symbol
 
 
-def pane_key(symbol: str, pane_start_ms: int) -> str:
-    """Table key of one pane row of ``symbol``."""
-    return f"{symbol}{PANE_KEY_SEP}{pane_start_ms}"
+def pane_key(symbol: str, pane_start_ms: int, chunk: int) -> str:
+    """Table key of one chunk row of one pane of ``symbol``."""
+    return f"{symbol}{PANE_KEY_SEP}{pane_start_ms}{PANE_KEY_SEP}{chunk}"
 
 
-def split_row_key(key: str) -> tuple[str, int | None]:
-    """``symbol`` → (symbol, None); a :func:`pane_key` → (symbol, pane start)."""
-    symbol, sep, start = key.partition(PANE_KEY_SEP)
-    return (symbol, int(start)) if sep else (symbol, None)
+def split_row_key(key: str) -> tuple[str, int | None, int]:
+    """``symbol`` → (symbol, None, 0); a :func:`pane_key` → (symbol, pane start, chunk)."""
+    parts = key.split(PANE_KEY_SEP)
+    if len(parts) == 1:
+        return key, None, 0
+    return parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
 
 
 def states_from_rows(rows: Any, cfg: WindowConfig) -> dict[str, SymbolState]:
-    """Rebuild symbol states from ``(key, row)`` table rows: meta rows and pane rows.
+    """Rebuild symbol states from ``(key, row)`` table rows: meta rows and pane chunk rows.
 
-    Pane rows are written before their symbol's meta row, so a crash between the two leaves
+    Chunk rows are written before their symbol's meta row, so a crash between the two leaves
     a meta row behind its panes; the windows such panes open are marked pending again.
     """
     metas: dict[str, dict[str, Any]] = {}
-    panes: dict[str, dict[int, Pane]] = {}
+    chunks: dict[str, dict[int, list[tuple[int, dict[str, Any]]]]] = {}
     for key, row in rows:
         if row is None:
             continue
-        symbol, start = split_row_key(key)
+        symbol, start, chunk = split_row_key(key)
         if start is None:
             metas[symbol] = row
         else:
-            panes.setdefault(symbol, {})[start] = Pane.from_json(row)
+            chunks.setdefault(symbol, {}).setdefault(start, []).append((chunk, row))
     empty = SymbolState().meta_json()
-    states = {
-        symbol: SymbolState.from_json(metas.get(symbol, empty), panes.get(symbol, {}))
-        for symbol in metas.keys() | panes.keys()
-    }
+    states = {}
+    for symbol in metas.keys() | chunks.keys():
+        panes = {}
+        for start, rows_of_pane in chunks.get(symbol, {}).items():
+            pane = panes[start] = Pane()
+            for _, chunk_row in sorted(rows_of_pane, key=lambda cr: cr[0]):
+                pane.apply_chunk(chunk_row)
+            pane.chunks = max(n for n, _ in rows_of_pane) + 1
+        states[symbol] = SymbolState.from_json(metas.get(symbol, empty), panes)
     for state in states.values():
         for pane_start, pane in state.panes.items():
             if pane.messages or pane.scores:
@@ -417,11 +476,11 @@ def add_mention(
     if mention.kind is MentionKind.MESSAGE:
         if mention.message_id in pane.messages or mention.message_id in pane.retracted:
             return Applied()  # redelivered, or already destroyed
-        pane.messages[mention.message_id] = (mention.user_id, mention.sentiment)
+        pane.add_message(mention.message_id, mention.user_id, mention.sentiment)
     elif mention.kind is MentionKind.SCORE:
         if mention.message_id in pane.scores or mention.sentiment_score is None:
             return Applied()
-        pane.scores[mention.message_id] = mention.sentiment_score
+        pane.add_score(mention.message_id, mention.sentiment_score)
     else:
         raise ValueError(f"not a data mention: {mention.kind}")
     if first_in_pane:
@@ -446,8 +505,9 @@ def _retract(
         # its windows are past the revision horizon: report it, never correct silently
         return Applied(late=True, lateness_ms=watermark_ms - t)
     pane = state.panes.setdefault(pane_start, Pane())
-    pane.retracted.add(mention.message_id)
-    if pane.messages.pop(mention.message_id, None) is None:
+    if mention.message_id in pane.retracted:
+        return Applied()  # a second destroy
+    if not pane.retract(mention.message_id):
         return Applied()  # never counted here (late, duplicate retraction, before our time)
     corrections: list[WindowResult] = []
     symbol = mention.symbol
@@ -504,33 +564,3 @@ def _forget(state: SymbolState, cfg: WindowConfig) -> None:
 def is_idle(state: SymbolState) -> bool:
     """Nothing open and nothing to correct: the row can be deleted (baselines aside)."""
     return not state.panes and not any(state.pending.values())
-
-
-@dataclass
-class PartitionClock:
-    """Watermark of one stage-2 partition: max event time seen − grace, never going back."""
-
-    grace_ms: int
-    watermark_ms: int = NO_WATERMARK
-
-    def observe(self, event_ms: int) -> bool:
-        """Advance on a new event time; True when the watermark moved."""
-        candidate = event_ms - self.grace_ms
-        if candidate > self.watermark_ms:
-            self.watermark_ms = candidate
-            return True
-        return False
-
-    def force(self, watermark_ms: int) -> None:
-        """Idle close: jump to ``watermark_ms`` (closes everything open before it)."""
-        self.watermark_ms = max(self.watermark_ms, watermark_ms)
-
-
-def recovered_watermark(states: list[SymbolState], grace_ms: int) -> int:
-    """A partition's watermark rebuilt from its symbols' rows after a restart or rebalance."""
-    best = NO_WATERMARK
-    for s in states:
-        best = max(best, s.watermark_ms)
-        if s.max_event_ms:
-            best = max(best, s.max_event_ms - grace_ms)
-    return best

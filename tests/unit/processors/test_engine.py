@@ -5,8 +5,9 @@ import random
 
 import pytest
 
-from processors.engine import PartitionEngine
-from processors.mentions import Mention, MentionKind
+from processors.engine import Batch, Outputs, PartitionEngine
+from processors.mentions import ANY_SYMBOL, Mention, MentionKind
+from processors.progress import ReadProgress
 from processors.windows import SymbolState, WindowConfig, WindowSpec
 
 M = 60_000
@@ -17,50 +18,123 @@ def mention(message_id: int, t: int, symbol: str = "AAPL") -> Mention:
     return Mention(MentionKind.MESSAGE, symbol, message_id, t, message_id, None)
 
 
+def mark(event_ms: int, partition: int = 0, idle: bool = False, quiet: bool = False
+         ) -> ReadProgress:
+    return ReadProgress("raw", partition, 0, event_ms, idle, quiet)
+
+
+def feed(engine: PartitionEngine, m: Mention, trigger_ms: int, now_ms: int, offset: int = -1
+         ) -> Outputs:
+    """One mention as a batch from a single raw partition read in event-time order (the
+    mark is the highest event time read so far)."""
+    seen = engine.clock.marks.get(("raw", 0))
+    high = max(m.created_at_ms, seen.event_ms if seen else -1)
+    return engine.on_batch(Batch([m], [mark(high)], 1), trigger_ms, now_ms, offset)
+
+
 def test_watermark_of_one_symbol_closes_windows_of_the_others() -> None:
     engine = PartitionEngine(CFG)
-    engine.on_mention(mention(1, 1_000, "AAPL"), trigger_ms=11, now_ms=0)
-    engine.on_mention(mention(2, 2_000, "TSLA"), trigger_ms=12, now_ms=0)
-    out = engine.on_mention(mention(3, M + 5_000, "NVDA"), trigger_ms=13, now_ms=0)
+    feed(engine, mention(1, 1_000, "AAPL"), trigger_ms=11, now_ms=0)
+    feed(engine, mention(2, 2_000, "TSLA"), trigger_ms=12, now_ms=0)
+    out = feed(engine, mention(3, M + 5_000, "NVDA"), trigger_ms=13, now_ms=0)
     assert sorted((v["symbol"], v["message_count"]) for v in out.volumes) == [
         ("AAPL", 1), ("TSLA", 1)]
     assert {v["emitted_at_ms"] for v in out.volumes} == {13}
     assert out.changed == {"AAPL", "TSLA", "NVDA"}
 
 
-def test_idle_tick_closes_everything_open_and_later_data_is_late() -> None:
+def test_every_raw_partition_quiet_closes_everything_open_and_later_data_is_late() -> None:
     engine = PartitionEngine(CFG)
-    engine.on_mention(mention(1, 1_000), 1, 0)
-    engine.on_mention(mention(2, M + 1_000), 2, 0)
+    feed(engine, mention(1, 1_000), 1, 0)
+    feed(engine, mention(2, M + 1_000), 2, 0)
     assert engine.has_open()
-    out = engine.on_idle_tick(trigger_ms=99)
-    assert [v["window_start_ms"] for v in out.volumes] == [0, M]
+    idle = engine.on_batch(Batch([], [mark(M + 1_000, idle=True)], 1), 98, 0)
+    assert idle.volumes == [] and engine.has_open()  # idle alone does not close
+    out = engine.on_batch(Batch([], [mark(M + 1_000, idle=True, quiet=True)], 1), 99, 0)
+    assert [v["window_start_ms"] for v in out.volumes] == [0, M] and out.idle_close
     assert not engine.has_open()
-    late = engine.on_mention(mention(3, M + 2_000), 100, 7)
+    late = feed(engine, mention(3, M + 2_000), 100, 7)
     assert late.late[0]["lateness_ms"] == 2 * M - (M + 2_000)
     assert late.late[0]["detected_at_ms"] == 7
-    assert engine.on_idle_tick(101).volumes == []
+
+
+def test_watermark_waits_for_the_slowest_raw_partition_unless_it_is_idle() -> None:
+    engine = PartitionEngine(CFG)
+    ahead, behind = mark(10 * M, 0), mark(1_000, 1)
+    engine.on_batch(Batch([mention(1, 1_000)], [ahead, behind], 2), 1, 0)
+    out = engine.on_batch(Batch([mention(2, 9 * M)], [ahead, behind], 2), 2, 0)
+    assert out.volumes == [] and engine.watermark_ms == 1_000 - CFG.grace_ms
+    # partition 1 is read on to 2.5 min: minute 0 closes, minutes after it wait
+    out = engine.on_batch(Batch([mention(3, 2 * M + 30_000)], [mark(150_000, 1)], 2), 3, 0)
+    assert [v["window_start_ms"] for v in out.volumes] == [0, M] or [
+        v["window_start_ms"] for v in out.volumes] == [0]
+    assert engine.watermark_ms == 150_000 - CFG.grace_ms
+    # partition 1 caught up and idle: the newest event time read anywhere counts
+    out = engine.on_batch(Batch([], [mark(150_000, 1, idle=True)], 2), 4, 0)
+    assert engine.watermark_ms == 10 * M - CFG.grace_ms
+    assert 2 * M in [v["window_start_ms"] for v in out.volumes]
+
+
+def test_no_watermark_until_every_raw_partition_reported() -> None:
+    engine = PartitionEngine(CFG)
+    out = engine.on_batch(Batch([mention(1, 1_000)], [mark(10 * M, 0)], 2), 1, 0)
+    assert out.volumes == [] and engine.has_open()
+    out = engine.on_batch(Batch([], [mark(10 * M, 1)], 2), 2, 0)
+    assert [v["window_start_ms"] for v in out.volumes] == [0]
+
+
+def test_destroy_without_body_retracts_from_every_symbol_that_counted_it() -> None:
+    engine = PartitionEngine(CFG)
+    for symbol in ("AAPL", "TSLA"):
+        feed(engine, mention(7, 1_000, symbol), 1, 0)
+    feed(engine, mention(8, 2_000, "AAPL"), 2, 0)
+    bodyless = Mention(MentionKind.RETRACTION, ANY_SYMBOL, 7, 3_000)  # destroyed at 3 s
+    feed(engine, bodyless, 3, 0)
+    out = feed(engine, mention(9, M + 6_000, "NVDA"), 4, 0)
+    assert sorted((v["symbol"], v["message_count"]) for v in out.volumes) == [
+        ("AAPL", 1), ("TSLA", 0)]
+
+
+def test_destroy_without_body_before_its_create_keeps_the_create_out() -> None:
+    engine = PartitionEngine(CFG)
+    feed(engine, Mention(MentionKind.RETRACTION, ANY_SYMBOL, 7, 1_000), 1, 0)
+    feed(engine, mention(7, 1_000), 2, 0)
+    feed(engine, mention(8, 2_000), 3, 0)
+    out = feed(engine, mention(9, M + 6_000, "NVDA"), 4, 0)
+    assert [(v["symbol"], v["message_count"]) for v in out.volumes] == [("AAPL", 1)]
+
+
+def test_a_hot_pane_is_written_as_chunks_of_what_is_new() -> None:
+    engine = PartitionEngine(CFG)
+    sizes = []
+    for batch in range(10):
+        for i in range(100):
+            feed(engine, mention(batch * 100 + i, 1_000 + i), batch, 0)
+        chunks = [row for key, row in engine.persist(0) if key.count("\t") == 2]
+        sizes.append([len(row["m"]) for row in chunks])
+    assert sizes == [[100]] * 10  # never the whole pane again
 
 
 def test_engine_rebuilt_from_table_rows_continues_identically() -> None:
     live = PartitionEngine(CFG)
+    table: dict[str, object] = {}
     for i, t in enumerate([1_000, 30_000, M + 1_000, M + 2_000]):
-        live.on_mention(mention(i, t, "AAPL" if i % 2 else "TSLA"), i, 0)
-    rows = {s: json.loads(json.dumps(st.to_json())) for s, st in live.states.items()}
-    restored = PartitionEngine(CFG, {s: SymbolState.from_json(r) for s, r in rows.items()})
+        feed(live, mention(i, t, "AAPL" if i % 2 else "TSLA"), i, 0, i)
+    _apply(table, live.persist(0))
+    restored = PartitionEngine.from_rows(CFG, table.items())
     assert restored.watermark_ms == live.watermark_ms
-    a = live.on_mention(mention(9, 3 * M, "AAPL"), 50, 0)
-    b = restored.on_mention(mention(9, 3 * M, "AAPL"), 50, 0)
+    a = feed(live, mention(9, 3 * M, "AAPL"), 50, 0, 9)
+    b = feed(restored, mention(9, 3 * M, "AAPL"), 50, 0, 9)
     assert a.volumes == b.volumes and a.volumes
 
 
 def test_correction_goes_out_with_the_retraction() -> None:
     engine = PartitionEngine(CFG)
-    engine.on_mention(mention(1, 1_000), 1, 0)
-    engine.on_mention(mention(2, 2_000), 2, 0)
-    engine.on_mention(mention(3, M + 6_000), 3, 0)  # closes window 0
+    feed(engine, mention(1, 1_000), 1, 0)
+    feed(engine, mention(2, 2_000), 2, 0)
+    feed(engine, mention(3, M + 6_000), 3, 0)  # closes window 0
     retraction = Mention(MentionKind.RETRACTION, "AAPL", 1, 1_000, 1, None)
-    out = engine.on_mention(retraction, 4, 0)
+    out = feed(engine, retraction, 4, 0)
     assert [(v["window_start_ms"], v["message_count"], v["revision"]) for v in out.volumes] == [
         (0, 1, 1)]
     assert out.corrections == 1
@@ -76,14 +150,14 @@ def test_replay_after_crash_re_emits_identical_records() -> None:
     outputs: dict[int, list[dict[str, object]]] = {}
     rows: dict[str, dict[str, object]] = {}
     for offset, m in enumerate(inputs):
-        out = live.on_mention(m, 1_000 + offset, 0, offset)
+        out = feed(live, m, 1_000 + offset, 0, offset)
         outputs[offset] = out.volumes
         if offset == 14:
             rows = {s: json.loads(json.dumps(st.to_json())) for s, st in live.states.items()}
     restarted = PartitionEngine(cfg, {s: SymbolState.from_json(r) for s, r in rows.items()})
     assert restarted.replay_upto == 14
     replayed = {
-        offset: restarted.on_mention(inputs[offset], 1_000 + offset, 0, offset).volumes
+        offset: feed(restarted, inputs[offset], 1_000 + offset, 0, offset).volumes
         for offset in range(5, 20)
     }
     def by_window(records: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -111,20 +185,23 @@ def test_rows_written_per_batch_rebuild_the_same_engine() -> None:
     writes_per_batch = []
     inputs = [mention(i, i * 7_000, "AAPL" if i % 3 else "TSLA") for i in range(60)]
     for offset, m in enumerate(inputs):
-        live.on_mention(m, offset, 0, offset)
+        feed(live, m, offset, 0, offset)
         if offset % 10 == 9:  # a batch ends
-            writes = live.persist()
+            writes = live.persist(0)
             writes_per_batch.append(len(writes))
             _apply(table, writes)
-    assert live.persist() == []  # nothing changed since
+    assert live.persist(0) == []  # nothing changed since
     restored = PartitionEngine.from_rows(CFG, table.items())
     assert restored.states == live.states
     # the horizon of one minute dropped old panes: their rows were deleted, not left behind
-    pane_rows = [k for k in table if "\t" in k]
-    assert len(pane_rows) == sum(len(s.panes) for s in live.states.values())
-    # a batch (70 s) writes only the panes it touched or dropped, plus one meta row per
-    # symbol: never a symbol's whole history
-    assert max(writes_per_batch) <= 2 * (2 + 2 + 1)
+    chunk_rows = [k for k in table if "\t" in k]
+    assert len({k.rsplit("\t", 1)[0] for k in chunk_rows}) == sum(
+        len(s.panes) for s in live.states.values())
+    assert len(chunk_rows) == sum(p.chunks for s in live.states.values() for p in s.panes.values())
+    # a batch (70 s) writes, per symbol, a chunk of the (at most 2) panes it touched, the
+    # tombstones of a dropped pane's chunks and its meta row, plus the partition's row:
+    # never a symbol's whole history
+    assert max(writes_per_batch) <= 2 * (2 + 2 + 1) + 1
 
 
 def test_crash_between_pane_and_meta_rows_loses_nothing() -> None:
@@ -133,19 +210,19 @@ def test_crash_between_pane_and_meta_rows_loses_nothing() -> None:
     inputs = [mention(i, i * 4_000, "AAPL") for i in range(30)]  # 2 min of AAPL
     uninterrupted = PartitionEngine(CFG)
     expected = {o: [(v["window_start_ms"], v["message_count"])
-                    for v in uninterrupted.on_mention(m, 1_000 + o, 0, o).volumes]
+                    for v in feed(uninterrupted, m, 1_000 + o, 0, o).volumes]
                 for o, m in enumerate(inputs)}
     live = PartitionEngine(CFG)
     table: dict[str, object] = {}
     for offset, m in enumerate(inputs[:20]):
-        live.on_mention(m, 1_000 + offset, 0, offset)
+        feed(live, m, 1_000 + offset, 0, offset)
         if offset == 9:
-            _apply(table, live.persist())
-    panes_only = [(k, r) for k, r in live.persist() if "\t" in k]  # crash before the meta
+            _apply(table, live.persist(0))
+    panes_only = [(k, r) for k, r in live.persist(0) if "\t" in k]  # crash before the meta
     _apply(table, panes_only)
     restarted = PartitionEngine.from_rows(CFG, table.items())
     replayed = {o: [(v["window_start_ms"], v["message_count"])  # committed up to offset 9
-                    for v in restarted.on_mention(inputs[o], 1_000 + o, 0, o).volumes]
+                    for v in feed(restarted, inputs[o], 1_000 + o, 0, o).volumes]
                 for o in range(10, 30)}
     assert replayed == {o: expected[o] for o in range(10, 30)}
     assert (0, 15) in replayed[17]  # the first minute, whole, closed in the replayed part
@@ -173,7 +250,7 @@ def test_crash_anywhere_then_replay_from_an_older_commit_loses_nothing(seed: int
     inputs += [Mention(MentionKind.MESSAGE, s, 10_000 + k, 200 * M, 1, None)
                for k, s in enumerate(symbols)]  # pushes the watermark past everything
     reference = PartitionEngine(cfg)
-    expected = _counts([reference.on_mention(m, o, 0, o) for o, m in enumerate(inputs)])
+    expected = _counts([feed(reference, m, o, 0, o) for o, m in enumerate(inputs)])
 
     first = PartitionEngine(cfg)
     table: dict[str, object] = {}
@@ -181,8 +258,8 @@ def test_crash_anywhere_then_replay_from_an_older_commit_loses_nothing(seed: int
     crash_at = rng.randrange(100, 1_100)
     while True:
         end = min(offset + rng.randrange(1, 200), crash_at)
-        outputs += [first.on_mention(inputs[o], o, 0, o) for o in range(offset, end)]
-        writes = first.persist()
+        outputs += [feed(first, inputs[o], o, 0, o) for o in range(offset, end)]
+        writes = first.persist(0)
         if end == crash_at:
             _apply(table, writes[: rng.randrange(0, len(writes) + 1)])
             break
@@ -190,5 +267,5 @@ def test_crash_anywhere_then_replay_from_an_older_commit_loses_nothing(seed: int
         acked = offset = end
     second = PartitionEngine.from_rows(cfg, table.items())
     committed = rng.randrange(0, acked + 1)  # commits trail acks
-    outputs += [second.on_mention(inputs[o], o, 0, o) for o in range(committed, len(inputs))]
+    outputs += [feed(second, inputs[o], o, 0, o) for o in range(committed, len(inputs))]
     assert _counts(outputs) == expected

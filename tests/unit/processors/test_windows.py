@@ -5,7 +5,6 @@ import pytest
 from processors.mentions import Mention, MentionKind
 from processors.windows import (
     Pane,
-    PartitionClock,
     SymbolState,
     WindowConfig,
     WindowSpec,
@@ -14,7 +13,6 @@ from processors.windows import (
     pane_size_ms,
     parse_duration_ms,
     parse_windows,
-    recovered_watermark,
     window_start_ms,
     window_starts,
 )
@@ -129,11 +127,10 @@ def test_duplicate_after_its_window_closed_is_neither_counted_nor_late() -> None
 
 def test_late_beyond_grace_is_reported_not_counted() -> None:
     state, c = SymbolState(), cfg(grace_ms=5_000)
-    clock = PartitionClock(5_000)
-    clock.observe(100_000)
-    applied = add_mention(state, msg(1, 90_000), clock.watermark_ms, c)
+    watermark_ms = 100_000 - c.grace_ms
+    applied = add_mention(state, msg(1, 90_000), watermark_ms, c)
     assert applied.late and applied.lateness_ms == 5_000 and not applied.counted
-    within = add_mention(state, msg(2, 96_000), clock.watermark_ms, c)
+    within = add_mention(state, msg(2, 96_000), watermark_ms, c)
     assert within.counted and not within.late
 
 
@@ -208,17 +205,18 @@ def test_state_round_trips_through_json() -> None:
     assert Pane.from_json(Pane().to_json()) == Pane()
 
 
-def test_recovered_watermark_is_max_of_rows() -> None:
-    a = SymbolState(max_event_ms=10_000)
-    b = SymbolState(max_event_ms=5_000, watermark_ms=9_500)
-    assert recovered_watermark([a, b], grace_ms=1_000) == 9_500
-    assert recovered_watermark([a], grace_ms=1_000) == 9_000
-
-
-def test_clock_never_goes_back() -> None:
-    clock = PartitionClock(grace_ms=100)
-    assert clock.observe(1_000)
-    assert not clock.observe(500)
-    assert clock.watermark_ms == 900
-    clock.force(800)
-    assert clock.watermark_ms == 900
+def test_pane_chunks_hold_only_what_is_new_and_rebuild_the_pane() -> None:
+    pane, rebuilt = Pane(), Pane()
+    pane.add_message(1, 10, "Bullish")
+    pane.add_score(1, 0.5)
+    first = pane.take_chunk()
+    pane.add_message(2, 11, None)
+    assert pane.retract(1)
+    second = pane.take_chunk()
+    assert first == {"m": {"1": [10, "Bullish"]}, "s": {"1": 0.5}, "r": []}
+    assert second == {"m": {"2": [11, None]}, "s": {}, "r": [1]}
+    assert not pane.dirty() and pane.chunks == 2
+    for chunk in (first, second):
+        rebuilt.apply_chunk(chunk)
+    assert (rebuilt.messages, rebuilt.scores, rebuilt.retracted, rebuilt.chunks) == (
+        pane.messages, pane.scores, pane.retracted, pane.chunks)
