@@ -18,6 +18,7 @@ at the same place.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,7 +107,19 @@ class ReadingTracker:
         for reading in self.readings.values():
             reading.caught_up_since_ms = None
 
+    def snapshot(self) -> dict[RawPartition, _Reading]:
+        """A copy of what is known now, for :meth:`restore` (a transaction that aborts)."""
+        return {tp: dataclasses.replace(r) for tp, r in self.readings.items()}
+
+    def restore(self, snapshot: dict[RawPartition, _Reading]) -> None:
+        """Back to ``snapshot`` for the partitions still assigned: an aborted transaction's
+        reads are read again, and marks must not claim more than what was committed."""
+        for tp in self.readings:
+            if tp in snapshot:
+                self.readings[tp] = dataclasses.replace(snapshot[tp])
+
     def marks(self, now_ms: int) -> list[ReadProgress]:
+        """Every assigned partition's progress; idle and quiet as of ``now_ms``."""
         out = []
         for (topic, partition), r in sorted(self.readings.items()):
             since = r.caught_up_since_ms

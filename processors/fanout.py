@@ -1,0 +1,838 @@
+"""The fan-out stage: raw topics → one MentionBatch record per symbol partition per batch.
+
+A plain confluent-kafka consume-transform-produce loop, outside faust (issue 11, item 2)::
+
+    consume(10k) → decode → mentions by symbol partition (processors.batching, pure)
+                 → reading marks per raw partition (processors.progress, pure)
+                 → one MentionBatch per symbol partition → flush → commit the raw offsets
+                   (exactly_once: one transaction with send_offsets_to_transaction)
+
+Nothing is remembered between batches except where reading stands: duplicates and destroys
+are resolved downstream by message id. Bad raw records go to the dead-letter topic and the
+stage goes on. A broker or registry that cannot be reached is waited for (logged, retried,
+never an exit, never a commit of unflushed work) and never taken for a quiet stream: a
+partition is caught up only when the broker has just confirmed it. Fatal errors (failed
+authentication, a fenced or fatally failed producer, missing topics) exit non-zero with what
+to do. SIGTERM/SIGINT finish the batch, flush, commit, close and exit 0.
+
+``pulse worker --stage fan-out`` or ``python -m processors.fanout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import confluent_kafka as ck
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from processors.batching import BatchBuilder, MarksLedger, partition_records
+from processors.progress import RawPartition, ReadingTracker
+from schemas import deadletter, topics
+from schemas.deadletter import Reason
+from schemas.serde import Serde
+from settings import Settings
+
+log = logging.getLogger("processors.fanout")
+
+STAGE = "fan-out"
+BATCH_SIZE = 10_000  # records per consume(): large batches keep per-batch costs negligible
+CONSUME_TIMEOUT_S = 0.1  # short: idle/quiet verdicts and SIGTERM are looked at every loop
+CHECK_EVERY_MS = 500  # at most this often, ask the broker whether caught-up partitions are
+BROKER_TIMEOUT_S = 2.0  # one metadata / watermark / committed request
+FLUSH_TIMEOUT_S = 10.0  # one flush() wait; unflushed work is waited for again, never committed
+STOP_GRACE_S = 60.0  # after SIGTERM, how long to keep retrying a flush before giving up
+PROGRESS_EVERY_S = 10.0
+DEAD_LETTER_RAW_MAX = 256 * 1024  # a dead letter must itself fit in a Kafka record
+_GONE = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+         KafkaError.UNKNOWN_MEMBER_ID}
+_AUTH = {
+    KafkaError._AUTHENTICATION: "authentication failed: check PULSE_SECURITY_PROTOCOL, "
+    "PULSE_SASL_MECHANISM, PULSE_SASL_USERNAME / PULSE_SASL_PASSWORD and the TLS files",
+    KafkaError.SASL_AUTHENTICATION_FAILED: "SASL authentication failed: check "
+    "PULSE_SASL_USERNAME / PULSE_SASL_PASSWORD and PULSE_SASL_MECHANISM",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorized for a topic: grant the fan-out "
+    "Read on the raw topics and Write on the mention-batch and dead-letter topics",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorized for the consumer group: grant "
+    "Read on group <app id>-fan-out",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "not authorized on the cluster (idempotent "
+    "writes need IdempotentWrite)",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "not authorized for the transactional "
+    "id: grant Write on <app id>-fan-out-*",
+}
+
+
+class Fatal(Exception):
+    """The stage cannot go on; the message says what to do."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Transient(Exception):
+    """Infrastructure that will likely come back (registry, broker): wait and retry."""
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.app_id}-fan-out"
+
+
+def transactional_id(settings: Settings, instance_id: str) -> str:
+    """Stable per instance: a restarted instance fences its predecessor and aborts whatever
+    transaction it left open, instead of waiting for it to time out."""
+    return f"{settings.app_id}-fan-out-{instance_id}"
+
+
+def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {
+        **settings.kafka_config(),
+        "group.id": group_id(settings),
+        "enable.auto.commit": False,  # offsets go with the batch's records, never before
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "queued.min.messages": 200_000,
+        "client.id": "stocktwits-pulse-fan-out",
+        **extra,
+    }
+
+
+def producer_config(settings: Settings, txn_id: str | None, **extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        **settings.kafka_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,  # flush() sends at once; this only groups a batch's records
+        "delivery.timeout.ms": 120_000,
+        "client.id": "stocktwits-pulse-fan-out",
+        **extra,
+    }
+    if txn_id is not None:
+        cfg["transactional.id"] = txn_id
+        cfg["transaction.timeout.ms"] = 60_000
+    return cfg
+
+
+# --- metrics and health ----------------------------------------------------------------------
+
+
+class FanOutMetrics:
+    """Prometheus metrics of one fan-out process (a registry of its own)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events_in = Counter("pulse_fanout_events_in", "Raw records read, by topic.",
+                                 ["topic"], registry=r)
+        self.mentions = Counter("pulse_fanout_mentions", "Mentions written, by kind.",
+                                ["kind"], registry=r)
+        self.batches = Counter("pulse_fanout_batches_written",
+                               "MentionBatch records written.", registry=r)
+        self.dead_letters = Counter("pulse_fanout_dead_letters",
+                                    "Raw records sent to the dead-letter topic, by reason.",
+                                    ["reason"], registry=r)
+        self.retries = Counter("pulse_fanout_retries", "Batches retried after an "
+                               "infrastructure error, by cause.", ["cause"], registry=r)
+        self.lag = Gauge("pulse_fanout_lag", "Raw records waiting in the assigned partitions "
+                         "(cached high watermarks).", registry=r)
+        self.read_event_ms = Gauge("pulse_fanout_read_event_time_ms", "Highest event time "
+                                   "read per raw partition.", ["topic", "partition"],
+                                   registry=r)
+
+
+class HealthServer:
+    """``GET /metrics`` and ``GET /healthz`` (200 healthy, 503 not) on a thread of its own."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 health: Callable[[], dict[str, Any]]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                elif self.path.startswith("/healthz"):
+                    status = health()
+                    self._send(200 if status["healthy"] else 503, "application/json",
+                               json.dumps(status).encode())
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape every few seconds would drown the log
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# --- one batch -------------------------------------------------------------------------------
+
+
+@dataclass
+class Out:
+    """One record to write."""
+
+    topic: str
+    partition: int | None
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass
+class Reads:
+    """What a batch read from one raw partition."""
+
+    first: int
+    next: int = 0
+    count: int = 0
+    event_ms: int = -1
+
+
+@dataclass
+class Batch:
+    reads: dict[RawPartition, Reads] = field(default_factory=dict)
+    dead: list[Out] = field(default_factory=list)
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _fatal_of(err: KafkaError) -> str | None:
+    """What to tell the operator if ``err`` means the stage cannot go on, else None."""
+    if err.code() in _AUTH:
+        return f"{_AUTH[err.code()]} ({err.str()})"
+    if err.fatal():
+        return (f"fatal Kafka client error: {err.str()}. If another fan-out with the same "
+                "--instance-id runs, give each its own; else restart the stage.")
+    return None
+
+
+class FanOut:
+    """The fan-out loop of one process. :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, *, instance_id: str, batch_size: int = BATCH_SIZE,
+                 serde: Serde | None = None) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.eos = settings.processing_guarantee == "exactly_once"
+        self.metrics = FanOutMetrics()
+        self.serde = serde or Serde(settings)
+        self.raw_topics = [topics.MESSAGES.full_name(settings),
+                           topics.SENTIMENT_EVENTS.full_name(settings)]
+        self.out_topic = topics.MENTION_BATCHES.full_name(settings)
+        self.dlq_topic = topics.DEAD_LETTER.full_name(settings)
+        self.builder = BatchBuilder(settings.symbol_partitions)
+        self.tracker = ReadingTracker(settings.raw_idle_ms, int(settings.idle_close_s * 1000))
+        self.ledger = MarksLedger()
+        self.raw_partitions = 0
+        self._fatal: str | None = None
+        self._next: dict[RawPartition, int] = {}  # next offset to read, where known
+        self._tps: dict[RawPartition, TopicPartition] = {}
+        self._uncommitted: dict[RawPartition, int] = {}
+        self._last_check_ms = 0
+        self._reachable = True
+        self._heartbeat = time.monotonic()
+        self._warned: dict[str, float] = {}
+        self._stats = {"events": 0, "mentions": 0, "records": 0, "since": time.monotonic()}
+        self._gauge_at = 0.0
+        self._lag = 0
+        self._decoders: dict[str, Callable[[bytes], dict[str, Any]]] = {}
+        self._adders: dict[str, Callable[[dict[str, Any]], int]] = {}
+        self.consumer = ck.Consumer(consumer_config(settings, error_cb=self._on_error))
+        txn = transactional_id(settings, instance_id) if self.eos else None
+        self.producer = ck.Producer(producer_config(settings, txn, error_cb=self._on_error))
+
+    # --- errors -------------------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback: fatal ones end the loop, the rest are logged."""
+        fatal = _fatal_of(err)
+        if fatal is not None:
+            self._fatal = self._fatal or fatal
+            return
+        self._warn(f"kafka:{err.code()}", "kafka: %s (retrying)", err.str())
+
+    def _warn(self, key: str, fmt: str, *args: Any) -> None:
+        """A warning at most every 10 s per ``key``: an outage must not flood the log."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= 10:
+            self._warned[key] = now
+            log.warning(fmt, *args)
+
+    def _check_fatal(self) -> None:
+        if self._fatal is not None:
+            raise Fatal(self._fatal)
+
+    # --- start ------------------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> bool:
+        """Wait for the broker, the topics and the registry; subscribe. False if stopped."""
+        while not stop.is_set():
+            self._check_fatal()
+            try:
+                self._prepare()
+                return True
+            except Transient as exc:
+                self._warn("start", "waiting for Kafka / the registry: %s", exc)
+                stop.wait(1.0)
+        return False
+
+    def _prepare(self) -> None:
+        self.raw_partitions = self._count_raw_partitions()
+        try:
+            encode = self.serde.serializer(topics.MENTION_BATCHES)
+            self._encode_dlq = self.serde.serializer(topics.DEAD_LETTER)
+        except Exception as exc:  # the registry (or the network to it) is down
+            raise Transient(f"schema registry: {exc}") from exc
+        self._encode = encode
+        messages, sentiment = self.raw_topics
+        self._decoders = {messages: self.serde.deserializer(topics.MESSAGES),
+                          sentiment: self.serde.deserializer(topics.SENTIMENT_EVENTS)}
+        self._adders = {messages: self.builder.add_message,
+                        sentiment: self.builder.add_sentiment}
+        if self.eos:
+            self._init_transactions()
+        self.consumer.subscribe(self.raw_topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _count_raw_partitions(self) -> int:
+        try:
+            md = self.consumer.list_topics(timeout=BROKER_TIMEOUT_S * 5)
+        except KafkaException as exc:
+            raise Transient(f"broker metadata: {exc.args[0].str()}") from exc
+        missing = [t for t in [*self.raw_topics, self.out_topic, self.dlq_topic]
+                   if t not in md.topics or md.topics[t].error is not None]
+        if missing:
+            raise Fatal(f"topic(s) {', '.join(missing)} do not exist: run `pulse topics` "
+                        "(or `pulse local up`) first, with the same PULSE_TOPIC_PREFIX", 2)
+        return sum(len(md.topics[t].partitions) for t in self.raw_topics)
+
+    def _init_transactions(self) -> None:
+        try:
+            self.producer.init_transactions(BROKER_TIMEOUT_S * 15)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal() or err.code() in _AUTH:
+                raise Fatal(_fatal_of(err) or err.str()) from exc
+            raise Transient(f"init_transactions: {err.str()}") from exc
+
+    # --- rebalance ----------------------------------------------------------------------
+
+    def _on_assign(self, consumer: ck.Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:
+            self._next.pop(key, None)  # learnt from the committed offset on the next check
+            self._tps[key] = TopicPartition(*key)
+        self.tracker.assign(keys, _now_ms())
+        self._last_check_ms = 0
+        log.info("assigned %s", _names(keys))
+
+    def _on_revoke(self, consumer: ck.Consumer, partitions: list[TopicPartition]) -> None:
+        # between batches: everything read so far is written and committed (or, with a
+        # failed commit, re-read by the next owner: at least once)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.tracker.revoke(keys)
+        for key in keys:
+            self._next.pop(key, None)
+            self._uncommitted.pop(key, None)
+        log.info("revoked %s", _names(keys))
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        """Batches until ``stop``; then the last batch is finished and committed. Exit code."""
+        if not self.start(stop):
+            return 0
+        log.info("fan-out %s → %s (%d symbol partitions, %d raw partitions, %s)",
+                 ", ".join(self.raw_topics), self.out_topic, self.settings.symbol_partitions,
+                 self.raw_partitions, self.settings.processing_guarantee)
+        while not stop.is_set():
+            self.step(stop)
+        return 0
+
+    def step(self, stop: threading.Event) -> None:
+        """One batch: consume, transform, write, commit; or, with nothing read, the marks
+        alone when their verdicts changed."""
+        self._heartbeat = time.monotonic()
+        self._check_fatal()
+        try:
+            msgs = self.consumer.consume(self.batch_size, CONSUME_TIMEOUT_S)
+        except KafkaException as exc:
+            self._consume_error(exc.args[0])
+            return
+        self._check_fatal()
+        snapshot = (self.tracker.snapshot(), self.ledger.snapshot()) if self.eos else None
+        try:
+            batch = self._transform(msgs)
+        except Transient as exc:
+            self._retry_later("decode", exc, stop)
+            self._seek_back(msgs)
+            return
+        now = _now_ms()
+        for key, r in batch.reads.items():
+            self.tracker.on_read(key, r.next, r.event_ms, now)
+            self._next[key] = r.next
+        self._refresh(now)
+        out = self._records(now)
+        offsets = {key: r.next for key, r in batch.reads.items()}
+        if out or batch.dead or offsets:
+            self._write(out + batch.dead, offsets, stop, snapshot)
+        self._account(batch, out)
+
+    def _transform(self, msgs: list[ck.Message]) -> Batch:
+        """Decode and add every record's mentions to the builder; bad ones to dead letters."""
+        self.builder.clear()
+        batch = Batch()
+        reads = batch.reads
+        decoders, adders = self._decoders, self._adders
+        for msg in msgs:
+            if msg.error() is not None:
+                self._consume_error(msg.error())
+                continue
+            topic = msg.topic()
+            key = (topic, msg.partition())
+            r = reads.get(key)
+            if r is None:
+                r = reads[key] = Reads(first=msg.offset())
+            r.next = msg.offset() + 1
+            r.count += 1
+            try:
+                record = decoders[topic](msg.value())
+            except Exception as exc:  # noqa: BLE001 - bad bytes, or the registry is down
+                self._bad(batch, msg, Reason.DECODE_FAILED, "decode", _decode_failure(exc))
+                continue
+            try:
+                t = adders[topic](record)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self._bad(batch, msg, Reason.PROCESS_FAILED, "process", exc)
+                continue
+            if t > r.event_ms:
+                r.event_ms = t
+        return batch
+
+    def _consume_error(self, err: KafkaError) -> None:
+        fatal = _fatal_of(err)
+        if fatal is not None:
+            raise Fatal(fatal)
+        self._warn(f"consume:{err.code()}", "consume: %s (retrying)", err.str())
+
+    def _bad(self, batch: Batch, msg: ck.Message, reason: Reason, stage: str,
+             exc: BaseException) -> None:
+        raw = msg.value()
+        error = f"{type(exc).__name__}: {exc}"
+        if raw is not None and len(raw) > DEAD_LETTER_RAW_MAX:
+            error += f" [raw truncated from {len(raw)} bytes]"
+            raw = raw[:DEAD_LETTER_RAW_MAX]
+        record = deadletter.dead_letter(
+            raw, source=msg.topic(), stage=STAGE, reason=reason, error=error,
+            source_topic=msg.topic(), source_partition=msg.partition(),
+            source_offset=msg.offset(),
+        )
+        batch.dead.append(Out(self.dlq_topic, None, msg.topic().encode(),
+                              self._encode_dlq(record),
+                              deadletter.headers(reason, STAGE, msg.topic())))
+        batch.dead_reasons[reason.value] = batch.dead_reasons.get(reason.value, 0) + 1
+        log.warning("dead letter (%s) %s[%d]@%d: %s", reason.value, msg.topic(),
+                    msg.partition(), msg.offset(), error[:200])
+
+    def _seek_back(self, msgs: list[ck.Message]) -> None:
+        """Read a batch that could not be processed again from its first record."""
+        first: dict[RawPartition, int] = {}
+        for msg in msgs:
+            if msg.error() is None:
+                first.setdefault((msg.topic(), msg.partition()), msg.offset())
+        self._seek(first)
+
+    def _seek(self, offsets: dict[RawPartition, int]) -> None:
+        for (topic, partition), offset in offsets.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+                self._next[(topic, partition)] = offset
+            except KafkaException as exc:  # revoked meanwhile: the next owner reads it
+                log.warning("seek %s[%d] to %d: %s", topic, partition, offset, exc)
+
+    def _retry_later(self, cause: str, exc: BaseException, stop: threading.Event) -> None:
+        self.metrics.retries.labels(cause).inc()
+        self._warn(f"retry:{cause}", "%s failed, retrying the batch: %s", cause, exc)
+        stop.wait(1.0)
+
+    # --- caught up or not -----------------------------------------------------------------
+
+    def _refresh(self, now_ms: int) -> None:
+        """Tell the tracker which partitions have records waiting (cached high watermarks,
+        free) and, at most every CHECK_EVERY_MS, confirm the others with the broker."""
+        suspects: list[RawPartition] = []
+        lag = 0
+        for key in self.tracker.readings:
+            try:
+                low, high = self.consumer.get_watermark_offsets(self._tps[key], cached=True)
+            except (KafkaException, TypeError, KeyError):
+                low, high = -1, -1
+            pos = self._next.get(key)
+            if pos is not None and 0 <= max(pos, low) < high:
+                self.tracker.on_position(key, max(pos, low), high, now_ms)  # records waiting
+                lag += high - max(pos, low)
+            else:
+                suspects.append(key)
+        self._lag = lag
+        self.metrics.lag.set(lag)
+        if suspects and now_ms - self._last_check_ms >= CHECK_EVERY_MS:
+            self._last_check_ms = now_ms
+            self._confirm(suspects, now_ms)
+
+    def _confirm(self, keys: list[RawPartition], now_ms: int) -> None:
+        """Ask the broker where the logs of ``keys`` end; unreachable → nothing is caught up."""
+        try:
+            self._learn_starts([k for k in keys if k not in self._next])
+            for key in keys:
+                got = self.consumer.get_watermark_offsets(
+                    self._tps[key], timeout=BROKER_TIMEOUT_S, cached=False)
+                if got is None:
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+                low, high = got
+                self.tracker.on_position(key, max(self._next[key], low), high, now_ms)
+        except KafkaException as exc:
+            self.tracker.on_unreachable()
+            self._reachable = False
+            self._warn("unreachable", "broker not answering (%s): no partition counts as "
+                       "caught up until it does", exc.args[0].str() if exc.args else exc)
+            return
+        if not self._reachable:
+            log.info("broker answering again")
+        self._reachable = True
+
+    def _learn_starts(self, keys: list[RawPartition]) -> None:
+        """Where reading starts in partitions nothing was read from yet: the committed
+        offset, or the log start (auto.offset.reset earliest)."""
+        if not keys:
+            return
+        got = self.consumer.committed([self._tps[k] for k in keys], timeout=BROKER_TIMEOUT_S)
+        for tp in got:
+            self._next[(tp.topic, tp.partition)] = max(tp.offset, 0)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _records(self, now_ms: int) -> list[Out]:
+        marks = self.tracker.marks(now_ms)
+        encode, topic = self._encode, self.out_topic
+        return [
+            Out(topic, p, str(p).encode(), encode(record))
+            for p, record in partition_records(self.builder, marks, self.ledger,
+                                               self.raw_partitions)
+        ]
+
+    def _write(self, out: list[Out], offsets: dict[RawPartition, int], stop: threading.Event,
+               snapshot: Any) -> None:
+        if self.eos:
+            if not self._transaction(out, offsets):
+                self._abort_and_rewind(snapshot, stop)
+            return
+        self._deliver(out, stop)
+        self._uncommitted.update(offsets)
+        self._commit(stop)
+
+    def _produce(self, rec: Out, on_delivery: Callable[..., None] | None = None) -> None:
+        while True:
+            try:
+                if rec.partition is None:
+                    self.producer.produce(rec.topic, rec.value, rec.key, headers=rec.headers,
+                                          on_delivery=on_delivery)
+                else:
+                    self.producer.produce(rec.topic, rec.value, rec.key, rec.partition,
+                                          headers=rec.headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _deliver(self, out: list[Out], stop: threading.Event) -> None:
+        """At least once: every record acknowledged before the offsets are committed; what
+        the broker did not take is produced again, for as long as it takes."""
+        pending = out
+        stop_deadline: float | None = None
+        while pending:
+            failed: list[Out] = []
+            for rec in pending:
+                self._produce(rec, _delivery(rec, failed))
+            while (left := self.producer.flush(FLUSH_TIMEOUT_S)) > 0:
+                self._check_fatal()
+                self.metrics.retries.labels("flush").inc()
+                self._warn("flush", "%d record(s) not yet acknowledged; waiting (nothing is "
+                           "committed before they are)", left)
+                stop_deadline = self._stop_deadline(stop, stop_deadline)
+            self._check_fatal()
+            if failed:
+                self.metrics.retries.labels("delivery").inc()
+                self._warn("delivery", "%d record(s) not accepted; producing them again",
+                           len(failed))
+                stop_deadline = self._stop_deadline(stop, stop_deadline)
+                stop.wait(0.5)
+            pending = failed
+
+    def _stop_deadline(self, stop: threading.Event, deadline: float | None) -> float | None:
+        """After SIGTERM, give unflushed work STOP_GRACE_S more, then exit without commit."""
+        if not stop.is_set():
+            return None
+        now = time.monotonic()
+        deadline = deadline or now + STOP_GRACE_S
+        if now >= deadline:
+            raise Fatal("stopped with records the broker never acknowledged; their input "
+                        "was not committed and is read again by the next run")
+        return deadline
+
+    def _commit(self, stop: threading.Event) -> None:
+        """Commit what was flushed; a failure is retried, then left for the next batch's
+        commit (or re-read by the next owner: never lost)."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
+        for attempt in range(5):
+            try:
+                self.consumer.commit(offsets=tps, asynchronous=False)
+                self._uncommitted.clear()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in _GONE:
+                    log.info("commit skipped, partitions moved: %s", err.str())
+                    self._uncommitted.clear()
+                    return
+                self._check_fatal()
+                self.metrics.retries.labels("commit").inc()
+                self._warn("commit", "commit failed (%s), attempt %d", err.str(), attempt + 1)
+                stop.wait(min(0.2 * 2**attempt, 2.0))
+
+    # --- exactly once ----------------------------------------------------------------------
+
+    def _transaction(self, out: list[Out], offsets: dict[RawPartition, int]) -> bool:
+        """One transaction: the records and the raw offsets. False if it was aborted."""
+        try:
+            self.producer.begin_transaction()
+            for rec in out:
+                self._produce(rec)
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    self.consumer.consumer_group_metadata(), BROKER_TIMEOUT_S * 15)
+            self._commit_transaction()
+            return True
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal() or err.code() in _AUTH:
+                raise Fatal(_fatal_of(err) or err.str()) from exc
+            self.metrics.retries.labels("transaction").inc()
+            self._warn("txn", "transaction failed (%s): aborting, reading again from the "
+                       "committed offsets", err.str())
+            return False
+
+    def _commit_transaction(self) -> None:
+        while True:
+            try:
+                self.producer.commit_transaction(BROKER_TIMEOUT_S * 15)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                self._warn("txn-commit", "commit_transaction: %s (retrying)", exc.args[0].str())
+
+    def _abort_and_rewind(self, snapshot: Any, stop: threading.Event) -> None:
+        while not self._try_abort():
+            stop.wait(1.0)
+        tracker_snap, ledger_snap = snapshot
+        self.tracker.restore(tracker_snap)
+        self.ledger.restore(ledger_snap)
+        while True:
+            try:
+                assigned = self.consumer.assignment()
+                committed = self.consumer.committed(assigned, timeout=BROKER_TIMEOUT_S * 5)
+                break
+            except KafkaException as exc:
+                self._check_fatal()
+                self._warn("rewind", "committed offsets unavailable (%s); retrying", exc)
+                stop.wait(1.0)
+        self._seek({(tp.topic, tp.partition): tp.offset if tp.offset >= 0
+                    else ck.OFFSET_BEGINNING for tp in committed})
+        for tp in committed:
+            if tp.offset < 0:
+                self._next.pop((tp.topic, tp.partition), None)
+
+    def _try_abort(self) -> bool:
+        try:
+            self.producer.abort_transaction(BROKER_TIMEOUT_S * 15)
+            return True
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal():
+                raise Fatal(_fatal_of(err) or err.str()) from exc
+            if err.code() == KafkaError._STATE:
+                return True  # no transaction in progress
+            self._warn("abort", "abort_transaction: %s (retrying)", err.str())
+            return False
+
+    # --- accounting -------------------------------------------------------------------------
+
+    def _account(self, batch: Batch, out: list[Out]) -> None:
+        m = self.metrics
+        for (topic, _), r in batch.reads.items():
+            m.events_in.labels(topic).inc(r.count)
+            self._stats["events"] += r.count
+        for kind, n in self.builder.kinds.items():
+            if n:
+                m.mentions.labels(kind).inc(n)
+                self._stats["mentions"] += n
+        written = len(out) - len(batch.dead)
+        if written:
+            m.batches.inc(written)
+            self._stats["records"] += written
+        for reason, n in batch.dead_reasons.items():
+            m.dead_letters.labels(reason).inc(n)
+        now = time.monotonic()
+        if now - self._gauge_at >= 1.0:
+            self._gauge_at = now
+            for (topic, partition), r in self.tracker.readings.items():
+                m.read_event_ms.labels(topic, str(partition)).set(r.event_ms)
+        self._log_progress(now)
+
+    def _log_progress(self, now: float) -> None:
+        s = self._stats
+        elapsed = now - s["since"]
+        if elapsed < PROGRESS_EVERY_S:
+            return
+        if s["events"]:
+            log.info("read %d raw records in %.1f s (%.0f msgs/s), %d mentions in %d records, "
+                     "lag %d", s["events"], elapsed, s["events"] / elapsed, s["mentions"],
+                     s["records"], self._lag)
+        self._stats = {"events": 0, "mentions": 0, "records": 0, "since": now}
+
+    def health(self) -> dict[str, Any]:
+        stalled = time.monotonic() - self._heartbeat > 60
+        return {"healthy": self._fatal is None and not stalled, "stage": STAGE,
+                "broker_reachable": self._reachable,
+                "assigned": len(self.tracker.readings), "fatal": self._fatal}
+
+    def close(self) -> None:
+        """Flush what is left, leave the group (the offsets are committed per batch)."""
+        try:
+            self.producer.flush(FLUSH_TIMEOUT_S)
+        finally:
+            self.consumer.close()
+
+
+def _delivery(rec: Out, failed: list[Out]) -> Callable[[KafkaError | None, Any], None]:
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failed.append(rec)
+    return on_delivery
+
+
+def _decode_failure(exc: Exception) -> Exception:
+    """A decode failure is the record's fault (dead letter), unless the registry could not
+    be asked: then it is :class:`Transient` and the batch is read again later."""
+    if isinstance(exc, SchemaRegistryError):
+        if exc.http_status_code in (401, 403):
+            raise Fatal(f"schema registry refused us ({exc}): check "
+                        "PULSE_SCHEMA_REGISTRY_AUTH") from exc
+        if exc.http_status_code == 404 or 400 <= exc.http_status_code < 500:
+            return exc  # unknown schema id: the record is bad
+        raise Transient(f"schema registry: {exc}") from exc
+    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError, EOFError, AttributeError,
+                        UnicodeDecodeError)) or type(exc).__module__.startswith("fastavro"):
+        return exc
+    raise Transient(f"decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)  # only durations: immune to wall-clock jumps
+
+
+def _names(keys: list[RawPartition]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(keys)) or "nothing"
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pulse worker --stage fan-out",
+        description="Read the raw topics, write one mention batch per symbol partition per "
+        "batch, with the reading progress of every raw partition (processors/fanout.py).",
+    )
+    ap.add_argument("--instance-id", default=socket.gethostname(),
+                    help="stable name of this instance, unique among running fan-outs; "
+                    "exactly_once derives the transactional id from it (default: host name)")
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                    help="records per consume() (default %(default)s)")
+    ap.add_argument("--port", type=int, default=settings.fan_out_port,
+                    help="/metrics and /healthz port; 0 picks one, -1 none "
+                    "(default PULSE_FAN_OUT_PORT=%(default)s)")
+    return ap
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    """Run the fan-out stage until SIGTERM/SIGINT; the exit code."""
+    args = parser(settings).parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        fan = FanOut(settings, instance_id=args.instance_id, batch_size=args.batch_size)
+    except KafkaException as exc:
+        log.error("fan-out: bad Kafka configuration: %s", exc)
+        return 2
+    server = None
+    if args.port >= 0:
+        try:
+            server = HealthServer(settings.bind_host, args.port, fan.metrics.registry,
+                                  fan.health)
+            log.info("metrics and health on %s:%d", settings.bind_host, server.port)
+        except OSError as exc:
+            log.warning("metrics endpoint on :%d unavailable: %s", args.port, exc)
+    try:
+        code = fan.run(stop)
+    except Fatal as exc:
+        log.error("fan-out stopped: %s", exc)
+        code = exc.code
+    finally:
+        fan.close()
+        if server is not None:
+            server.stop()
+    log.info("fan-out exited (%d)", code)
+    return code
+
+
+if __name__ == "__main__":
+    _settings = Settings.from_env()
+    logging.basicConfig(level=_settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(_settings, sys.argv[1:]))
