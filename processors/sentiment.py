@@ -1,8 +1,12 @@
-"""Pure sentiment maths: bullish ratio with a 95 % Wilson score interval."""
+"""Pure sentiment maths: bullish ratio with a 95 % Wilson score interval, per message and
+per user (:func:`user_sentiment`: each user's labels in a window count once)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -27,3 +31,61 @@ def bullish_ratio(bullish: int, bearish: int) -> float | None:
     """bullish / (bullish + bearish); None when no message carries a label."""
     labelled = bullish + bearish
     return bullish / labelled if labelled else None
+
+
+@dataclass(frozen=True)
+class UserSentiment:
+    """A window's sentiment counted per person: each user's labels vote once."""
+
+    bullish: int  # users whose labels in the window are mostly Bullish
+    bearish: int  # ... mostly Bearish (a tie abstains)
+    ratio: float | None
+    low: float | None  # 95 % Wilson interval over users
+    high: float | None
+
+    def record_fields(self) -> dict[str, Any]:
+        """The per-user fields of a ``WindowSentiment`` (window_sentiment.avsc)."""
+        return {
+            "user_bullish": self.bullish,
+            "user_bearish": self.bearish,
+            "user_bullish_ratio": self.ratio,
+            "user_bullish_ratio_low": self.low,
+            "user_bullish_ratio_high": self.high,
+        }
+
+
+def user_votes(labels: Iterable[tuple[int | None, str | None]]) -> tuple[int, int]:
+    """(bullish users, bearish users) from ``(user_id, label)`` of a window's messages.
+
+    Each user counts once, by the majority of their Bullish/Bearish labels; a tie abstains
+    and unlabelled messages do not vote. A message without a user id is its own voter (it
+    cannot be matched to anyone).
+    """
+    tally: dict[object, int] = {}
+    anonymous = 0
+    for user_id, label in labels:
+        vote = 1 if label == "Bullish" else -1 if label == "Bearish" else 0
+        if not vote:
+            continue
+        if user_id is None:
+            anonymous += 1
+            tally[("anon", anonymous)] = vote
+        else:
+            tally[user_id] = tally.get(user_id, 0) + vote
+    bullish = sum(1 for v in tally.values() if v > 0)
+    bearish = sum(1 for v in tally.values() if v < 0)
+    return bullish, bearish
+
+
+def user_sentiment(labels: Iterable[tuple[int | None, str | None]]) -> UserSentiment:
+    """Per-user bullish ratio with its Wilson interval (see :func:`user_votes`).
+
+    The per-message interval treats every message as an independent vote; one user giving
+    11 of 26 labels makes it too narrow and tilts the ratio. Counting people fixes both.
+    """
+    bullish, bearish = user_votes(labels)
+    interval = wilson_interval(bullish, bullish + bearish)
+    return UserSentiment(
+        bullish, bearish, bullish_ratio(bullish, bearish),
+        interval[0] if interval else None, interval[1] if interval else None,
+    )

@@ -60,7 +60,8 @@ class SurgeRule:
     escalation: float = 3.0
     alpha_level: float = 0.15  # per day of the same type (memory ≈ 1 week of weekdays)
     alpha_shape: float = 0.05  # per day of the same type
-    alpha_disp: float = 0.01  # per slot (memory ≈ 4 days of hours)
+    alpha_disp: float = 0.003  # per slot (memory ≈ 2 weeks of hours)
+    trim_p: float = 1e-3  # spans rarer than this do not teach φ
     shape_smoothing: float = 0.1  # weight of the uniform profile mixed into the shape
     learn_clip: float = 3.0
     disp_prior: float = 0.3
@@ -246,8 +247,12 @@ def _learn_dispersion(state: SurgeState, rule: SurgeRule) -> None:
         if m <= 0:
             continue
         phi = dispersion(state, i, rule)
-        # winsorised, so a surge does not teach the model that surges are normal
-        x = min(x, m + 4.0 * math.sqrt(m + phi * m * m))
+        # trimmed: a span in the far tail (p < trim_p) is left out, so neither a surge nor a
+        # run of busy days teaches the model that such volume is ordinary
+        if x > m + 2.0 * math.sqrt(m + phi * m * m) and (
+            nb_log_sf(x, m, phi) < math.log(rule.trim_p)
+        ):
+            continue
         num, den = (x - m) ** 2 - m, m * m
         if state.disp_den[i] == 0:
             state.disp_num[i], state.disp_den[i] = rule.disp_prior * den, den
@@ -275,7 +280,8 @@ def _enter_slot(
         state.recent = []
         return
     state.recent = [*state.recent, [x, mu]][-max(rule.spans):]
-    if learn and state.days_seen >= rule.warmup_days:
+    if learn and state.days_seen >= rule.warmup_days and state.last_elevated_ms is None:
+        # not inside an episode: a surge must not teach the model that surges are normal
         _learn_dispersion(state, rule)
 
 
@@ -324,13 +330,11 @@ def observe(
     state.last_start_ms = start_ms
     warm = state.days_seen >= rule.warmup_days
     log_p, x, m, span = _best_span(state, rule) if warm else (0.0, 0.0, 0.0, 0)
-    if warm:
-        _learn_dispersion(state, rule)
     _close_episode_if_calm(state, start_ms, size_ms, rule)
-    if not span:
-        return None
     log_p = min(0.0, log_p + math.log(len(rule.spans)))
-    if log_p > math.log(rule.p):
+    if not span or log_p > math.log(rule.p):
+        if warm and state.last_elevated_ms is None:
+            _learn_dispersion(state, rule)
         return None
     ratio = x / m
     fired = state.last_elevated_ms is None or ratio >= rule.escalation * state.episode_peak
