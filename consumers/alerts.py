@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import random
+import re
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,12 +29,13 @@ from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from consumers.records import jsonable
+from consumers.kafka_errors import ReaderErrors, ReaderFailed
+from consumers.records import jsonable, printable
 from producers.backoff import Backoff, retry_after_s
 from schemas import topics
 from schemas.deadletter import Reason, dead_letter, headers
 from schemas.serde import Serde
-from settings import Settings
+from settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 STAGE = "alerts"
@@ -51,15 +55,67 @@ def webhook_urls(settings: Settings, extra: list[str] | None = None) -> list[str
     return list(dict.fromkeys([*urls, *(extra or [])]))
 
 
-def redact(url: str) -> str:
-    """``scheme://host[:port]``: webhook paths and queries often carry the secret token."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+redact = redact_url  # webhook paths and queries carry tokens: scheme, host and port only
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def scrub(text: str, urls: list[str]) -> str:
+    """``text`` (an exception message) with every URL in it redacted, ours first."""
+    for url in sorted(urls, key=len, reverse=True):
+        text = text.replace(url, redact(url))
+    return _URL.sub(lambda m: redact(m.group(0)), text)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (None if it can): checked once at start, so a typo
+    is one clear line, not a retried request or a crash."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return str(exc).split(":")[0]  # e.g. "Port out of range 0-65535" (no URL in it)
+    if parts.scheme not in ("http", "https"):
+        return "not an http(s) URL"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
+def retry_budget_s(settings: Settings) -> float:
+    """Longest one spike's delivery may take before it is dead-lettered: every attempt timing
+    out, each wait at the longest (a server's Retry-After is capped there too). Webhooks are
+    tried in parallel, so this holds for any number of them."""
+    attempts = settings.alert_max_attempts
+    return attempts * settings.alert_timeout_s + (attempts - 1) * settings.alert_backoff_max_s
+
+
+DEAD_LETTER_FLUSH_S = 30.0  # one wait for the dead-letter topic to take a record
+POLL_MARGIN_S = 60.0  # a poll loop silent this much longer than any delivery is stuck
+
+
+def liveness_budget_s(settings: Settings) -> float:
+    """How long ``/healthz`` stays 200 without a poll: a slow webhook (retries, Retry-After)
+    is not a stuck process, so the budget covers one spike's whole delivery."""
+    return retry_budget_s(settings) + DEAD_LETTER_FLUSH_S + POLL_MARGIN_S
 
 
 def alert_id(spike: Mapping[str, Any]) -> str:
     """Stable id of one spike: the same window of the same symbol is one alert."""
     return f"{spike['symbol']}:{spike['window_size_ms']}:{spike['window_start_ms']}"
+
+
+def idempotency_key(aid: str) -> str:
+    """The ``Idempotency-Key`` header: the id itself when it is plain short ASCII, else a
+    digest of it (a header must not carry control characters or 5 KB of upstream text)."""
+    if re.fullmatch(r"[\x21-\x7e]{1,200}", aid):
+        return aid
+    return "sha256:" + hashlib.sha256(aid.encode()).hexdigest()
+
+
+def chat_escape(text: str) -> str:
+    """Text for Slack-style receivers, where ``<…>`` is a mention (``<!channel>``) or a link
+    (``<https://x|AAPL>``): ``&``, ``<`` and ``>`` escaped as their formats require."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _iso(ms: int) -> str:
@@ -76,12 +132,15 @@ def _size(ms: int) -> str:
 def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body POSTed for a spike: the record itself plus id, ISO times and a text line.
 
-    ``text`` makes the body usable as-is by chat webhooks that show a ``text`` field.
+    ``text`` makes the body usable as-is by chat webhooks that show a ``text`` field; the
+    upstream symbol in it is cut short, stripped of control characters and escaped, so it
+    can neither mention a channel nor disguise a link.
     """
     spike = jsonable(dict(spike))
-    severity = spike["severity"]
+    severity = chat_escape(printable(spike["severity"], 12))
+    symbol = chat_escape(printable(spike["symbol"]))
     text = (
-        f"${spike['symbol']}: {spike['count']} messages in {_size(spike['window_size_ms'])} "
+        f"${symbol}: {spike['count']} messages in {_size(spike['window_size_ms'])} "
         f"from {_iso(spike['window_start_ms'])} — {spike['ratio']:.1f}× the expected "
         f"{spike['expected_count']:.1f} (z={spike['score']:.1f}, {severity})"
     )
@@ -147,7 +206,7 @@ async def post_with_retries(
 ) -> Delivery:
     """POST until a 2xx, a final answer, or ``max_attempts``; ``sleep`` may raise Stopped."""
     body = json.dumps(payload, separators=(",", ":")).encode()
-    hdrs = {"Content-Type": "application/json", "Idempotency-Key": str(payload["id"])}
+    hdrs = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(payload["id"])}
     error = ""
     for attempt in range(1, max_attempts + 1):
         ATTEMPTS.labels(redact(url)).inc()
@@ -158,8 +217,11 @@ async def post_with_retries(
                 verdict = classify(resp.status)
                 answer_headers = resp.headers
                 error = f"HTTP {resp.status}"
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError) as exc:
+            verdict, error = Verdict.FAIL, f"{type(exc).__name__}: invalid URL"  # never heals
         except (aiohttp.ClientError, TimeoutError) as exc:
-            verdict, error = Verdict.RETRY, f"{type(exc).__name__}: {exc}"
+            # messages may quote the URL, token and all
+            verdict, error = Verdict.RETRY, scrub(f"{type(exc).__name__}: {exc}", [url])
         if verdict == Verdict.OK:
             return Delivery(url, True, attempt)
         if verdict == Verdict.FAIL or attempt == max_attempts:
@@ -184,16 +246,24 @@ class AlertConsumer:
         self._decode = serde.deserializer(topics.SPIKES)
         self._encode_dlq = serde.serializer(topics.DEAD_LETTER)
         self._dlq_topic = topics.DEAD_LETTER.full_name(settings)
+        # a broker restarting or a leader moving is logged and waited out; bad credentials,
+        # missing ACLs or a topic that never appears end the process (ReaderFailed)
+        self.errors = ReaderErrors("pulse alerts")
         self.consumer = Consumer(
             {
                 **settings.kafka_config(),
                 "group.id": f"{settings.app_id}-alerts",
                 "enable.auto.commit": False,  # committed by hand, after delivery
                 "auto.offset.reset": "earliest",  # a new group alerts on what is retained
+                "error_cb": self.errors.on_error,
             }
         )
-        self.producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
+        self.producer = Producer(
+            {**settings.kafka_config(), "enable.idempotence": True,
+             "error_cb": self.errors.on_error}
+        )  # fmt: skip
         self.last_poll = time.monotonic()
+        self.liveness_s = liveness_budget_s(settings)
         self.delivered = self.dead_lettered = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -210,30 +280,33 @@ class AlertConsumer:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while not stop.is_set():
+                    self.errors.check()
                     msg = await asyncio.to_thread(self.consumer.poll, 0.5)
                     self.last_poll = time.monotonic()
                     if msg is None:
                         continue
                     if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer: %s", msg.error())
+                        self.errors.on_error(msg.error(), msg.topic())
                         continue
+                    self.errors.ok(msg.topic())
                     try:
                         await self.handle(msg, session, sleep)
                     except Stopped:
                         break  # uncommitted: redelivered to whoever takes the partition
-                    try:
-                        await asyncio.to_thread(
-                            self.consumer.commit, message=msg, asynchronous=False
-                        )
-                        COMMITTED.set_to_current_time()
-                    except KafkaException as exc:
-                        # the partition moved during delivery (rebalance): its new owner
-                        # redelivers from the last commit, so this spike is sent again
-                        log.warning("commit of %s failed: %s", _where(msg), exc)
+                    await self._commit(msg)
         finally:
-            self.producer.flush(30)
+            self.producer.flush(10)
             self.consumer.close()
+
+    async def _commit(self, msg: Message) -> None:
+        try:
+            await asyncio.to_thread(self.consumer.commit, message=msg, asynchronous=False)
+            COMMITTED.set_to_current_time()
+        except KafkaException as exc:
+            # the partition moved during delivery (rebalance), or the broker is away: the
+            # next commit covers this one, or the partition's new owner redelivers from the
+            # last commit, so this spike is sent again (receivers de-duplicate on id)
+            log.warning("commit of %s failed: %s", _where(msg), exc)
 
     async def handle(
         self,
@@ -252,6 +325,7 @@ class AlertConsumer:
             return
         payload = alert_payload(spike)
         cfg = self.settings
+        self.last_poll = time.monotonic()  # a delivery starts: see liveness_budget_s
         results = await asyncio.gather(
             *(
                 post_with_retries(
@@ -271,36 +345,53 @@ class AlertConsumer:
             else:
                 error = f"webhook {redact(d.url)}: {d.error} after {d.attempts} attempt(s)"
                 log.warning("alert %s undeliverable: %s", payload["id"], error)
-                await self._dead_letter(msg, Reason.DELIVERY_FAILED, error)
+                await self._dead_letter(msg, Reason.DELIVERY_FAILED, error, sleep)
 
-    async def _dead_letter(self, msg: Message, reason: Reason, error: str) -> None:
+    async def _dead_letter(
+        self,
+        msg: Message,
+        reason: Reason,
+        error: str,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """Write the dead letter and wait until it is durable (before the offset that makes
+        us forget the spike); while the broker is away, keep trying (``sleep`` may raise
+        Stopped), since committing without it would lose the spike."""
         record = dead_letter(
             msg.value(), source=msg.topic(), stage=STAGE, reason=reason, error=error,
             source_topic=msg.topic(), source_partition=msg.partition(),
             source_offset=msg.offset(),
         )  # fmt: skip
-        failed: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _: Message) -> None:
-            if err is not None:
-                failed.append(err)
-
-        self.producer.produce(
-            self._dlq_topic,
-            self._encode_dlq(record),
-            key=msg.topic().encode(),
-            headers=headers(reason, STAGE, msg.topic()),
-            on_delivery=on_delivery,
-        )
-        # the dead letter must be durable before the offset that makes us forget the spike
-        remaining = await asyncio.to_thread(self.producer.flush, 30)
-        if remaining or failed:
-            raise RuntimeError(f"dead-letter topic did not take the record: {failed or remaining}")
+        value = self._encode_dlq(record)
+        while True:
+            failed: list[KafkaError] = []
+            self.producer.produce(
+                self._dlq_topic, value, key=msg.topic().encode(),
+                headers=headers(reason, STAGE, msg.topic()),
+                on_delivery=lambda err, _, out=failed: None if err is None else out.append(err),
+            )  # fmt: skip
+            remaining = await asyncio.to_thread(self.producer.flush, DEAD_LETTER_FLUSH_S)
+            while remaining and not failed:  # still in flight: the broker may be restarting
+                self.last_poll = time.monotonic()  # waiting on Kafka is not being stuck
+                self.errors.check()
+                log.warning("dead letter of %s not acknowledged yet; waiting", _where(msg))
+                if sleep is not None:
+                    await sleep(0)
+                remaining = await asyncio.to_thread(self.producer.flush, DEAD_LETTER_FLUSH_S)
+            if not failed:
+                break
+            log.warning("dead letter of %s failed (%s); sending again", _where(msg), failed[0])
+            self.errors.check()
+            if sleep is not None:
+                await sleep(1.0)
         DEAD_LETTERED.labels(reason.value).inc()
         self.dead_lettered += 1
 
-    def healthy(self) -> bool:
-        return time.monotonic() - self.last_poll < 60
+    def healthy(self, now: float | None = None) -> bool:
+        """Alive unless the loop has neither polled nor started a delivery for longer than
+        any delivery can take (:func:`liveness_budget_s`): stuck, not just slow."""
+        now = time.monotonic() if now is None else now
+        return now - self.last_poll < self.liveness_s
 
 
 async def start_health(alerts: AlertConsumer, port: int) -> web.AppRunner | None:
@@ -320,7 +411,7 @@ async def start_health(alerts: AlertConsumer, port: int) -> web.AppRunner | None
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
+    await web.TCPSite(runner, alerts.settings.bind_host, port).start()
     return runner
 
 
@@ -356,6 +447,9 @@ async def serve(settings: Settings, urls: list[str], health_port: int) -> int:
     log.info("alerts: %s → %s", alerts.topic, ", ".join(redact(u) for u in urls))
     try:
         await alerts.run(stop)
+    except ReaderFailed as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -369,5 +463,10 @@ def main(settings: Settings, argv: list[str]) -> int:
     if not urls:
         print("pulse alerts: no webhook URL (PULSE_ALERT_WEBHOOK_URLS or --webhook)")
         return 2
+    for url in urls:
+        if (problem := url_problem(url)) is not None:
+            print(f"pulse alerts: webhook URL {redact(url)} is invalid ({problem}): fix "
+                  "PULSE_ALERT_WEBHOOK_URLS or --webhook", file=sys.stderr)  # fmt: skip
+            return 2
     port = settings.metrics_port if args.health_port is None else args.health_port
     return asyncio.run(serve(settings, urls, port))

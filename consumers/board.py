@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +24,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
+from consumers.records import printable
 from schemas import topics
 from settings import Settings
 
@@ -201,8 +204,12 @@ def ratio_text(ratio: float | None, low: float | None, high: float | None) -> st
 _SEVERITY_STYLE = {"HIGH": "bold white on red", "MEDIUM": "bold red", "LOW": "yellow"}
 
 
-def render(board: Board, n: int = 15) -> Group:
-    """The board as ``rich`` renderables: header, top symbols, latest spikes."""
+def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
+    """The board as ``rich`` renderables: header, top symbols, latest spikes.
+
+    Upstream text (symbols) goes in as :class:`Text`, never as markup: a symbol ``[/]`` or
+    ``[link=…]`` is shown as written, and control characters (ESC) are removed.
+    """
     newest = newest_window_ms(board)
     size = _size(board.window_ms)
     if newest is None:
@@ -214,6 +221,8 @@ def render(board: Board, n: int = 15) -> Group:
             f" · read: {board.seen.get(VOLUME, 0)} volume, {board.seen.get(SENTIMENT, 0)} "
             f"sentiment, {board.seen.get(SPIKES, 0)} spikes",
         )
+    if waiting:
+        head = Text.assemble(head, "\n", (f"⏳ {waiting}", "yellow"))
     top = Table(title=f"Top symbols by volume ({size})", expand=True, title_justify="left")
     for col, justify in (("symbol", "left"), ("window", "left"), ("messages", "right"),
                          ("bullish ratio [95% Wilson]", "right"), ("labelled", "right"),
@@ -222,21 +231,21 @@ def render(board: Board, n: int = 15) -> Group:
     for r in top_rows(board, n):
         style = _SEVERITY_STYLE.get(r.spike or "", "")
         top.add_row(
-            f"${r.symbol}",
+            Text(f"${printable(r.symbol)}"),
             _hhmm(r.window_start_ms),
             str(r.count),
             ratio_text(r.bullish_ratio, r.low, r.high),
             str(r.labelled),
-            f"⚡ {r.spike}" if r.spike else "",
+            Text(f"⚡ {printable(r.spike, 12)}") if r.spike else "",
             style=style,
         )
     spikes = Table(title="Latest spikes", expand=True, title_justify="left")
     for col in ("symbol", "window", "messages", "expected", "× baseline", "z", "severity"):
         spikes.add_column(col)
     for s in board.spikes:
-        sev = _severity(s)
+        sev = printable(_severity(s), 12)
         spikes.add_row(
-            f"${s['symbol']}",
+            Text(f"${printable(s['symbol'])}"),
             f"{_hhmm(int(s['window_start_ms']))} {_size(int(s['window_size_ms']))}",
             str(s["count"]),
             f"{float(s['expected_count']):.1f}",
@@ -258,10 +267,14 @@ SPIKE_FIELDS = (
 )
 
 
-def snapshot(board: Board, n: int = 15) -> dict[str, Any]:
-    """The board as JSON for the web page: the same rows as the terminal, plus series."""
+def snapshot(board: Board, n: int = 15, waiting: str | None = None) -> dict[str, Any]:
+    """The board as JSON for the web page: the same rows as the terminal, plus series.
+
+    The page puts every string in with ``textContent``, never as HTML.
+    """
     rows = top_rows(board, n)
     return {
+        "waiting": waiting,
         "window_ms": board.window_ms,
         "newest_window_ms": newest_window_ms(board),
         "seen": dict(board.seen),
@@ -273,49 +286,111 @@ def snapshot(board: Board, n: int = 15) -> dict[str, Any]:
     }
 
 
+# --- waiting ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """What the reader knows about why nothing is on the board yet."""
+
+    phase: str  # CONNECTING, TOPICS, OFFSETS or READING
+    broker_down_s: float | None = None
+    last_error: str = ""
+    upstream: tuple[tuple[str, str, int | None], ...] = ()  # (who, what, records so far)
+
+
+CONNECTING, TOPICS, OFFSETS, READING = "connecting", "topics", "offsets", "reading"
+
+
+def waiting_for(board: Board, progress: Progress) -> tuple[str, str] | None:
+    """(what, a line saying so) the board is waiting for, None once windows are shown.
+
+    A newcomer looking at an empty table learns which stage has not delivered yet.
+    """
+    if progress.broker_down_s is not None and progress.broker_down_s >= 3:
+        return "broker", f"Kafka unreachable, retrying ({printable(progress.last_error, 80)})"
+    if progress.phase == CONNECTING:
+        return CONNECTING, "connecting to Kafka"
+    if progress.phase == TOPICS:
+        return TOPICS, "waiting for the output topics to be created (`pulse topics`)"
+    if progress.phase == OFFSETS:
+        return OFFSETS, "waiting for the output topics' partition leaders"
+    if newest_window_ms(board) is not None:
+        return None
+    for n, (who, what, count) in enumerate(progress.upstream):
+        if count == 0:
+            before = progress.upstream[n - 1] if n else None
+            got = f"{before[2]} {before[1]} in, " if before and before[2] else ""
+            return who, f"waiting for the {who}: {got}no {what} yet"
+    return "window", (
+        f"waiting for the first {_size(board.window_ms)} window to close: it closes once "
+        "event time passes its end plus the grace period"
+    )
+
+
 # --- I/O -------------------------------------------------------------------------------------
 KINDS = {VOLUME: topics.VOLUME, SENTIMENT: topics.SENTIMENT, SPIKES: topics.SPIKES}
+# what feeds the output topics, for the waiting line: (who, what, topic)
+UPSTREAM = (("producer", "messages", topics.MESSAGES),
+            ("worker", "mention batches", topics.MENTION_BATCHES))  # fmt: skip
 
 
 class BoardReader:
-    """Reads the three output topics into a :class:`Board` (from ``lookback_s`` ago)."""
+    """Reads the three output topics into a :class:`Board` (from ``lookback_s`` ago).
 
-    def __init__(self, settings: Settings, window_ms: int, lookback_s: float = 3600.0) -> None:
+    It assigns every partition itself (no consumer group): a broker restart or a leader
+    election is waited out with the position kept, and an offsets request that fails on
+    topics created a moment ago (``NOT_LEADER_FOR_PARTITION``) is retried, not fatal.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        window_ms: int,
+        lookback_s: float = 3600.0,
+        errors: ReaderErrors | None = None,
+    ) -> None:
         from confluent_kafka import Consumer
 
         from schemas.serde import Serde
 
         self.board = Board(window_ms=window_ms)
+        self.errors = errors or ReaderErrors("pulse board")
         serde = Serde(settings)
         self._kind = {spec.full_name(settings): kind for kind, spec in KINDS.items()}
         self._decode: dict[str, Callable[[bytes], dict[str, Any]]] = {
             spec.full_name(settings): serde.deserializer(spec) for spec in KINDS.values()
         }
         self._lookback_ms = int(lookback_s * 1000)
-        self._consumer = Consumer(
-            {
-                **settings.kafka_config(),
-                "group.id": f"pulse-board-{uuid.uuid4().hex[:12]}",  # a viewer moves no offsets
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "topic.metadata.refresh.interval.ms": 5000,  # see topics created after start
-            }
+        config = {
+            **settings.kafka_config(),
+            # required by the client; never joined nor committed: a viewer moves no offsets
+            "group.id": f"pulse-board-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "error_cb": self.errors.on_error,
+        }
+        self._consumer = Consumer(config)
+        self.phase = CONNECTING
+        self._upstream = _UpstreamCounter(
+            config, [(who, what, spec.full_name(settings)) for who, what, spec in UPSTREAM]
         )
-        self._consumer.subscribe(list(self._kind), on_assign=self._on_assign)
-
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        # start at the first record of the lookback, not 30 days of retention
-        since = int(time.time() * 1000) - self._lookback_ms
-        for p in partitions:
-            p.offset = since
-        found = consumer.offsets_for_times(partitions, timeout=10)
-        consumer.assign(found)
+        self._since: dict[str, float] = {}
 
     def poll(self, timeout_s: float = 0.25) -> int:
-        """Fold whatever arrived within ``timeout_s``; returns how many records."""
+        """Fold whatever arrived within ``timeout_s``; returns how many records.
+
+        :raises ReaderFailed: on an error waiting will not fix (credentials, missing topic).
+        """
+        self.errors.check()
+        if self.phase != READING and not self._assign():
+            time.sleep(timeout_s)
+            self.errors.check()
+            return 0
         msgs = self._consumer.consume(500, timeout_s)
         for msg in msgs:
-            if msg.error() or msg.value() is None:
+            if msg.error():
+                self.errors.on_error(msg.error(), msg.topic())
+                continue
+            self.errors.ok()
+            if msg.value() is None:
                 continue
             try:
                 record = self._decode[msg.topic()](msg.value())
@@ -324,8 +399,85 @@ class BoardReader:
             self.board = fold(self.board, self._kind[msg.topic()], record)
         return len(msgs)
 
+    def _assign(self) -> bool:
+        """Every partition of the output topics from the lookback on; False: not yet."""
+        from confluent_kafka import KafkaException
+
+        parts = partitions_of(self._consumer, list(self._kind), self.errors)
+        if parts is None:
+            self.phase = TOPICS if self.errors.unknown_since else CONNECTING
+            return False
+        self.phase = OFFSETS
+        # start at the first record of the lookback, not 30 days of retention
+        since = int(time.time() * 1000) - self._lookback_ms
+        for p in parts:
+            p.offset = since
+        try:
+            found = self._consumer.offsets_for_times(parts, timeout=3)
+        except KafkaException as exc:  # e.g. NOT_LEADER_FOR_PARTITION on new topics
+            self.errors.on_exception(exc)
+            return False
+        failed = [p for p in found if p.error is not None]
+        if failed:
+            self.errors.on_error(failed[0].error, failed[0].topic)
+            return False
+        self._consumer.assign(found)  # -1 (no record since): from the end
+        self.phase = READING
+        return True
+
+    def waiting(self) -> str | None:
+        """The board's waiting line with how long it has waited, None if nothing is awaited."""
+        progress = Progress(self.phase, self.errors.down_for_s(), self.errors.last_error,
+                            self._upstream.counts())  # fmt: skip
+        what = waiting_for(self.board, progress)
+        if what is None:
+            self._upstream.stop()  # windows are flowing: nothing more to explain
+            return None
+        since = self._since.setdefault(what[0], time.monotonic())
+        return f"{what[1]} ({time.monotonic() - since:.0f} s)"
+
     def close(self) -> None:
+        self._upstream.stop()
         self._consumer.close()
+
+
+class _UpstreamCounter:
+    """Counts the records of the topics that feed the board, from a thread of its own (a
+    watermark request to an unreachable broker must not stall the board's redraw)."""
+
+    def __init__(self, config: dict[str, Any], upstream: list[tuple[str, str, str]]) -> None:
+        self._config = {k: v for k, v in config.items() if k != "error_cb"}
+        self._upstream = upstream
+        self._counts: dict[str, int | None] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="board-upstream", daemon=True)
+        self._thread.start()
+
+    def counts(self) -> tuple[tuple[str, str, int | None], ...]:
+        return tuple((who, what, self._counts.get(topic)) for who, what, topic in self._upstream)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        consumer = Consumer({**self._config, "log_level": 2})  # the main reader logs errors
+        try:
+            while not self._stop.wait(2.0):
+                try:
+                    md = consumer.list_topics(timeout=2)
+                    for _, _, topic in self._upstream:
+                        meta = md.topics.get(topic)
+                        if meta is None or not meta.partitions:
+                            continue
+                        marks = [consumer.get_watermark_offsets(TopicPartition(topic, p), 2)
+                                 for p in meta.partitions]  # fmt: skip
+                        self._counts[topic] = sum(high - low for low, high in marks)
+                except KafkaException:
+                    continue  # the main reader reports the broker's state
+        finally:
+            consumer.close()
 
 
 def run(
@@ -342,6 +494,7 @@ def run(
     """Show the board until ``stop`` is set or Ctrl-C; returns the last state.
 
     :param web_port: also serve the board as a web page on this port (consumers/web.py).
+    :raises ReaderFailed: on an error waiting will not fix (credentials, missing topics).
     """
     from consumers.records import quiet_http_logs
 
@@ -352,7 +505,9 @@ def run(
     if web_port is not None:
         from consumers.web import serve_in_thread
 
-        _, stop_web = serve_in_thread(lambda: reader.board, web_port, web_host, top)
+        _, stop_web = serve_in_thread(
+            lambda: reader.board, web_port, web_host, top, get_waiting=reader.waiting
+        )
         (console or Console()).print(f"board on http://{web_host}:{web_port}/")
     try:
         with Live(render(reader.board, top), console=console, refresh_per_second=4) as live:
@@ -360,8 +515,9 @@ def run(
             while not stop.is_set():
                 reader.poll(0.25)
                 if time.monotonic() >= next_draw:  # redraw once a second
-                    live.update(render(reader.board, top))
+                    live.update(render(reader.board, top, reader.waiting()))
                     next_draw = time.monotonic() + 1.0
+            live.update(render(reader.board, top, reader.waiting()))
     except KeyboardInterrupt:
         pass
     finally:
@@ -385,12 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(settings: Settings, argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     window = duration_ms(args.window) if args.window else None
-    run(settings, window_ms=window, top=args.top, lookback_s=args.lookback, web_port=args.web,
-        web_host=args.web_host)  # fmt: skip
+    try:
+        run(settings, window_ms=window, top=args.top, lookback_s=args.lookback,
+            web_port=args.web, web_host=args.web_host)  # fmt: skip
+    except ReaderFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(Settings.from_env(), sys.argv[1:]))

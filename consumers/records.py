@@ -66,3 +66,18 @@ def quiet_http_logs() -> None:
     """The registry client logs every HTTP request at INFO: noise on a screen or a pipe."""
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# C0 and C1 controls (ESC starts terminal escape sequences), DEL, and the bidirectional
+# overrides and isolates that make text display in another order than it is stored
+_UNPRINTABLE = dict.fromkeys(
+    [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
+
+
+def printable(text: object, max_len: int = 32) -> str:
+    """Upstream text made safe to show: control characters and ESC removed, cut to
+    ``max_len`` characters (an ellipsis marks the cut). Markup is the caller's business:
+    render the result as plain text (``rich.text.Text``), never as markup."""
+    clean = str(text).translate(_UNPRINTABLE)
+    return clean if len(clean) <= max_len else clean[: max_len - 1] + "…"

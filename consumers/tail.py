@@ -9,8 +9,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
+from consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
 from consumers.records import Meta, json_line, key_text, quiet_http_logs
 from schemas.serde import Serde
 from schemas.topics import ALL, by_name
@@ -52,49 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = out or sys.stdout
     try:
         spec = by_name(args.topic, settings)
     except KeyError as exc:
         print(f"pulse tail: {exc.args[0]}", file=sys.stderr)
         return 2
     quiet_http_logs()
-    topic = spec.full_name(settings)
-    decode = Serde(settings).deserializer(spec)
-    keys = set(args.key)
+    errors = ReaderErrors("pulse tail")
     consumer = Consumer(
         {
             **settings.kafka_config(),
-            # a group of its own, never committed: tailing must not move anyone's offsets
+            # required by the client, but never joined nor committed: tail assigns its
+            # partitions itself and moves nobody's offsets
             "group.id": f"pulse-tail-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "error_cb": errors.on_error,
         }
     )
-    consumer.subscribe([topic])
-    printed = 0
-    last_seen = time.monotonic()
+    tail = _Tail(args, spec.full_name(settings), Serde(settings).deserializer(spec), errors)
     try:
-        while not args.max or printed < args.max:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if args.idle_exit and time.monotonic() - last_seen > args.idle_exit:
-                    break
-                continue
-            last_seen = time.monotonic()
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    print(f"pulse tail: {msg.error()}", file=sys.stderr)
-                continue
-            key = key_text(msg.key())
-            if keys and key not in keys:
-                continue
-            line = _render(msg, key, decode, args.value_only)
-            if line is None:
-                continue
-            out.write(line + "\n")
-            out.flush()
-            printed += 1
+        tail.run(consumer, out or sys.stdout)
+    except ReaderFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # `pulse tail … | head`
@@ -102,6 +83,58 @@ def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
     finally:
         consumer.close()
     return 0
+
+
+class _Tail:
+    """The reading loop of ``pulse tail``: transient broker errors are logged and ridden out."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        topic: str,
+        decode: Callable[[bytes], Any],
+        errors: ReaderErrors,
+    ) -> None:
+        self.args, self.topic, self.decode, self.errors = args, topic, decode, errors
+        self.keys = set(args.key)
+        self.printed = 0
+
+    def run(self, consumer: Consumer, out: TextIO) -> None:
+        self._assign(consumer)
+        last_seen = time.monotonic()
+        while not self.args.max or self.printed < self.args.max:
+            self.errors.check()
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if self.args.idle_exit and time.monotonic() - last_seen > self.args.idle_exit:
+                    break
+                continue
+            last_seen = time.monotonic()
+            if msg.error():
+                self.errors.on_error(msg.error(), msg.topic())
+                continue
+            self.errors.ok()
+            self._print(msg, out)
+
+    def _assign(self, consumer: Consumer) -> None:
+        """Every partition of the topic, at its start or its end; waits out a broker that is
+        not reachable yet or a topic being created, up to the errors' limits."""
+        while (parts := partitions_of(consumer, [self.topic], self.errors)) is None:
+            self.errors.check()
+            time.sleep(0.5)
+        start = OFFSET_BEGINNING if self.args.from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(p.topic, p.partition, start) for p in parts])
+
+    def _print(self, msg: Message, out: TextIO) -> None:
+        key = key_text(msg.key())
+        if self.keys and key not in self.keys:
+            return
+        line = _render(msg, key, self.decode, self.args.value_only)
+        if line is None:
+            return
+        out.write(line + "\n")
+        out.flush()
+        self.printed += 1
 
 
 def _render(

@@ -15,14 +15,20 @@ from consumers.board import Board, snapshot
 PAGE = (Path(__file__).resolve().parent / "board.html").read_text()
 
 
-def make_app(get_board: Callable[[], Board], top: int = 15) -> web.Application:
-    """The page at ``/`` and its data at ``/api/board``, from whatever ``get_board`` returns."""
+def make_app(
+    get_board: Callable[[], Board],
+    top: int = 15,
+    get_waiting: Callable[[], str | None] | None = None,
+) -> web.Application:
+    """The page at ``/`` and its data at ``/api/board``, from whatever ``get_board`` returns
+    (and ``get_waiting``: what the board is waiting for, shown above an empty table)."""
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
 
     async def board(_: web.Request) -> web.Response:
-        return web.json_response(snapshot(get_board(), top))
+        waiting = get_waiting() if get_waiting is not None else None
+        return web.json_response(snapshot(get_board(), top, waiting))
 
     app = web.Application()
     app.router.add_get("/", page)
@@ -31,14 +37,18 @@ def make_app(get_board: Callable[[], Board], top: int = 15) -> web.Application:
 
 
 def serve_in_thread(
-    get_board: Callable[[], Board], port: int, host: str = "127.0.0.1", top: int = 15
+    get_board: Callable[[], Board],
+    port: int,
+    host: str = "127.0.0.1",
+    top: int = 15,
+    get_waiting: Callable[[], str | None] | None = None,
 ) -> tuple[threading.Thread, Callable[[], None]]:
     """Serve the page from a daemon thread (the board's reader keeps the main thread).
 
     Returns the thread and a function that stops the server.
     """
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(get_board, top), access_log=None)
+    runner = web.AppRunner(make_app(get_board, top, get_waiting), access_log=None)
     ready = threading.Event()
 
     def run() -> None:

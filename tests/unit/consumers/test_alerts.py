@@ -10,9 +10,16 @@ from consumers.alerts import (
     Verdict,
     alert_id,
     alert_payload,
+    chat_escape,
     classify,
+    idempotency_key,
+    liveness_budget_s,
+    post_with_retries,
     redact,
+    retry_budget_s,
     retry_delay_s,
+    scrub,
+    url_problem,
     webhook_urls,
 )
 from producers.backoff import Backoff
@@ -83,9 +90,116 @@ def test_webhook_urls_from_settings_and_flags_without_duplicates() -> None:
 
 def test_redact_keeps_only_scheme_host_and_port() -> None:
     assert (
-        redact("https://hooks.example.com/services/T0/B0/secret?x=1") == "https://hooks.example.com"
+        redact("https://hooks.example.com/services/T0/B0/secret?x=1")
+        == "https://hooks.example.com/…"
     )
-    assert redact("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080"
+    assert redact("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/…"
+
+
+def test_redact_never_raises_on_a_port_out_of_range() -> None:
+    assert redact("http://hooks.example.com:99999/T0/s3cret") == "http://hooks.example.com:99999/…"
+
+
+@pytest.mark.parametrize(
+    "url, problem",
+    [("https://hooks.example.com/T/s3cret", None), ("http://127.0.0.1:8080/x", None),
+     ("http://h:99999/s3cret", "Port out of range 0-65535"),
+     ("ftp://h/s3cret", "not an http(s) URL"),
+     ("hooks.example.com/s3cret", "not an http(s) URL"), ("http:///s3cret", "no host")],
+)  # fmt: skip
+def test_url_problem_says_why_without_the_url(url: str, problem: str | None) -> None:
+    assert url_problem(url) == problem
+
+
+def test_pulse_alerts_refuses_an_invalid_webhook_in_one_line_without_its_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from consumers import alerts
+
+    code = alerts.main(Settings(alert_webhook_urls="http://h:99999/T0/s3cret"), [])
+    err = capsys.readouterr().err
+    assert code == 2 and "s3cret" not in err and len(err.strip().splitlines()) == 1
+    assert "http://h:99999/… is invalid (Port out of range" in err
+
+
+def test_scrub_redacts_every_url_in_an_error_message() -> None:
+    url = "https://hooks.example.com/services/T0/s3cret"
+    msg = f"ClientResponseError: 500, url='{url}?a=1' (see also http://other/s3cret2)"
+    out = scrub(msg, [url])
+    assert "s3cret" not in out and "https://hooks.example.com/…" in out
+
+
+async def test_an_invalid_url_is_final_and_its_token_stays_out_of_the_error() -> None:
+    import aiohttp
+
+    async def never(_: float) -> None:
+        raise AssertionError("an invalid URL is not retried")
+
+    async with aiohttp.ClientSession() as session:
+        d = await post_with_retries(
+            session, "http://127.0.0.1:99999/T0/s3cret", alert_payload(SPIKE),
+            max_attempts=5, backoff=Backoff(0.01, 0.01), cap_s=0.01, sleep=never,
+        )  # fmt: skip
+    assert not d.ok and d.attempts == 1 and "s3cret" not in d.error
+
+
+HOSTILE = ["[/]", "\x1b[31mRED\x1b]8;;http://evil\x07", "<!channel>", "<https://x|AAPL>",
+           "[link=http://evil]AAPL[/link]", "A&B", "Z" * 5000, "\u202eLPAA",
+           "a\r\nX-Evil: 1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("symbol", HOSTILE)
+def test_a_hostile_symbol_cannot_mention_link_or_flood_in_the_alert_text(symbol: str) -> None:
+    body = alert_payload({**SPIKE, "symbol": symbol})
+    text = body["text"]
+    assert "<" not in text and ">" not in text  # no <!channel>, no <url|label>
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text)  # no ESC, no CR/LF
+    assert "\u202e" not in text
+    assert len(text) < 200
+    assert body["spike"]["symbol"] == symbol  # the record itself is data, kept as it was
+    key = idempotency_key(body["id"])
+    assert key.isascii() and key.isprintable() and len(key) <= 200
+    json.dumps(body)
+
+
+def test_chat_escape() -> None:
+    assert chat_escape("<!channel> & <https://x|AAPL>") == (
+        "&lt;!channel&gt; &amp; &lt;https://x|AAPL&gt;"
+    )
+    assert alert_payload({**SPIKE, "symbol": "<!channel>"})["text"].startswith("$&lt;!channel&gt;:")
+
+
+def test_idempotency_key_is_the_id_when_plain() -> None:
+    assert idempotency_key("GME:60000:1700000040000") == "GME:60000:1700000040000"
+    assert idempotency_key("a\r\nb:1:2").startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(), Settings(alert_max_attempts=20, alert_backoff_max_s=120, alert_timeout_s=30),
+     Settings(alert_max_attempts=1, alert_timeout_s=1, alert_backoff_max_s=0.1)],
+)  # fmt: skip
+def test_liveness_budget_covers_the_whole_retry_budget(settings: Settings) -> None:
+    # defaults: 6 attempts × 10 s + 5 waits × 30 s = 210 s for one spike
+    budget = retry_budget_s(settings)
+    attempts = settings.alert_max_attempts
+    assert budget >= attempts * settings.alert_timeout_s + (attempts - 1) * min(
+        settings.alert_backoff_max_s, 30.0
+    )
+    assert liveness_budget_s(settings) >= budget
+    if settings == Settings():
+        assert budget == 210 and liveness_budget_s(settings) > 210
+
+
+def test_a_slow_webhook_is_healthy_a_silent_loop_is_not() -> None:
+    from consumers.alerts import AlertConsumer
+
+    alerts = AlertConsumer.__new__(AlertConsumer)  # the health rule only, no clients
+    alerts.liveness_s = liveness_budget_s(Settings())
+    alerts.last_poll = 1000.0
+    # one spike to a webhook answering 429 with Retry-After: 30 six times, every wait capped
+    assert alerts.healthy(now=1000.0 + 6 * 10 + 5 * 30)
+    assert not alerts.healthy(now=1000.0 + alerts.liveness_s + 1)
 
 
 def test_webhook_urls_are_secret_in_settings_repr() -> None:

@@ -6,17 +6,24 @@ import pytest
 from rich.console import Console
 
 from consumers.board import (
+    CONNECTING,
+    OFFSETS,
+    READING,
     SENTIMENT,
     SPIKES,
+    TOPICS,
     VOLUME,
     Board,
+    Progress,
     default_window_ms,
     duration_ms,
     fold,
     is_newer,
     ratio_text,
     render,
+    snapshot,
     top_rows,
+    waiting_for,
 )
 
 M = 60_000
@@ -199,3 +206,80 @@ def test_snapshot_is_json_with_rows_spikes_and_series_of_the_shown_symbols() -> 
     assert snap["rows"][0]["spike"] == "HIGH" and snap["newest_window_ms"] == 10 * M
     assert snap["history"] == {"AAPL": [[9 * M, 10], [10 * M, 12]]}
     assert snap["spikes"][0]["severity"] == "HIGH" and snap["spikes"][0]["count"] == 40
+
+
+HOSTILE = ["[/]", "[link=http://evil]AAPL[/link]", "\x1b[2J\x1b]8;;http://evil\x07X\x1b[0m",
+           "<!channel>", "<https://x|AAPL>", "[bold red]", "Z" * 5000, "\u202eLPAA",
+           "a\r\nb"]  # fmt: skip
+
+
+def test_hostile_symbols_render_as_text_never_as_markup_or_escapes() -> None:
+    board = Board(window_ms=M)
+    for n, symbol in enumerate(HOSTILE):
+        board = fold_all(board, [(VOLUME, vol(symbol, 0, 100 - n)), (SPIKES, spike(symbol, 0))])
+    console = Console(record=True, width=250, color_system="truecolor", force_terminal=True)
+    console.print(render(board, n=20))  # a symbol "[/]" crashed here (MarkupError)
+    ansi = console.export_text(styles=True)
+    console2 = Console(record=True, width=250)
+    console2.print(render(board, n=20))
+    plain = console2.export_text()
+    assert "$[/]" in plain and "$[link=http://evil]AAPL[/link]" in plain  # shown as written
+    assert "$<!channel>" in plain and "$[bold red]" in plain
+    assert "\x1b" not in plain and "\x07" not in plain and "\u202e" not in plain
+    assert "\x1b]8;" not in ansi  # no hyperlink escape made of a symbol, no screen clear
+    assert "\x1b[2J" not in ansi
+    assert "Z" * 100 not in plain  # 5 KB cut short
+
+
+def test_the_web_snapshot_of_hostile_symbols_is_json() -> None:
+    import json
+
+    board = fold_all(Board(window_ms=M), [(VOLUME, vol(s, 0, 5)) for s in HOSTILE])
+    snap = snapshot(board, n=20, waiting=None)
+    assert {r["symbol"] for r in snap["rows"]} == set(HOSTILE)  # data; the page uses textContent
+    json.dumps(snap)
+
+
+def _progress(phase: str = READING, down: float | None = None,
+              upstream: tuple[tuple[str, str, int | None], ...] = ()) -> Progress:  # fmt: skip
+    return Progress(phase, down, "Connection refused", upstream)
+
+
+UP = (("producer", "messages"), ("worker", "mention batches"))
+
+
+@pytest.mark.parametrize(
+    "progress, key, text",
+    [
+        (_progress(CONNECTING), CONNECTING, "connecting to Kafka"),
+        (_progress(TOPICS), TOPICS, "waiting for the output topics to be created"),
+        (_progress(OFFSETS), OFFSETS, "waiting for the output topics' partition leaders"),
+        (_progress(READING, down=10.0), "broker", "Kafka unreachable, retrying"),
+        (_progress(READING, down=1.0), "window", "waiting for the first 1m window to close"),
+        (_progress(upstream=((*UP[0], 0), (*UP[1], 0))), "producer",
+         "waiting for the producer: no messages yet"),
+        (_progress(upstream=((*UP[0], 530), (*UP[1], 0))), "worker",
+         "waiting for the worker: 530 messages in, no mention batches yet"),
+        (_progress(upstream=((*UP[0], 530), (*UP[1], None))), "window",
+         "waiting for the first 1m window to close"),
+        (_progress(upstream=((*UP[0], 530), (*UP[1], 12))), "window",
+         "waiting for the first 1m window to close"),
+    ],
+)  # fmt: skip
+def test_the_board_says_what_it_is_waiting_for(progress: Progress, key: str, text: str) -> None:
+    got = waiting_for(Board(window_ms=M), progress)
+    assert got is not None and got[0] == key and got[1].startswith(text)
+
+
+def test_nothing_is_awaited_once_windows_show_unless_the_broker_is_away() -> None:
+    board = fold(Board(window_ms=M), VOLUME, vol("AAPL", 0, 5))
+    assert waiting_for(board, _progress()) is None
+    assert waiting_for(board, _progress(down=5.0)) is not None
+
+
+def test_render_shows_the_waiting_line() -> None:
+    console = Console(record=True, width=200)
+    console.print(
+        render(Board(window_ms=M), waiting="waiting for the worker: no mention batches yet (12 s)")
+    )
+    assert "⏳ waiting for the worker: no mention batches yet (12 s)" in console.export_text()
