@@ -404,8 +404,26 @@ def _parser(stream: Stream) -> argparse.ArgumentParser:
     return p
 
 
+def userinfo_error(variable: str, url: str) -> str | None:
+    """Why ``url`` cannot be used with basic auth from the settings, or None if it can.
+
+    aiohttp refuses a request with both an Authorization header and ``user:password@`` in the
+    URL; say so at start, naming the variable, instead of a traceback on the first request.
+    """
+    authority = url.partition("://")[2].split("/", 1)[0]
+    if "@" not in authority:
+        return None
+    return (
+        f"{variable} ({redact_url(url)}) holds user info; put the credentials in "
+        "PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD instead"
+    )
+
+
 def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
     args = _parser(stream).parse_args(argv)
+    if problem := userinfo_error("PULSE_FIREHOSE_URL", settings.firehose_url):
+        print(f"pulse produce: {problem}", file=sys.stderr)
+        return 2
     from schemas.admin import ensure_topics
 
     ensure_topics(settings, (*stream.topics, CHECKPOINTS, DEAD_LETTER))

@@ -24,7 +24,7 @@ import confluent_kafka as ck
 
 from producers import metrics, parse
 from producers.backoff import Backoff, retry_after_s, throttle_s
-from producers.firehose import FatalUpstreamError
+from producers.firehose import FatalUpstreamError, userinfo_error
 from producers.httpbody import ACCEPT_ENCODING, BodyTooLarge, read_body
 from producers.parse import MAX_PAYLOAD_BYTES, ParseError, Rejected
 from producers.publish import (
@@ -500,6 +500,8 @@ def chart_main(settings: Settings, argv: list[str]) -> int:
     symbols = [s.strip() for s in (args.symbols or settings.chart_symbols).split(",") if s.strip()]
     if not symbols:
         p.error("no symbols: pass --symbols or set PULSE_CHART_SYMBOLS")
+    if problem := userinfo_error("PULSE_CHART_URL", settings.chart_url):
+        p.error(problem)
 
     async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
         keys = await asyncio.to_thread(written_keys, settings, SENTIMENT_CHART)
@@ -544,7 +546,9 @@ def rest_main(settings: Settings, argv: list[str]) -> int:
     _common(p)
     args = p.parse_args(argv)
     streams = (args.streams or settings.rest_streams).split(",")
-    interval = args.min_interval or (9.0 if settings.rest_token else 18.0)
+    interval = args.min_interval  # 0 is a valid choice (a fake upstream), not "unset"
+    if interval is None:
+        interval = 9.0 if settings.rest_token else 18.0
 
     async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
         seen = SeenIds()

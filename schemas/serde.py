@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import struct
 import threading
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from confluent_kafka.schema_registry import (
 
 from schemas import avro_writer
 from schemas.topics import TopicSpec
-from settings import Settings
+from settings import Settings, redact_url
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 COMPATIBILITY = "BACKWARD"
@@ -39,6 +40,53 @@ MAGIC_BYTE = 0  # Confluent wire format v0: magic byte, 4-byte big-endian schema
 
 _COMPLEX = {"record", "enum", "fixed", "array", "map"}
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+
+
+# --- registry client logs --------------------------------------------------------------------
+#
+# The registry client talks through httpx (or its successor httpx2), which logs every request's
+# full URL at INFO, user info included: with `PULSE_SCHEMA_REGISTRY_URL=http://user:pass@…` (a
+# form the client accepts) the password would reach every log line. Its per-request lines are
+# noise at INFO anyway: those loggers start at WARNING, and whatever they still log, at any
+# level, has its URLs redacted.
+HTTP_LOGGERS = ("httpx", "httpx2")
+
+
+class RedactUrls(logging.Filter):
+    """Rewrites URL arguments (and URLs in a pre-formatted message) of a record, redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        if isinstance(record.msg, str) and "://" in record.msg:
+            record.msg = " ".join(_redact_word(w) for w in record.msg.split(" "))
+        return True
+
+
+def _redact_arg(arg: object) -> object:
+    if isinstance(arg, (int, float)) or arg is None:
+        return arg
+    text = str(arg)
+    return redact_url(text) if "://" in text or "@" in text else arg
+
+
+def _redact_word(word: str) -> str:
+    return redact_url(word) if "://" in word else word
+
+
+def quiet_http_loggers() -> None:
+    """WARNING for the registry client's HTTP loggers, and their URLs redacted (idempotent)."""
+    for name in HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, RedactUrls) for f in logger.filters):
+            logger.addFilter(RedactUrls())
+
+
+quiet_http_loggers()
 
 
 def _named_types() -> dict[str, dict[str, Any]]:
