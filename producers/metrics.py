@@ -61,7 +61,8 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
-        log.info("metrics and health on :%d (/metrics, /healthz)", self.port)
+        host = self._server.server_address[0]
+        log.info("metrics and health on %s:%d (/metrics, /healthz)", host, self.port)
         return self
 
     def stop(self) -> None:
@@ -94,12 +95,18 @@ def _handler(health: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandle
     return Handler
 
 
-def start_health_server(port: int, health: Callable[[], dict[str, Any]]) -> HealthServer | None:
-    """Start the endpoint; port 0 picks a free port, a negative port disables it."""
+def start_health_server(
+    port: int, health: Callable[[], dict[str, Any]], host: str = "0.0.0.0"
+) -> HealthServer | None:
+    """Start the endpoint; port 0 picks a free port, a negative port disables it.
+
+    :param host: ``Settings.bind_host`` (loopback unless in a container); the default is for
+        callers not yet passing it.
+    """
     if port < 0:
         return None
     try:
-        return HealthServer(port, health).start()
+        return HealthServer(port, health, host).start()
     except OSError as exc:
-        log.warning("metrics endpoint on :%d unavailable: %s", port, exc)
+        log.warning("metrics endpoint on %s:%d unavailable: %s", host, port, exc)
         return None
