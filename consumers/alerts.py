@@ -256,11 +256,12 @@ class AlertConsumer:
                 "enable.auto.commit": False,  # committed by hand, after delivery
                 "auto.offset.reset": "earliest",  # a new group alerts on what is retained
                 "error_cb": self.errors.on_error,
+                "log_level": 2,  # each connection failure is logged through error_cb, once
             }
         )
         self.producer = Producer(
             {**settings.kafka_config(), "enable.idempotence": True,
-             "error_cb": self.errors.on_error}
+             "error_cb": self.errors.on_error, "log_level": 2}
         )  # fmt: skip
         self.last_poll = time.monotonic()
         self.liveness_s = liveness_budget_s(settings)

@@ -366,6 +366,7 @@ class BoardReader:
             "group.id": f"pulse-board-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
             "error_cb": self.errors.on_error,
+            "log_level": 2,  # each connection failure is logged through error_cb, once
         }
         self._consumer = Consumer(config)
         self.phase = CONNECTING
@@ -462,7 +463,7 @@ class _UpstreamCounter:
     def _run(self) -> None:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-        consumer = Consumer({**self._config, "log_level": 2})  # the main reader logs errors
+        consumer = Consumer(self._config)
         try:
             while not self._stop.wait(2.0):
                 try:

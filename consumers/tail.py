@@ -68,6 +68,7 @@ def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
             "group.id": f"pulse-tail-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
             "error_cb": errors.on_error,
+            "log_level": 2,  # each connection failure is logged through error_cb, once
         }
     )
     tail = _Tail(args, spec.full_name(settings), Serde(settings).deserializer(spec), errors)

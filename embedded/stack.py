@@ -96,8 +96,12 @@ def format_command(java: list[str], classpath: str, cluster_id: str, props: Path
 
 
 def port_in_use(port: int) -> bool:
-    """Whether something already listens on (or holds) 127.0.0.1:``port``."""
+    """Whether something already listens on (or holds) 127.0.0.1:``port``.
+
+    SO_REUSEADDR as the JVM sets it: connections of a broker just stopped, left in
+    TIME_WAIT, do not count, a listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
