@@ -37,6 +37,15 @@ from schemas.topics import (
 )
 
 MAX_PAYLOAD_BYTES = 1 << 20  # one SSE event or one HTTP body; a bigger one is hostile or broken
+# What a symbol may be. Stocktwits tickers are short ASCII: AAPL, BRK.B, BTC.X, ES_F, NIFTY50.NSE,
+# and index/forex/futures forms with "^", "-", "=". Symbols become Kafka keys, topic-key parts
+# (`symbol|zoom|time`), URL path segments, board rows and webhook text: anything else (markup
+# such as `[/]` or `<!channel>`, ESC bytes, spaces, 5 KB strings) is not a symbol. A message
+# naming one is dead-lettered whole, like one with a missing ticker (a required field). The
+# native fast path (native/src/lib.rs, `plain_symbol`) defers on anything else, so this stays
+# the one definition.
+SYMBOL_MAX_CHARS = 24
+SYMBOL = re.compile(rf"[A-Za-z0-9^][A-Za-z0-9._^=-]{{0,{SYMBOL_MAX_CHARS - 1}}}")
 ACTIONS = ("create", "destroy")
 SENTIMENTS = ("Bullish", "Bearish")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -156,6 +165,20 @@ def _req_int(obj: Mapping[str, Any], field: str) -> int:
     raise _invalid(f"{field}: expected an integer, got {type(value).__name__}")
 
 
+def valid_symbol(value: str) -> bool:
+    """Whether ``value`` is a symbol as defined by :data:`SYMBOL`."""
+    return SYMBOL.fullmatch(value) is not None
+
+
+def _req_symbol(obj: Mapping[str, Any], field: str = "symbol") -> str:
+    value = _req_str(obj, field)
+    if SYMBOL.fullmatch(value) is None:
+        # repr and a prefix: the text reaches logs and dead-letter records, never raw
+        shown = repr(value[:40]) + ("…" if len(value) > 40 else "")
+        raise _invalid(f"{field}: not a valid symbol ({len(value)} chars): {shown}")
+    return value
+
+
 def _req_str(obj: Mapping[str, Any], field: str) -> str:
     value = obj.get(field)
     if isinstance(value, str):
@@ -240,7 +263,7 @@ def symbol_ref(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise _invalid(f"symbol entry: expected an object, got {type(obj).__name__}")
     return {
-        "symbol": _req_str(obj, "symbol"),
+        "symbol": _req_symbol(obj),
         "id": _opt_int(obj.get("id")),
         "title": _opt_str(obj.get("title")),
         "exchange": _opt_str(obj.get("exchange")),
@@ -309,7 +332,8 @@ def _prices(value: Any) -> list[dict[str, Any]]:
     return [
         {"symbol": p["symbol"], "price": _opt_str(p.get("price"))}
         for p in _opt_list(value)
-        if isinstance(p, dict) and isinstance(p.get("symbol"), str)
+        # prices are decoration: an entry without a usable symbol is left out
+        if isinstance(p, dict) and isinstance(p.get("symbol"), str) and valid_symbol(p["symbol"])
     ]
 
 
@@ -342,6 +366,7 @@ def _symbol_ref_fast(obj: Any) -> dict[str, Any]:
     stock_id, watchlist_count, score = get("id"), get("watchlist_count"), get("trending_score")
     if (
         type(symbol) is not str
+        or SYMBOL.fullmatch(symbol) is None
         or type(title) not in _STR_OR_NONE
         or type(exchange) not in _STR_OR_NONE
         or type(sector) not in _STR_OR_NONE
@@ -730,7 +755,7 @@ def _market_index(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise _invalid(f"market index: expected an object, got {type(obj).__name__}")
     return {
-        "symbol": _req_str(obj, "symbol"),
+        "symbol": _req_symbol(obj),
         "title": _opt_str(obj.get("title")),
         "exchange": _opt_str(obj.get("exchange")),
         "price": _opt_float(obj.get("price")),
@@ -763,7 +788,7 @@ def trending_page(
     def parse_row(row: Any) -> Parsed:
         if not isinstance(row, dict):
             raise _invalid(f"trending row: expected an object, got {type(row).__name__}")
-        symbol = _req_str(row, "symbol")
+        symbol = _req_symbol(row)
         record = {
             "symbol": symbol,
             "snapshot_ms": snapshot_ms,
@@ -805,6 +830,8 @@ def chart_points(
     """A sentiment-chart response ``{"data": {dateTime: point}}`` → ``SentimentChartPoint``s,
     oldest first, keyed ``symbol|zoom|time_ms``.
     """
+    if not valid_symbol(symbol):  # ours, from the config: a bug, not upstream input
+        raise ValueError(f"chart_points: not a valid symbol: {symbol[:40]!r}")
     obj = _decoded(raw)
     data = obj.get("data") if isinstance(obj, dict) else None
     if not isinstance(data, dict):

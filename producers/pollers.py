@@ -502,6 +502,8 @@ def chart_main(settings: Settings, argv: list[str]) -> int:
         p.error("no symbols: pass --symbols or set PULSE_CHART_SYMBOLS")
     if problem := userinfo_error("PULSE_CHART_URL", settings.chart_url):
         p.error(problem)
+    if bad := [s for s in symbols if not parse.valid_symbol(s)]:
+        p.error(f"not a symbol: {', '.join(repr(s[:40]) for s in bad)} (see producers/parse.py)")
 
     async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
         keys = await asyncio.to_thread(written_keys, settings, SENTIMENT_CHART)
@@ -546,6 +548,10 @@ def rest_main(settings: Settings, argv: list[str]) -> int:
     _common(p)
     args = p.parse_args(argv)
     streams = (args.streams or settings.rest_streams).split(",")
+    for spec in streams:  # `symbol:X` becomes a URL path segment
+        arg = spec.strip().partition(":")[2]
+        if arg and not parse.valid_symbol(arg):
+            p.error(f"{spec.strip()[:60]!r}: not a symbol (see producers/parse.py)")
     interval = args.min_interval  # 0 is a valid choice (a fake upstream), not "unset"
     if interval is None:
         interval = 9.0 if settings.rest_token else 18.0

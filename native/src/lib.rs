@@ -504,6 +504,16 @@ fn required<T>(v: Option<T>) -> Res<T> {
     v.ok_or(Defer)
 }
 
+/// `producers.parse.SYMBOL`: 1–24 ASCII characters, letters, digits and `._^=-`, the first a
+/// letter, a digit or `^`. Anything else defers: the Python path is the one that decides
+/// (dead letter, or a price entry left out), so the two cannot disagree on odd symbols.
+fn plain_symbol(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'^' | b'=' | b'-');
+    !b.is_empty() && b.len() <= 24 && (b[0].is_ascii_alphanumeric() || b[0] == b'^')
+        && b.iter().all(inner)
+}
+
 /// `_message_create_fast`: (message id, seq_id, framed MessageEvent) or defer.
 fn message_create(raw: &[u8], header: &[u8]) -> Res<(i64, Option<String>, Vec<u8>)> {
     if raw.len() > MAX_PAYLOAD_BYTES {
@@ -544,7 +554,11 @@ fn message_create(raw: &[u8], header: &[u8]) -> Res<(i64, Option<String>, Vec<u8
 
     let mut symbols = Vec::new();
     for s in data.symbols.iter().flatten() {
-        symbols.push((required(s.symbol.as_ref())?, s, opt_float(&s.trending_score)?));
+        let symbol = required(s.symbol.as_ref())?;
+        if !plain_symbol(&symbol.0) {
+            return Err(Defer); // Python dead-letters it, with the reason
+        }
+        symbols.push((symbol, s, opt_float(&s.trending_score)?));
     }
 
     let (mut sentiment, mut chart_url) = (None, None);
@@ -607,6 +621,9 @@ fn message_create(raw: &[u8], header: &[u8]) -> Res<(i64, Option<String>, Vec<u8
         if let DictOr::Dict(price) = price
             && let Some(Any::Str(symbol)) = &price.symbol
         {
+            if !plain_symbol(symbol) {
+                return Err(Defer); // Python leaves the entry out
+            }
             prices.push((&**symbol, opt_str(&price.price)?));
         }
     }

@@ -434,3 +434,33 @@ def test_firehose_client_publishes_the_same_records_either_way() -> None:
     (fast, *state_fast), (slow, *state_slow) = runs
     assert fast.sent == slow.sent and state_fast == state_slow
     assert fast.native >= 390 and slow.native == 0
+
+
+HOSTILE_SYMBOLS = [
+    "[/]", "[link=https://x]AAPL[/link]", "\x1b[2J", "AAPL\x1b", "<!channel>", "<https://x|AAPL>",
+    "A" * 5000, "A" * 25, "", " AAPL", "AAPL ", "ÄPL", "AA\u200bPL", "AAPL\n", ".X", "-A", "a|b",
+]  # fmt: skip
+PLAIN_SYMBOLS = ["AAPL", "BRK.B", "BTC.X", "ES_F", "NIFTY50.NSE", "^GSPC", "EURUSD=X", "A" * 24]
+
+
+@pytest.mark.parametrize("symbol", HOSTILE_SYMBOLS + PLAIN_SYMBOLS)
+def test_symbols_native_defers_on_what_python_dead_letters(symbol: str) -> None:
+    for where in ("symbols", "prices"):
+        data = copy.deepcopy(SAMPLE_MESSAGE)
+        if where == "symbols":
+            data["symbols"] = [{"id": 1, "symbol": "AAPL"}, {"id": 2, "symbol": symbol}]
+        else:
+            data["prices"] = [{"symbol": symbol, "price": "1.5"}, {"symbol": "AAPL", "price": "2"}]
+        for raw in (orjson.dumps(envelope("Message", data)),
+                    json.dumps(envelope("Message", data)).encode()):  # fmt: skip
+            taken = check(raw)
+            plain = parse.valid_symbol(symbol)
+            assert taken == plain, (where, symbol[:30])
+            if not plain and where == "symbols":
+                with pytest.raises(parse.ParseError, match="not a valid symbol") as err:
+                    parse.firehose_event(raw)
+                assert err.value.reason.value == "invalid_record"
+                assert "\x1b" not in str(err.value) and len(str(err.value)) < 200
+            if not plain and where == "prices":
+                prices = parse.firehose_event(raw).record["message"]["prices"]
+                assert prices == [{"symbol": "AAPL", "price": "2"}]
