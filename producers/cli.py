@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from settings import Settings
+from settings import PREFIX, Settings
 
 # kind -> (module, function, summary); every function is `main(settings, argv) -> int`
 KINDS: dict[str, tuple[str, str, str]] = {
@@ -17,6 +17,21 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "replay": ("producers.replay", "main", "replay captured files (JSONL, REST JSON, CSV)"),
     "synthetic": ("producers.synthetic", "main", "generate a synthetic message stream"),
 }
+
+
+# kind -> settings it cannot start without (each names a PULSE_* variable); checked before any
+# connection, so a deployment without them says what is missing at once instead of a 401 loop
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "firehose": ("firehose_username", "firehose_password"),
+    "sentiment": ("firehose_username", "firehose_password"),
+    "chart": ("firehose_username", "firehose_password"),  # the chart API takes the same login
+    "trending": ("trending_api_key",),
+}
+
+
+def missing_config(kind: str, settings: Settings) -> list[str]:
+    """The ``PULSE_*`` variables producer ``kind`` needs and ``settings`` leaves empty."""
+    return [PREFIX + name.upper() for name in REQUIRED.get(kind, ()) if not getattr(settings, name)]
 
 
 def usage() -> str:
@@ -32,6 +47,10 @@ def main(settings: Settings, argv: list[str]) -> int:
     kind, rest = argv[0], argv[1:]
     if kind not in KINDS:
         print(f"pulse produce: unknown kind {kind!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    if not {"-h", "--help"} & set(rest) and (missing := missing_config(kind, settings)):
+        print(f"pulse produce {kind}: missing configuration: {', '.join(missing)} "
+              "(see .env.example and docs/deploy.md)", file=sys.stderr)  # fmt: skip
         return 2
     module, func, _ = KINDS[kind]
     return int(getattr(importlib.import_module(module), func)(settings, rest))
