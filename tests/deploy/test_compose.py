@@ -71,6 +71,13 @@ def test_depends_on_waits_for_health_of_services_that_have_one(compose: dict[str
                 assert services[dep].get("healthcheck"), dep
 
 
+def test_published_ports_listen_on_loopback_only(compose: dict[str, Any]) -> None:
+    # the registry lets anyone delete subjects, kafka-ui is a full admin: never on 0.0.0.0
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
 def test_published_ports_are_unique(compose: dict[str, Any]) -> None:
     published = [
         str(port).split(":")[-2] if str(port).count(":") else str(port)
@@ -94,18 +101,25 @@ def test_probes_use_the_ports_the_app_opens(compose: dict[str, Any]) -> None:
             continue
         command, env = svc["command"], svc["environment"]
         test = " ".join(svc["healthcheck"]["test"])
-        if command[0] == "worker":
+        assert env["PULSE_BIND_HOST"] == "0.0.0.0", name  # the default (loopback) is for hosts
+        if command == ["worker", "--stage", "signals"]:
             port = int(env.get("PULSE_WEB_PORT", defaults.web_port))
             assert f"127.0.0.1:{port}/readyz" in test, name
+        elif command == ["worker", "--stage", "fan-out"]:
+            port = int(env.get("PULSE_FAN_OUT_PORT", defaults.fan_out_port))
+            assert f"127.0.0.1:{port}/healthz" in test, name
         else:  # producers and alerts
             port = int(env.get("PULSE_METRICS_PORT", defaults.metrics_port))
             assert f"127.0.0.1:{port}/healthz" in test, name
 
 
-def test_two_workers_share_one_consumer_group(compose: dict[str, Any]) -> None:
-    workers = [s for s in compose["services"].values() if s.get("command") == ["worker"]]
-    assert len(workers) == 2
-    assert len({w["environment"]["PULSE_APP_ID"] for w in workers}) == 1
+def test_one_fan_out_and_two_signals_workers_in_one_app(compose: dict[str, Any]) -> None:
+    services = compose["services"].values()
+    workers = [s for s in services if s.get("command") == ["worker", "--stage", "signals"]]
+    fan_out = [s for s in services if s.get("command") == ["worker", "--stage", "fan-out"]]
+    assert len(workers) == 2 and len(fan_out) == 1
+    assert not [s for s in services if s.get("command") == ["worker"]]  # both stages at once
+    assert len({w["environment"]["PULSE_APP_ID"] for w in workers + fan_out}) == 1
 
 
 def test_env_example_names_only_settings_fields_and_holds_no_values() -> None:
@@ -121,8 +135,80 @@ def test_env_example_names_only_settings_fields_and_holds_no_values() -> None:
 
 def test_worker_state_is_on_a_writable_mount(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
-        if svc.get("command") == ["worker"]:
+        if svc.get("command") == ["worker", "--stage", "signals"]:
             assert svc["read_only"] is True
             state_dir = svc["environment"]["PULSE_STATE_DIR"]
             mounts = [m.split(":")[0] for m in svc["tmpfs"]]
             assert any(state_dir.startswith(m + "/") for m in mounts), name
+
+
+def env_example() -> dict[str, str]:
+    """The variables ``.env.example`` sets (commented-out lines set nothing)."""
+    out = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        m = re.fullmatch(r"(PULSE_[A-Z0-9_]+)=(.*)", line.strip())
+        if m:
+            out[m.group(1)] = m.group(2).split("#")[0].strip()
+    return out
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${NAME}`` / ``${NAME:-default}``, from ``env`` (what .env would hold)."""
+
+    def one(m: re.Match[str]) -> str:
+        return env.get(m.group(1)) or (m.group(2) or "")
+
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", one, value)
+
+
+def documented_required(name: str) -> bool:
+    """``.env.example`` marks ``name`` as required in the comments of its paragraph."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{name}="))
+    block = []
+    for line in reversed(lines[:at]):
+        if not line.strip():
+            break
+        block.append(line)
+    return any(line.startswith("#") and "required" in line for line in block)
+
+
+def test_every_profiles_required_variables_are_set_or_documented_with_a_start_up_error(
+    compose: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What each service needs (the producers' own table) is set in .env.example, or marked
+    required there, and then the service says which variable is missing and exits 2."""
+    from producers import cli as produce
+
+    example = env_example()
+    checked = 0
+    for name, svc in compose["services"].items():
+        command = svc.get("command") or []
+        if command[:1] != ["produce"]:
+            continue
+        own = {k: interpolate(str(v), example) for k, v in svc.get("environment", {}).items()}
+        # `environment:` wins over `env_file:`; without env_file the service never reads .env
+        env = {**example, **own} if svc.get("env_file") else own
+        settings = Settings.from_env(env)
+        missing = produce.missing_config(command[1], settings)
+        for var in missing:
+            assert documented_required(var), f"{name}: {var} is neither set nor documented"
+            assert "env_file" in svc, f"{name} cannot get {var}: it reads no .env"
+        if missing:  # the start-up error names every missing variable, before any connection
+            assert produce.main(settings, command[1:]) == 2
+            err = capsys.readouterr().err
+            assert all(var in err for var in missing), err
+            checked += 1
+        if command[1] == "chart":
+            assert settings.chart_symbols, f"{name}: PULSE_CHART_SYMBOLS is empty"
+    assert checked >= 3  # firehose, sentiment, trending, chart with the example as shipped
+    assert documented_required("PULSE_ALERT_WEBHOOK_URLS")  # consumers/alerts.py exits 2
+
+
+def test_upstream_services_stop_retrying_a_missing_credential(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        command = svc.get("command") or []
+        from producers.cli import REQUIRED
+
+        if command[:1] == ["alerts"] or (command[:1] == ["produce"] and command[1] in REQUIRED):
+            assert svc["restart"].startswith("on-failure:"), name

@@ -1,9 +1,14 @@
-"""k8s/, checked offline: render the overlays, validate every object against the Kubernetes
-schemas (kubernetes-validate), and check probes, ports, env names and security settings."""
+"""k8s/, checked offline: every overlay rendered by the real `kubectl kustomize`, every object
+validated against the Kubernetes schemas (kubernetes-validate), and the properties a first
+deployment depends on: no Secret values anywhere, one image per environment (the topics Job
+included), no `replicas` where an autoscaler owns the count, nothing deployed that lacks its
+required configuration, each workload only its own secret keys, probes on the ports and paths
+the code serves."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 import subprocess
 from dataclasses import fields
@@ -14,31 +19,53 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from producers.cli import REQUIRED
 from schemas import topics
 from settings import PREFIX, Settings
-from tests.deploy.kustomize import KustomizeError, build
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ["dev", "prod"]
+RENDERS = OVERLAYS + [f"{o}/topics" for o in OVERLAYS]
 K8S_VERSION = "1.31.0"  # the oldest Kubernetes we claim to run on
 FIELDS = {PREFIX + f.name.upper() for f in fields(Settings)}
-WORKLOADS = {"Deployment", "StatefulSet"}
+SECRET_FIELDS = {PREFIX + f.name.upper() for f in fields(Settings) if f.metadata["secret"]}
+# what every workload may read from the Secret to reach a secured Kafka and registry
+KAFKA_KEYS = {"PULSE_SASL_USERNAME", "PULSE_SASL_PASSWORD", "PULSE_SCHEMA_REGISTRY_AUTH"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job"}
+AUTOSCALERS = {"ScaledObject", "HorizontalPodAutoscaler"}
 Obj = dict[str, Any]
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+@functools.cache
+def kustomize(path: str) -> tuple[Obj, ...]:
+    """``kubectl kustomize k8s/overlays/<path>``, parsed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed to render k8s/ (it bundles kustomize): install kubectl")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / path)],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+@pytest.fixture(params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> list[Obj]:
-    return build(K8S / "overlays" / request.param)
+    return copy.deepcopy(list(kustomize(request.param)))
 
 
 def by_kind(objs: list[Obj], kind: str) -> list[Obj]:
     return [o for o in objs if o["kind"] == kind]
 
 
+def named(objs: list[Obj], kind: str, name: str) -> Obj:
+    [obj] = [o for o in by_kind(objs, kind) if o["metadata"]["name"] == name]
+    return obj
+
+
 def config(objs: list[Obj]) -> dict[str, str]:
-    [cm] = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"] == "pulse-config"]
-    return cm["data"]
+    return named(objs, "ConfigMap", "pulse-config")["data"]
 
 
 def effective(objs: list[Obj], name: str) -> str:
@@ -46,70 +73,190 @@ def effective(objs: list[Obj], name: str) -> str:
     return config(objs).get(PREFIX + name.upper(), str(getattr(Settings(), name)))
 
 
+def pod(workload: Obj) -> Obj:
+    return workload["spec"]["template"]["spec"]
+
+
 def containers(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
-    workloads = [w for w in objs if w["kind"] in WORKLOADS]
-    return [(w, c) for w in workloads for c in w["spec"]["template"]["spec"]["containers"]]
+    return [
+        (w, c)
+        for w in objs
+        if w["kind"] in WORKLOADS
+        for c in pod(w).get("initContainers", []) + pod(w)["containers"]
+    ]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
-    theirs = [d for d in yaml.safe_load_all(out) if d]
-    key = lambda o: (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])  # noqa: E731
-    mine = build(K8S / "overlays" / overlay)
-    assert {key(o): o for o in mine} == {key(o): o for o in theirs}
+def secret_refs(container: Obj) -> dict[str, Obj]:
+    """env name → its secretKeyRef."""
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
 
 
-def test_the_renderer_refuses_what_it_does_not_know(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
-    with pytest.raises(KustomizeError, match="commonLabels"):
-        build(tmp_path)
+def required_settings(container: Obj) -> set[str]:
+    """The PULSE_* variables the command cannot start without (from the code's own table)."""
+    args = container["args"]
+    if args[0] == "produce":
+        needed = {PREFIX + n.upper() for n in REQUIRED.get(args[1], ())}
+        if args[1] == "chart" and "--symbols" not in args:
+            needed.add("PULSE_CHART_SYMBOLS")  # chart_main refuses to start without symbols
+        return needed
+    if args[0] == "alerts":
+        return {"PULSE_ALERT_WEBHOOK_URLS"}  # consumers/alerts.py: exit 2 without one
+    return set()
 
 
-def test_every_object_is_valid_kubernetes(rendered: list[Obj]) -> None:
+# --- the render itself --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", RENDERS)
+def test_every_object_is_valid_kubernetes(path: str) -> None:
     optional = [
         d for p in (K8S / "optional").glob("*.yaml") for d in yaml.safe_load_all(p.read_text())
     ]
     checked = 0
-    for obj in rendered + optional:
+    for obj in list(kustomize(path)) + optional:
         if obj["apiVersion"].startswith("keda.sh/"):
-            continue  # a CRD: checked by test_keda_scales_workers_within_the_partitions
+            continue  # a CRD: checked by test_keda_scales_each_stage_within_its_partitions
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         checked += 1
-    assert checked >= 12
+    assert checked >= (1 if path.endswith("topics") else 10)
 
 
 def test_validation_catches_a_misspelt_field(rendered: list[Obj]) -> None:
     worker = copy.deepcopy(by_kind(rendered, "StatefulSet")[0])
-    worker["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    pod(worker)["containers"][0]["livenesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(worker, K8S_VERSION, strict=True)
 
 
-def test_probes_point_at_the_ports_and_paths_the_app_serves(rendered: list[Obj]) -> None:
-    web_port, metrics_port = (
-        int(effective(rendered, "web_port")),
-        int(effective(rendered, "metrics_port")),
-    )
+# --- deployment defect 2: no Secret values, each workload its own keys -------------------
+
+
+@pytest.mark.parametrize("path", RENDERS)
+def test_no_render_holds_a_secret_or_a_secret_value(path: str) -> None:
+    objs = list(kustomize(path))
+    # a rendered Secret, even with empty values, would be merged over the real one on apply
+    assert by_kind(objs, "Secret") == []
+    for cm in by_kind(objs, "ConfigMap"):
+        assert not set(cm["data"]) & SECRET_FIELDS, cm["metadata"]["name"]
+    for workload, c in containers(objs):
+        for e in c.get("env", []):
+            if e["name"] in SECRET_FIELDS | KAFKA_KEYS:
+                assert "value" not in e, (workload["metadata"]["name"], e["name"])
+        assert not any("secretRef" in r for r in c.get("envFrom", [])), "envFrom a whole Secret"
+
+
+def test_each_workload_reads_only_its_own_secret_keys(rendered: list[Obj]) -> None:
     for workload, c in containers(rendered):
-        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        if c["args"][0] == "worker":
+        refs = secret_refs(c)
+        assert all(r["name"] == "pulse-secrets" and r["key"] == n for n, r in refs.items())
+        own = {n for n in required_settings(c) if n in SECRET_FIELDS or "FIREHOSE" in n}
+        assert set(refs) - KAFKA_KEYS == own, workload["metadata"]["name"]
+        for key in KAFKA_KEYS:  # PLAINTEXT clusters (dev) have none of these: optional
+            assert refs[key].get("optional") is True, (workload["metadata"]["name"], key)
+
+
+# --- deployment defect 3: one image per environment -------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_image_in_every_object_including_the_topics_job(overlay: str) -> None:
+    images = {
+        (w["kind"], w["metadata"]["name"]): c["image"]
+        for path in (overlay, f"{overlay}/topics")
+        for w, c in containers(list(kustomize(path)))
+    }
+    assert ("Job", "topics") in images and len(images) >= 3
+    assert len(set(images.values())) == 1, images
+    [image] = set(images.values())
+    name, _, tag = image.rpartition(":") if "@" not in image else (image, "", "digest")
+    assert name.endswith("stocktwits-pulse") and tag and tag != "latest", image
+
+
+def test_docs_and_compose_build_the_dev_image() -> None:
+    [image] = {c["image"] for _, c in containers(list(kustomize("dev")))}
+    assert f"docker build -t {image} ." in (ROOT / "docs" / "deploy.md").read_text()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["x-pulse-app"]["image"] == image.replace(":dev", ":${IMAGE_TAG:-dev}")
+
+
+# --- deployment defect 4: nothing deployed that lacks its configuration -----------------
+
+
+def test_nothing_deployed_lacks_its_required_configuration(rendered: list[Obj]) -> None:
+    """A required setting comes from the ConfigMap (non-empty) or a non-optional key of the
+    Secret: without that key the pod waits, naming it, instead of starting and exiting 2."""
+    cm = config(rendered)
+    for workload, c in containers(rendered):
+        refs = secret_refs(c)
+        for var in required_settings(c):
+            from_config = bool(cm.get(var))
+            from_secret = var in refs and refs[var].get("optional") is not True
+            assert from_config or from_secret, (workload["metadata"]["name"], var)
+
+
+def test_dev_needs_no_credential_at_all() -> None:
+    dev = list(kustomize("dev"))
+    for workload, c in containers(dev):
+        assert not required_settings(c), workload["metadata"]["name"]
+        assert all(r.get("optional") is True for r in secret_refs(c).values())
+
+
+# --- deployment defect 5: autoscalers own the replica count ------------------------------
+
+
+def autoscaled_targets(objs: list[Obj]) -> list[Obj]:
+    targets = []
+    for scaler in (o for o in objs if o["kind"] in AUTOSCALERS):
+        ref = scaler["spec"]["scaleTargetRef"]
+        targets.append(named(objs, ref["kind"], ref["name"]))
+    return targets
+
+
+def test_no_replicas_on_autoscaled_workloads(rendered: list[Obj]) -> None:
+    hpa = [d for d in yaml.safe_load_all((K8S / "optional" / "worker-hpa.yaml").read_text())]
+    for target in autoscaled_targets(rendered + hpa):
+        assert "replicas" not in target["spec"], target["metadata"]["name"]
+    # the stages are autoscaled in prod, so the shared base must not set a count either
+    for kind, name in (("StatefulSet", "worker"), ("Deployment", "fan-out")):
+        assert "replicas" not in named(rendered, kind, name)["spec"]
+
+
+def test_prod_autoscales_both_processing_stages() -> None:
+    names = {t["metadata"]["name"] for t in autoscaled_targets(list(kustomize("prod")))}
+    assert names == {"worker", "fan-out"}
+
+
+# --- probes, ports, settings ---------------------------------------------------------------
+
+
+def test_probes_point_at_the_ports_and_paths_the_app_serves(rendered: list[Obj]) -> None:
+    ports = {
+        "signals": ("web", int(effective(rendered, "web_port"))),
+        "fan-out": ("fan-out", int(effective(rendered, "fan_out_port"))),
+        "other": ("metrics", int(effective(rendered, "metrics_port"))),
+    }
+    for workload, c in containers(rendered):
+        if workload["kind"] == "Job":
+            continue
+        args = c["args"]
+        stage = args[2] if args[:2] == ["worker", "--stage"] else "other"
+        assert args[0] != "worker" or stage in ("signals", "fan-out"), args  # never both at once
+        name, port = ports[stage]
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {name: port}
+        expected = {"readinessProbe": "/healthz", "livenessProbe": "/healthz"}
+        if stage == "signals":
             expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz",
                         "startupProbe": "/healthz"}  # fmt: skip
-            assert ports == {"web": web_port}
-        else:  # producers and alerts: producers.metrics / consumers.alerts health servers
-            expected = {"readinessProbe": "/healthz", "livenessProbe": "/healthz"}
-            assert ports == {"metrics": metrics_port}, workload["metadata"]["name"]
         for probe, path in expected.items():
-            get = c[probe]["httpGet"]
-            assert get["path"] == path and get["port"] in ports, (
-                workload["metadata"]["name"],
-                probe,
-            )
+            assert c[probe]["httpGet"] == {"path": path, "port": name}, (
+                workload["metadata"]["name"], probe,
+            )  # fmt: skip
+    # probes come from the kubelet, outside the container: the servers must not bind loopback
+    assert effective(rendered, "bind_host") == "0.0.0.0"
 
 
 @pytest.mark.parametrize(
@@ -117,51 +264,43 @@ def test_probes_point_at_the_ports_and_paths_the_app_serves(rendered: list[Obj])
     [
         ("producers/metrics.py", ["/healthz", "/metrics"]),
         ("consumers/alerts.py", ["/healthz", "/metrics"]),
-        ("processors", ["/healthz", "/readyz", "/metrics"]),
+        ("processors/agents.py", ["/healthz", "/readyz"]),
+        ("processors/fanout.py", ["/healthz", "/metrics"]),
     ],
 )
 def test_the_probed_paths_exist_in_the_code(source: str, paths: list[str]) -> None:
-    path = ROOT / source
-    if source == "processors" and not (path / "app.py").exists():
-        pytest.skip("processors/app.py (the Faust app and its web views) has not landed yet")
-    text = "".join(
-        p.read_text() for p in ([path] if path.is_file() else sorted(path.rglob("*.py")))
-    )
+    text = (ROOT / source).read_text()
     for p in paths:
         assert f'"{p}"' in text, f"{source} serves no {p}"
 
 
 def test_env_names_are_settings_fields(rendered: list[Obj]) -> None:
     names = set(config(rendered))
-    for secret in by_kind(rendered, "Secret"):
-        names |= set(secret.get("stringData", {})) | set(secret.get("data", {}))
     for _, c in containers(rendered):
         names |= {e["name"] for e in c.get("env", [])}
+        refs = {r.get("configMapRef", {}).get("name") for r in c["envFrom"]}
+        assert refs == {"pulse-config"}
     assert names and names <= FIELDS, sorted(names - FIELDS)
-    for _, c in containers(rendered):
-        refs = {r.get("configMapRef", r.get("secretRef", {})).get("name") for r in c["envFrom"]}
-        assert refs == {"pulse-config", "pulse-secrets"}
 
 
-def test_the_secret_is_a_template_without_values(rendered: list[Obj]) -> None:
-    [secret] = by_kind(rendered, "Secret")
-    assert secret["stringData"] and all(v == "" for v in secret["stringData"].values())
-    assert "data" not in secret
+def test_prod_talks_tls_to_kafka_and_the_registry() -> None:
+    prod = list(kustomize("prod"))
+    assert effective(prod, "security_protocol") == "SASL_SSL"
+    assert effective(prod, "schema_registry_url").startswith("https://")
 
 
 def test_every_pod_runs_restricted(rendered: list[Obj]) -> None:
     for w in (o for o in rendered if o["kind"] in WORKLOADS):
-        pod = w["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["automountServiceAccountToken"] is False
-        for c in pod["containers"]:
+        spec = pod(w)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
             assert sc["capabilities"] == {"drop": ["ALL"]}
             assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
-            mounts = {m["mountPath"] for m in c["volumeMounts"]}
-            assert "/tmp" in mounts  # read-only root: somewhere to write
+            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}  # read-only root
 
 
 def test_producers_run_one_connection_each(rendered: list[Obj]) -> None:
@@ -171,15 +310,16 @@ def test_producers_run_one_connection_each(rendered: list[Obj]) -> None:
     assert producers
     for d in producers:
         assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"]["type"] == "Recreate"
-        assert d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "produce"
+        assert pod(d)["containers"][0]["args"][0] == "produce"
 
 
-def test_workers_are_a_spread_statefulset_with_a_disruption_budget(rendered: list[Obj]) -> None:
-    [sts] = by_kind(rendered, "StatefulSet")
+def test_signals_workers_are_a_spread_statefulset_with_a_disruption_budget(
+    rendered: list[Obj],
+) -> None:
+    sts = named(rendered, "StatefulSet", "worker")
     labels = sts["spec"]["template"]["metadata"]["labels"]
-    assert sts["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker"]
-    assert sts["spec"]["replicas"] <= int(effective(rendered, "symbol_partitions"))
-    spread = sts["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert pod(sts)["containers"][0]["args"] == ["worker", "--stage", "signals"]
+    spread = pod(sts)["topologySpreadConstraints"]
     assert {s["topologyKey"] for s in spread} == {
         "kubernetes.io/hostname",
         "topology.kubernetes.io/zone",
@@ -188,15 +328,19 @@ def test_workers_are_a_spread_statefulset_with_a_disruption_budget(rendered: lis
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     services = {s["metadata"]["name"]: s for s in by_kind(rendered, "Service")}
     assert services[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
-    mounts = {
-        m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    }
+    mounts = {m["mountPath"] for m in pod(sts)["containers"][0]["volumeMounts"]}
     state_dir = effective(rendered, "state_dir")
     assert any(state_dir.startswith(m + "/") for m in mounts), f"{state_dir} is on no volume"
     rocksdb = effective(rendered, "store") == "rocksdb"
-    volumes = {v["name"] for v in sts["spec"]["template"]["spec"].get("volumes", [])}
+    volumes = {v["name"] for v in pod(sts).get("volumes", [])}
     claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
     assert ("data" in claims) == rocksdb and ("data" in volumes) != rocksdb  # PVC with RocksDB
+
+
+def test_the_fan_out_is_a_stateless_deployment(rendered: list[Obj]) -> None:
+    fan = named(rendered, "Deployment", "fan-out")
+    assert pod(fan)["containers"][0]["args"] == ["worker", "--stage", "fan-out"]
+    assert "volumeClaimTemplates" not in fan["spec"]
 
 
 def test_services_select_pods_and_ports_that_exist(rendered: list[Obj]) -> None:
@@ -207,55 +351,48 @@ def test_services_select_pods_and_ports_that_exist(rendered: list[Obj]) -> None:
         assert pods, svc["metadata"]["name"]
         for port in svc["spec"]["ports"]:
             for w in pods:
-                names = {
-                    p["name"]
-                    for c in w["spec"]["template"]["spec"]["containers"]
-                    for p in c["ports"]
-                }
+                names = {p["name"] for c in pod(w)["containers"] for p in c["ports"]}
                 assert port["targetPort"] in names, (svc["metadata"]["name"], w["metadata"]["name"])
 
 
 def test_network_policy_admits_only_the_app_ports(rendered: list[Obj]) -> None:
     [policy] = by_kind(rendered, "NetworkPolicy")
-    assert policy["spec"]["podSelector"] == {} and set(policy["spec"]["policyTypes"]) == {
-        "Ingress",
-        "Egress",
-    }
+    assert policy["spec"]["podSelector"] == {}
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert allowed == {
         int(effective(rendered, "web_port")),
+        int(effective(rendered, "fan_out_port")),
         int(effective(rendered, "metrics_port")),
     }
 
 
-def test_keda_scales_workers_within_the_partitions(rendered: list[Obj]) -> None:
-    scaled = by_kind(rendered, "ScaledObject")
-    if not scaled:
-        pytest.skip("this overlay does not autoscale")
-    [so] = scaled
-    target = so["spec"]["scaleTargetRef"]
-    assert any(
-        o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"] for o in rendered
-    )
-    partitions = int(effective(rendered, "symbol_partitions"))
-    assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= partitions
-    [trigger] = so["spec"]["triggers"]
-    meta = trigger["metadata"]
-    assert trigger["type"] == "kafka"
-    assert meta["consumerGroup"] == effective(rendered, "app_id")
-    assert meta["topic"] == effective(rendered, "topic_prefix") + topics.MENTIONS.name
-    assert meta["bootstrapServers"] == effective(rendered, "bootstrap_servers")
-    assert int(meta["lagThreshold"]) > 0
-    auth = {o["metadata"]["name"]: o for o in by_kind(rendered, "TriggerAuthentication")}
-    [secret] = by_kind(rendered, "Secret")
-    for ref in auth[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+def test_keda_scales_each_stage_within_its_partitions() -> None:
+    prod = list(kustomize("prod"))
+    app_id, prefix = effective(prod, "app_id"), effective(prod, "topic_prefix")
+    expected = {  # target → (consumer group, topic, partitions its group reads)
+        "worker": (app_id, topics.MENTION_BATCHES.name, "symbol_partitions"),
+        "fan-out": (f"{app_id}-fan-out", topics.MESSAGES.name, "raw_partitions"),
+    }
+    auth = {o["metadata"]["name"]: o for o in by_kind(prod, "TriggerAuthentication")}
+    for so in by_kind(prod, "ScaledObject"):
+        group, topic, partitions = expected[so["spec"]["scaleTargetRef"]["name"]]
+        limit = int(effective(prod, partitions))
+        assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= limit
+        [trigger] = so["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert trigger["type"] == "kafka" and int(meta["lagThreshold"]) > 0
+        assert (meta["consumerGroup"], meta["topic"]) == (group, prefix + topic)
+        assert meta["bootstrapServers"] == effective(prod, "bootstrap_servers")
+        for ref in auth[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:
+            assert ref["name"] == "pulse-secrets" and ref["key"] in KAFKA_KEYS
 
 
 def test_the_hpa_alternative_respects_the_partitions_too() -> None:
     [hpa] = yaml.safe_load_all((K8S / "optional" / "worker-hpa.yaml").read_text())
-    prod = build(K8S / "overlays" / "prod")
+    prod = list(kustomize("prod"))
     assert hpa["spec"]["maxReplicas"] <= int(effective(prod, "symbol_partitions"))
-    assert (
-        hpa["spec"]["scaleTargetRef"]["name"] == by_kind(prod, "StatefulSet")[0]["metadata"]["name"]
-    )
+    [sts] = by_kind(prod, "StatefulSet")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == sts["metadata"]["name"]
+    selector = hpa["spec"]["metrics"][0]["external"]["metric"]["selector"]["matchLabels"]
+    assert selector["topic"] == topics.MENTION_BATCHES.name
