@@ -107,7 +107,7 @@ class Settings:
         "closed one (multiples of `surge_window`)."
     )
     surge_p: float = _setting(
-        1e-6, "Surge threshold: negative-binomial p-value (Bonferroni over the spans)."
+        1e-5, "Surge threshold: negative-binomial p-value (Bonferroni over the spans)."
     )
     surge_min_count: int = _setting(
         12, "A surge needs at least this much scored volume over its span."

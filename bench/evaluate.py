@@ -178,12 +178,15 @@ def print_report(data: dict[str, list[Msg]], rule: DetectorRule, list_alerts: bo
 # --- sweep -------------------------------------------------------------------------------
 
 def _score(
-    data: dict[str, list[Msg]], rule: DetectorRule, windows: dict[str, list[Window]]
+    data: dict[str, list[Msg]], rule: DetectorRule, windows: dict[str, list[Window]],
+    kind: Kind,
 ) -> tuple[float, float, int]:
-    """(mean alert-days/week over symbols, the worst symbol's, labelled events found)."""
+    """(mean alert-days/week over symbols, the worst symbol's, labelled events found) of
+    one detector's alerts."""
     rates, found = [], 0
     for symbol, msgs in data.items():
-        s = summarise(symbol, msgs, run(windows[symbol], rule))
+        alerts = [(end, v) for end, v in run(windows[symbol], rule) if v.kind is kind]
+        s = summarise(symbol, msgs, alerts)
         rates.append(s.alert_days_per_week)
         found += sum(1 for k in s.found.values() if k)
     return sum(rates) / len(rates), max(rates), found
@@ -191,24 +194,25 @@ def _score(
 
 def sweep(data: dict[str, list[Msg]], base: DetectorRule) -> None:
     """Each detector alone over its main parameters, for both scored volumes."""
-    no_surge = dataclasses.replace(base, surge_size_ms=None)
+    # the burst detector reads the surge detector's hour-of-day profile: keep both running
     no_burst = dataclasses.replace(base, burst_sizes_ms=())
-    burst_w = {s: tally(m, base.burst_sizes_ms) for s, m in data.items()}
-    surge_w = {s: tally(m, [base.surge_size_ms or 3_600_000]) for s, m in data.items()}
-    print("BURST alone (5-min windows): alert-days/week mean / worst symbol, events found /3")
+    sizes = [*base.burst_sizes_ms, base.surge_size_ms or 3_600_000]
+    burst_w = {s: tally(m, sizes) for s, m in data.items()}
+    surge_w = {s: tally(m, sizes[-1:]) for s, m in data.items()}
+    print("BURST alerts (5-min windows): alert-days/week mean / worst symbol, events found /3")
     print("| scored | min_count | z=3 | z=4 | z=5 | z=6 |\n|---|---|---|---|---|---|")
     for scored in Scored:
         for min_count in (5, 8, 10, 15):
             cells = []
             for z in (3.0, 4.0, 5.0, 6.0):
                 rule = dataclasses.replace(
-                    no_surge, scored=scored,
+                    base, scored=scored,
                     burst=dataclasses.replace(base.burst, z=z, min_count=min_count),
                 )
-                mean, worst, found = _score(data, rule, burst_w)
+                mean, worst, found = _score(data, rule, burst_w, Kind.BURST)
                 cells.append(f"{mean:.2f} / {worst:.2f} / {found}")
             print(f"| {scored.value.lower()} | {min_count} | " + " | ".join(cells) + " |")
-    print("\nSURGE alone (1-h windows): alert-days/week mean / worst symbol, events found /3")
+    print("\nSURGE alerts (1-h windows): alert-days/week mean / worst symbol, events found /3")
     ps = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
     print("| scored | min_count | min_ratio | " + " | ".join(f"p={p:.0e}" for p in ps) + " |")
     print("|---|---|---|" + "---|" * len(ps))
@@ -223,7 +227,7 @@ def sweep(data: dict[str, list[Msg]], base: DetectorRule) -> None:
                             base.surge, p=p, min_count=min_count, min_ratio=min_ratio
                         ),
                     )
-                    mean, worst, found = _score(data, rule, surge_w)
+                    mean, worst, found = _score(data, rule, surge_w, Kind.SURGE)
                     cells.append(f"{mean:.2f} / {worst:.2f} / {found}")
                 print(f"| {scored.value.lower()} | {min_count} | {min_ratio} | "
                       + " | ".join(cells) + " |")

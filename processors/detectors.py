@@ -171,7 +171,9 @@ def _burst(
     baseline = state.bursts.setdefault(size_ms, spikes.Baseline())
     if baseline.last_start_ms is not None and start_ms <= baseline.last_start_ms:
         return None  # a repeat: the baseline has already seen it
-    v = spikes.observe(baseline, start_ms, size_ms, value, rule.burst)
+    v = spikes.observe(
+        baseline, start_ms, size_ms, value, rule.burst, _profile(state, start_ms, size_ms, rule)
+    )
     if not v.fired:
         return None
     return Verdict(
@@ -179,6 +181,16 @@ def _burst(
         score=v.score, ratio=v.ratio, severity=v.severity, scored=rule.scored,
         span_ms=size_ms, message_count=count, users=users,
     )
+
+
+def _profile(state: DetectorState, start_ms: int, size_ms: int, rule: DetectorRule) -> float | None:
+    """This time of day's usual volume for a window of ``size_ms`` (surge profile), if warm."""
+    surge, size = state.surge, rule.surge_size_ms
+    if size is None or not surge.today or surge.days_seen < rule.surge.warmup_days:
+        return None
+    day = start_ms - start_ms % surges.DAY_MS
+    mu = surges.expected(surge, day, (start_ms - day) // size, rule.surge)
+    return None if mu is None else mu * size_ms / size
 
 
 def _surge(

@@ -118,8 +118,15 @@ def severity(z: float, rule: SpikeRule) -> Severity:
     return Severity.LOW
 
 
-def observe(b: Baseline, start_ms: int, size_ms: int, count: int, rule: SpikeRule) -> Verdict:
+def observe(
+    b: Baseline, start_ms: int, size_ms: int, count: int, rule: SpikeRule,
+    profile_count: float | None = None,
+) -> Verdict:
     """Score one closed window of a symbol, then update the baseline in place.
+
+    :param profile_count: what this time of day usually has (from the surge detector's
+        hour-of-day profile); the window is scored against the larger of it and the EWMA,
+        so the EWMA lagging a daily ramp (the market open) is not a burst.
 
     A spike needs a warm baseline, ``count ≥ min_count`` and ``z ≥ rule.z``; it fires only
     if no elevated window was seen in the last ``cooldown_windows`` windows, so one burst
@@ -132,8 +139,10 @@ def observe(b: Baseline, start_ms: int, size_ms: int, count: int, rule: SpikeRul
             _learn(b, 0, rule.alpha)
             b.elevated_run = 0
     sd = math.sqrt(max(b.var_sqrt, VAR_FLOOR))
-    z = (math.sqrt(count) - b.mean_sqrt) / sd if b.n else 0.0
-    expected = max(b.mean_count, 1e-9)
+    centre, expected = b.mean_sqrt, max(b.mean_count, 1e-9)
+    if profile_count is not None and math.sqrt(profile_count) > centre:
+        centre, expected = math.sqrt(profile_count), max(profile_count, 1e-9)
+    z = (math.sqrt(count) - centre) / sd if b.n else 0.0
     elevated = b.n >= rule.warmup_windows and count >= rule.min_count and z >= rule.z
     fired = False
     if elevated:

@@ -51,7 +51,7 @@ _NORMAL = NormalDist()
 class SurgeRule:
     """Surge thresholds and learning rates (from Settings; defaults in docs/signals.md)."""
 
-    p: float = 1e-6  # Bonferroni-adjusted p-value an elevated slot needs
+    p: float = 1e-5  # Bonferroni-adjusted p-value an elevated slot needs
     min_count: int = 12  # scored volume over the span
     min_ratio: float = 2.0  # X / M over the span
     spans: tuple[int, ...] = (1, 3, 6)  # slots summed (ending at the closed slot)
