@@ -19,11 +19,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
+from rich.text import Text
 
 from settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.board import Board
+    from embedded.stack import Endpoints, LocalStack
 
 STOP_TIMEOUT_S = {"producer": 15.0, "worker": 30.0}  # then SIGKILL
 
@@ -185,11 +190,10 @@ def main(settings: Settings, argv: list[str]) -> int:
             stack = LocalStack.from_settings(settings, name=args.instance)
             # decided before up(): a start that fails half-way must not leave a JVM behind
             stop_stack = not args.keep_stack and not any(stack.running().values())
-            console.print(f"starting embedded Kafka + registry (instance {args.instance})…")
             try:
-                endpoints = stack.up()
+                endpoints = _start_stack(stack, console, args.instance)
             except StackError as exc:
-                console.print(f"[red]pulse demo: {exc}[/]")
+                console.print(Text(f"pulse demo: {exc}", style="red"))
                 return 1
             settings = settings.replace(
                 bootstrap_servers=endpoints.bootstrap_servers,
@@ -212,14 +216,24 @@ def main(settings: Settings, argv: list[str]) -> int:
         watcher = threading.Thread(target=_watch, args=(children, stop, args.duration), daemon=True)
         watcher.start()
         from consumers.board import default_window_ms, duration_ms, run
+        from consumers.kafka_errors import ReaderFailed
 
         window = duration_ms(args.window) if args.window else default_window_ms(settings.windows)
         # until Ctrl-C or stop
-        run(settings, window_ms=window, stop=stop, console=console, web_port=args.web)
+        try:
+            board = run(settings, window_ms=window, stop=stop, console=console,
+                        web_port=args.web)  # fmt: skip
+        except ReaderFailed as exc:
+            console.print(Text(f"pulse demo: {exc}", style="red"))
+            return 1
+        if not console.is_terminal:
+            console.line()  # the board's last frame, printed as text, ends mid-line
+        console.print(summary(board))
         failed = [c for c in children if c.proc.poll() not in (None, 0)]
         for c in failed:
-            console.print(f"[red]{c.name} exited with {c.proc.returncode}[/]; last lines of "
-                          f"{c.log_path}:\n{c.tail()}")  # fmt: skip
+            # log lines are text: "[…]" in them must not be read as markup
+            console.print(Text(f"{c.name} exited with {c.proc.returncode}", style="red"),
+                          Text(f"; last lines of {c.log_path}:\n{c.tail()}"))  # fmt: skip
         code = 1 if failed else 0
     except KeyboardInterrupt:
         pass
@@ -240,6 +254,40 @@ def main(settings: Settings, argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
     return code
+
+
+def _start_stack(stack: LocalStack, console: Console, instance: str) -> Endpoints:
+    """``stack.up()``, saying what it waits for and for how long (a first start downloads
+    ≈ 210 MB and starts two JVMs: a silent minute would look broken)."""
+    started = time.monotonic()
+    done = threading.Event()
+    with console.status(f"starting embedded Kafka + registry (instance {instance})…") as status:
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                status.update(f"starting embedded Kafka + registry (instance {instance}): "
+                              f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+        threading.Thread(target=tick, daemon=True).start()
+        try:
+            endpoints = stack.up()
+        finally:
+            done.set()
+    console.print(f"embedded Kafka + registry up in {time.monotonic() - started:.0f} s")
+    return endpoints
+
+
+def summary(board: Board) -> Text:
+    """One line on what the run showed: closed windows read and spikes, by symbol."""
+    from consumers.board import SENTIMENT, VOLUME
+    from consumers.records import printable
+
+    symbols = ", ".join(dict.fromkeys(f"${printable(s['symbol'])}" for s in board.spikes))
+    return Text(
+        f"demo summary: {board.seen.get(VOLUME, 0)} closed volume windows and "
+        f"{board.seen.get(SENTIMENT, 0)} sentiment windows read, "
+        f"{len(board.spikes)} spike(s) shown{': ' + symbols if symbols else ''}"
+    )
 
 
 def _watch(children: list[Child], stop: threading.Event, duration_s: float) -> None:

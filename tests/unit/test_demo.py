@@ -122,3 +122,20 @@ def test_pulse_hands_leading_options_to_the_delegated_command(
         cli.main(argv)
     assert exc.value.code == 0
     assert f"usage: pulse {argv[0]}" in capsys.readouterr().out
+
+
+def test_the_summary_says_how_many_windows_were_read_and_which_symbols_spiked() -> None:
+    from consumers.board import SPIKES, VOLUME, Board, fold
+    from demo import summary
+
+    m = 60_000
+    board = Board(window_ms=m)
+    for symbol in ("PLTR", "[/]\x1b[2J", "PLTR"):
+        board = fold(board, SPIKES, {"symbol": symbol, "window_start_ms": 0, "window_end_ms": m,
+                                     "window_size_ms": m, "severity": "HIGH"})  # fmt: skip
+    board = fold(board, VOLUME, {"symbol": "PLTR", "window_start_ms": 0, "window_size_ms": m,
+                                 "window_advance_ms": m, "message_count": 3})  # fmt: skip
+    text = summary(board).plain
+    assert text == ("demo summary: 1 closed volume windows and 0 sentiment windows read, "
+                    "3 spike(s) shown: $PLTR, $[/][2J")  # fmt: skip
+    assert summary(Board(window_ms=m)).plain.endswith("0 spike(s) shown")
