@@ -29,12 +29,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import confluent_kafka as ck
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -57,6 +59,7 @@ STAGE = "fan-out"
 BATCH_SIZE = 10_000  # records per consume(): large batches keep per-batch costs negligible
 CONSUME_TIMEOUT_S = 0.1  # short: idle/quiet verdicts and SIGTERM are looked at every loop
 CHECK_EVERY_MS = 500  # at most this often, ask the broker whether caught-up partitions are
+ANSWER_OVERDUE_MS = 1_000  # a broker this slow to say where a log ends counts as unreachable
 BROKER_TIMEOUT_S = 2.0  # one metadata / watermark / committed request
 FLUSH_TIMEOUT_S = 10.0  # one flush() wait; unflushed work is waited for again, never committed
 STOP_GRACE_S = 60.0  # after SIGTERM, how long to keep retrying a flush before giving up
@@ -135,6 +138,7 @@ def producer_config(settings: Settings, txn_id: str | None, **extra: Any) -> dic
     if txn_id is not None:
         cfg["transactional.id"] = txn_id
         cfg["transaction.timeout.ms"] = 60_000
+        cfg["delivery.timeout.ms"] = 60_000  # librdkafka: at most the transaction timeout
     return cfg
 
 
@@ -263,6 +267,7 @@ class FanOut:
         self._tps: dict[RawPartition, TopicPartition] = {}
         self._uncommitted: dict[RawPartition, int] = {}
         self._last_check_ms = 0
+        self._asked: tuple[int, dict[TopicPartition, Any]] | None = None
         self._reachable = True
         self._heartbeat = time.monotonic()
         self._warned: dict[str, float] = {}
@@ -274,6 +279,7 @@ class FanOut:
         self.consumer = ck.Consumer(consumer_config(settings, error_cb=self._on_error))
         txn = transactional_id(settings, instance_id) if self.eos else None
         self.producer = ck.Producer(producer_config(settings, txn, error_cb=self._on_error))
+        self.admin = AdminClient({**settings.kafka_config(), "error_cb": self._on_error})
 
     # --- errors -------------------------------------------------------------------------
 
@@ -493,7 +499,8 @@ class FanOut:
 
     def _refresh(self, now_ms: int) -> None:
         """Tell the tracker which partitions have records waiting (cached high watermarks,
-        free) and, at most every CHECK_EVERY_MS, confirm the others with the broker."""
+        free) and, at most every CHECK_EVERY_MS, have the broker confirm the others."""
+        self._collect(now_ms)
         suspects: list[RawPartition] = []
         lag = 0
         for key in self.tracker.readings:
@@ -509,39 +516,68 @@ class FanOut:
                 suspects.append(key)
         self._lag = lag
         self.metrics.lag.set(lag)
-        if suspects and now_ms - self._last_check_ms >= CHECK_EVERY_MS:
-            self._last_check_ms = now_ms
-            self._confirm(suspects, now_ms)
+        if suspects and self._asked is None and now_ms - self._last_check_ms >= CHECK_EVERY_MS:
+            self._ask(suspects, now_ms)
 
-    def _confirm(self, keys: list[RawPartition], now_ms: int) -> None:
-        """Ask the broker where the logs of ``keys`` end; unreachable → nothing is caught up."""
+    def _ask(self, keys: list[RawPartition], now_ms: int) -> None:
+        """Ask where the logs of ``keys`` end, on the admin client's own connection (the
+        consumer's sits behind its fetch long-poll); the answer is collected by a later loop."""
+        self._last_check_ms = now_ms
         try:
             self._learn_starts([k for k in keys if k not in self._next])
-            for key in keys:
-                got = self.consumer.get_watermark_offsets(
-                    self._tps[key], timeout=BROKER_TIMEOUT_S, cached=False)
-                if got is None:
-                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
-                low, high = got
-                self.tracker.on_position(key, max(self._next[key], low), high, now_ms)
-        except KafkaException as exc:
-            self.tracker.on_unreachable()
-            self._reachable = False
-            self._warn("unreachable", "broker not answering (%s): no partition counts as "
-                       "caught up until it does", exc.args[0].str() if exc.args else exc)
+            futures = self.admin.list_offsets(
+                {self._tps[k]: OffsetSpec.latest() for k in keys},
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=BROKER_TIMEOUT_S)
+        except (KafkaException, FutureTimeout) as exc:
+            self._unreachable(exc)
             return
+        self._asked = (now_ms, futures)
+
+    def _collect(self, now_ms: int) -> None:
+        """Apply the broker's answer when it is in; an answer overdue or failed means the
+        broker cannot be asked: nothing is caught up (a broker outage is not a quiet stream)."""
+        if self._asked is None:
+            return
+        asked_ms, futures = self._asked
+        if not all(f.done() for f in futures.values()):
+            if now_ms - asked_ms > ANSWER_OVERDUE_MS:
+                self.tracker.on_unreachable()
+            return
+        self._asked = None
+        try:
+            ends = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        except KafkaException as exc:
+            self._unreachable(exc)
+            return
+        for key, high in ends.items():
+            pos = self._next.get(key)
+            if pos is not None and key in self.tracker.readings:
+                self.tracker.on_position(key, pos, high, now_ms)
         if not self._reachable:
             log.info("broker answering again")
         self._reachable = True
 
+    def _unreachable(self, exc: Exception) -> None:
+        self.tracker.on_unreachable()
+        self._reachable = False
+        self._warn("unreachable", "broker not answering (%s): no partition counts as caught "
+                   "up until it does", exc)
+
     def _learn_starts(self, keys: list[RawPartition]) -> None:
         """Where reading starts in partitions nothing was read from yet: the committed
-        offset, or the log start (auto.offset.reset earliest)."""
+        offset, or the log start (auto.offset.reset earliest). Once per assignment."""
         if not keys:
             return
-        got = self.consumer.committed([self._tps[k] for k in keys], timeout=BROKER_TIMEOUT_S)
-        for tp in got:
-            self._next[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        tps = [self._tps[k] for k in keys]
+        committed = self.consumer.committed(tps, timeout=BROKER_TIMEOUT_S)
+        earliest = self.admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps},
+                                           request_timeout=BROKER_TIMEOUT_S)
+        low = {(tp.topic, tp.partition): f.result(BROKER_TIMEOUT_S * 2).offset
+               for tp, f in earliest.items()}
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            self._next[key] = max(tp.offset, low[key])
 
     # --- writing ------------------------------------------------------------------------
 
@@ -615,6 +651,8 @@ class FanOut:
     def _commit(self, stop: threading.Event) -> None:
         """Commit what was flushed; a failure is retried, then left for the next batch's
         commit (or re-read by the next owner: never lost)."""
+        if not self._uncommitted:
+            return  # marks alone: nothing read
         tps = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
         for attempt in range(5):
             try:
@@ -802,6 +840,9 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
 def main(settings: Settings, argv: list[str]) -> int:
     """Run the fan-out stage until SIGTERM/SIGINT; the exit code."""
     args = parser(settings).parse_args(argv)
+    if not logging.getLogger().handlers:  # run on its own (the supervisor's child, -m)
+        logging.basicConfig(level=settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -832,7 +873,4 @@ def main(settings: Settings, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    _settings = Settings.from_env()
-    logging.basicConfig(level=_settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main(_settings, sys.argv[1:]))
+    sys.exit(main(Settings.from_env(), sys.argv[1:]))

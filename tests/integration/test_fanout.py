@@ -1,0 +1,289 @@
+"""The fan-out stage against the real broker and registry: a child process, as deployed.
+
+Raw events in (creates, repeats, destroys with and without body, /sentiment scores, bad
+bytes), MentionBatch records out: every mention in its symbol partition, reading marks on
+every record, dead letters for what cannot be read, nothing lost across a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from processors.harness import (
+    RawWriter,
+    message_event,
+    sentiment_event,
+    settings_env,
+    wait_fanned_out,
+    wait_until,
+)
+from processors.mentions import (
+    ANY_SYMBOL,
+    Mention,
+    from_columns,
+    mentions_of_message,
+    mentions_of_sentiment,
+    symbol_partition,
+)
+from schemas import topics
+from schemas.admin import ensure_topics
+from schemas.serde import Serde, frame_header
+from settings import Settings
+from tests.conftest import consume
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SYMS = ["AAPL", "TSLA", "SPY", "NVDA", "AMD", "BTC.X", "GME", "AMC", "F", "QQQ", "PLTR", "NIO"]
+T0 = 1_767_225_600_000
+
+
+class FanOutProcess:
+    """``python -m processors.fanout`` as a child, its log in a file."""
+
+    def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "processors.fanout", "--port", "-1", *args],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def fo_settings(settings: Settings) -> Settings:
+    """Default partition counts (6 raw × 6 symbol), short idle timers, a free metrics port."""
+    s = settings.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500,
+                         idle_close_s=3.0)
+    ensure_topics(s, (topics.MESSAGES, topics.SENTIMENT_EVENTS, topics.MENTION_BATCHES,
+                      topics.DEAD_LETTER))
+    return s
+
+
+@pytest.fixture
+def fan_out(fo_settings: Settings, tmp_path: Path) -> Iterator[list[FanOutProcess]]:
+    started: list[FanOutProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def start(fan_out: list[FanOutProcess], settings: Settings, tmp_path: Path,
+          *args: str) -> FanOutProcess:
+    proc = FanOutProcess(settings, tmp_path / f"fanout-{len(fan_out)}.log", *args)
+    fan_out.append(proc)
+    return proc
+
+
+def read_batches(settings: Settings, *, idle_s: float = 3.0, timeout_s: float = 60.0,
+                 read_committed: bool = True) -> list[tuple[int, bytes, dict[str, Any]]]:
+    """(partition, key, decoded MentionBatch) of every record on the topic, in order."""
+    decode = Serde(settings).deserializer(topics.MENTION_BATCHES)
+    c = Consumer({**settings.kafka_config(), "group.id": f"read-{time.monotonic_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed" if read_committed
+                  else "read_uncommitted"})
+    c.subscribe([topics.MENTION_BATCHES.full_name(settings)])
+    out: list[tuple[int, bytes, dict[str, Any]]] = []
+    start_t = last = time.monotonic()
+    try:
+        while time.monotonic() - start_t < timeout_s and time.monotonic() - last < idle_s:
+            for msg in c.consume(1_000, 0.5):
+                if msg.error() is None:
+                    out.append((msg.partition(), msg.key(), decode(msg.value())))
+                    last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def expected(events: list[tuple[str, dict[str, Any]]], n: int) -> Counter[tuple[int, Mention]]:
+    want: Counter[tuple[int, Mention]] = Counter()
+    for kind, event in events:
+        mentions = mentions_of_message(event) if kind == "m" else mentions_of_sentiment(event)
+        for m in mentions:
+            parts = range(n) if m.symbol == ANY_SYMBOL else [symbol_partition(m.symbol, n)]
+            want.update((p, m) for p in parts)
+    return want
+
+
+def got_mentions(batches: list[tuple[int, bytes, dict[str, Any]]]) -> Counter[tuple[int, Mention]]:
+    return Counter((p, m) for p, _, record in batches for m in from_columns(record))
+
+
+def scripted_events() -> list[tuple[str, dict[str, Any]]]:
+    """Creates, repeated creates, destroys with and without body, /sentiment scores."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    for i in range(300):
+        syms = [SYMS[i % len(SYMS)], SYMS[(i * 7) % len(SYMS)]]
+        events.append(("m", message_event(i + 1, T0 + i * 1_000, syms, user_id=i % 13,
+                                          sentiment=("Bullish", "Bearish", None)[i % 3])))
+    events += [events[i] for i in range(0, 60, 3)]  # repeats (a producer resumed)
+    events += [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % len(SYMS)]],
+                                   action="destroy", event_time_ms=T0 + 400_000))
+               for i in range(100, 110)]
+    events += [("m", message_event(i + 1, T0 + i * 1_000, [], action="destroy", body=False,
+                                   event_time_ms=T0 + 401_000 + i)) for i in range(110, 120)]
+    events += [("s", sentiment_event(i + 1, T0 + i * 1_000, [SYMS[i % 5]], (i % 9 - 4) / 4))
+               for i in range(0, 300, 10)]
+    return events
+
+
+def write(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> None:
+    writer = RawWriter(settings)
+    for kind, event in events:
+        writer.send(topics.MESSAGES if kind == "m" else topics.SENTIMENT_EVENTS, event)
+    writer.flush()
+
+
+def raw_ends(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) → (high watermark, highest event time) of both raw topics."""
+    serde = Serde(settings)
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for spec, field_of in ((topics.MESSAGES, lambda r: r["message"]["created_at_ms"]
+                            if r["message"] else r["event_time_ms"]),
+                           (topics.SENTIMENT_EVENTS, lambda r: r["created_at_ms"])):
+        name = spec.full_name(settings)
+        decode = serde.deserializer(spec)
+        for p in range(spec.partitions(settings)):
+            out[(name, p)] = (0, -1)
+        c = Consumer({**settings.kafka_config(), "group.id": "x"})
+        for p in range(spec.partitions(settings)):
+            out[(name, p)] = (c.get_watermark_offsets(TopicPartition(name, p), 10)[1], -1)
+        c.close()
+        for msg in consume(settings, name, sum(h for (t, _), (h, _) in out.items()
+                                               if t == name), 30.0):
+            key = (name, msg.partition())
+            try:
+                t = field_of(decode(msg.value()))
+            except Exception:  # noqa: BLE001 - bad bytes have no event time
+                continue
+            out[key] = (out[key][0], max(out[key][1], t))
+    return out
+
+
+def test_every_mention_reaches_its_partition_with_marks_then_idle_and_quiet(
+    fo_settings: Settings, fan_out: list[FanOutProcess], tmp_path: Path
+) -> None:
+    s = fo_settings
+    events = scripted_events()
+    write(s, events)
+    proc = start(fan_out, s, tmp_path)
+    wait_fanned_out(s, timeout_s=90)
+    # quiet needs idle_close_s (3 s) without records after the last read
+    time.sleep(s.idle_close_s + 2)
+    batches = read_batches(s)
+    assert proc.stop() == 0, proc.log()
+    assert got_mentions(batches) == expected(events, 6)
+    assert {p for p, _, _ in batches} == set(range(6))
+    assert all(key == str(p).encode() for p, key, _ in batches)
+    assert all(r["raw_partitions"] == 12 for _, _, r in batches)
+    assert all(len(r["progress"]) == 12 for _, _, r in batches)
+    ends = raw_ends(s)
+    for p in range(6):
+        last = [r for q, _, r in batches if q == p][-1]["progress"]
+        assert all(m["idle"] and m["quiet"] for m in last), (p, last)
+        assert {(m["topic"], m["partition"]): (m["offset"], m["event_ms"]) for m in last} == ends
+    # marks never go back within a partition's records
+    for p in range(6):
+        seen: dict[tuple[str, int], int] = {}
+        for q, _, r in batches:
+            for m in r["progress"] if q == p else []:
+                tp = (m["topic"], m["partition"])
+                assert m["offset"] >= seen.get(tp, -1)
+                seen[tp] = m["offset"]
+
+
+def test_bad_records_become_dead_letters_and_the_rest_flows(
+    fo_settings: Settings, fan_out: list[FanOutProcess], tmp_path: Path
+) -> None:
+    s = fo_settings
+    events = scripted_events()[:100]
+    writer = RawWriter(s)
+    garbage = b"\x00not avro at all"
+    wrong_id = frame_header(987_654_321) + b"\x00\x02\x04"
+    plain_json = b'{"action": "create"}'
+    for i, (kind, event) in enumerate(events):
+        writer.send(topics.MESSAGES if kind == "m" else topics.SENTIMENT_EVENTS, event)
+        if i == 20:
+            writer.send_bytes(topics.MESSAGES, b"g", garbage)
+            writer.send_bytes(topics.SENTIMENT_EVENTS, b"w", wrong_id)
+        if i == 50:
+            writer.send_bytes(topics.MESSAGES, b"j", plain_json)
+    writer.flush()
+    start(fan_out, s, tmp_path)
+    wait_fanned_out(s, timeout_s=90)
+    batches = read_batches(s)
+    assert got_mentions(batches) == expected(events, 6)
+    decode = Serde(s).deserializer(topics.DEAD_LETTER)
+    dead = consume(s, topics.DEAD_LETTER.full_name(s), 4, 20.0)
+    assert len(dead) == 3
+    got = {bytes(decode(m.value())["raw"]): (decode(m.value()), dict(m.headers())) for m in dead}
+    assert set(got) == {garbage, wrong_id, plain_json}
+    for raw, (record, headers) in got.items():
+        assert record["reason"] == "decode_failed" and record["stage"] == "fan-out"
+        assert headers["dlq.reason"] == b"decode_failed"
+        assert record["source_offset"] is not None
+        topic = topics.SENTIMENT_EVENTS if raw == wrong_id else topics.MESSAGES
+        assert record["source_topic"] == topic.full_name(s)
+
+
+def output_records(settings: Settings) -> int:
+    c = Consumer({**settings.kafka_config(), "group.id": "x"})
+    try:
+        name = topics.MENTION_BATCHES.full_name(settings)
+        return sum(c.get_watermark_offsets(TopicPartition(name, p), 10)[1] for p in range(6))
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_sigkill_mid_run_then_restart_loses_nothing(
+    fo_settings: Settings, fan_out: list[FanOutProcess], tmp_path: Path, guarantee: str
+) -> None:
+    s = fo_settings.replace(processing_guarantee=guarantee)
+    events = [("m", message_event(i + 1, T0 + i * 10, [SYMS[i % 12], SYMS[i * 5 % 12]],
+                                  user_id=i % 50))
+              for i in range(20_000)]
+    write(s, events)
+    first = start(fan_out, s, tmp_path, "--batch-size", "200", "--instance-id", "a")
+    assert wait_until(lambda: output_records(s) > 150, 60, 0.05), first.log()
+    first.kill()
+    start(fan_out, s, tmp_path, "--batch-size", "2000", "--instance-id", "a")
+    wait_fanned_out(s, timeout_s=120)
+    got = got_mentions(read_batches(s, read_committed=True))
+    want = expected(events, 6)
+    if guarantee == "exactly_once":
+        assert got == want
+    else:
+        assert not want - got  # every mention, repeats allowed
+        assert set(got) == set(want)
