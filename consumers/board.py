@@ -374,6 +374,7 @@ class BoardReader:
             config, [(who, what, spec.full_name(settings)) for who, what, spec in UPSTREAM]
         )
         self._since: dict[str, float] = {}
+        self._next_probe = 0.0
 
     def poll(self, timeout_s: float = 0.25) -> int:
         """Fold whatever arrived within ``timeout_s``; returns how many records.
@@ -386,6 +387,8 @@ class BoardReader:
             self.errors.check()
             return 0
         msgs = self._consumer.consume(500, timeout_s)
+        if not msgs:
+            self._probe()
         for msg in msgs:
             if msg.error():
                 self.errors.on_error(msg.error(), msg.topic())
@@ -399,6 +402,20 @@ class BoardReader:
                 continue
             self.board = fold(self.board, self._kind[msg.topic()], record)
         return len(msgs)
+
+    def _probe(self) -> None:
+        """While the broker is thought away and nothing arrives, ask it every few seconds, so
+        the board stops saying "unreachable" as soon as it is back, not at the next record."""
+        from confluent_kafka import KafkaException
+
+        if self.errors.down_since is None or time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + 3.0
+        try:
+            self._consumer.list_topics(timeout=0.5)
+        except KafkaException:
+            return
+        self.errors.ok()
 
     def _assign(self) -> bool:
         """Every partition of the output topics from the lookback on; False: not yet."""

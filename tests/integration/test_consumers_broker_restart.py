@@ -142,6 +142,8 @@ async def test_readers_ride_out_a_broker_restart(
         while time.monotonic() < down_until:  # nobody exits while the broker is away
             assert tail.poll() is None and alerts.poll() is None and board.failure is None
             await asyncio.sleep(0.5)
+        # and the board says why nothing moves
+        assert (board.reader.waiting() or "").startswith("Kafka unreachable, retrying")
         await asyncio.to_thread(stack.up, 240, False)
 
         await asyncio.to_thread(records, settings, after, 0)  # produced after the restart
@@ -149,6 +151,7 @@ async def test_readers_ride_out_a_broker_restart(
                        lambda: tailed(tail_log) >= set(after) and set(webhook.accepted)
                        >= ids(after) and board.spiked() >= set(after), 120, procs)  # fmt: skip
         assert board.failure is None and board.thread.is_alive()
+        assert board.reader.waiting() is None  # back: windows shown, nothing awaited
     finally:
         board.stop.set()
         for proc in procs:
