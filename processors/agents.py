@@ -78,6 +78,7 @@ class Sink:
             "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
         })
         self._errors: list[str] = []
+        self._state: list[tuple[str, bytes, bytes | None, int]] = []
         self._pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
         self._transactions: list[tuple[str, list[Any]]] = []  # (transactional id, records)
         self._commit_lock = asyncio.Lock()
@@ -91,6 +92,21 @@ class Sink:
         if self.producer is None:
             self._pending.append((topic, key, value, partition, headers))
             return
+        self._produce(topic, key, value, partition, headers)
+
+    def send_state(self, topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+        """A changelog record. At-least-once: held back until the batch's outputs are
+        durable, so the state never runs ahead of what was emitted; a crash in between
+        leaves the state behind and the replayed input emits the same records again.
+        Exactly-once: part of the same transaction as the outputs."""
+        if self.producer is None:
+            self._pending.append((topic, key, value, partition, None))
+        else:
+            self._state.append((topic, key, value, partition))
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 partition: int | None, headers: Any = None) -> None:
+        assert self.producer is not None
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
@@ -115,6 +131,16 @@ class Sink:
         self._pending.clear()
 
     async def _flush(self) -> None:
+        """Outputs first, then the state they came from (see :meth:`send_state`)."""
+        assert self.producer is not None
+        await self._flush_producer()
+        state, self._state = self._state, []
+        for topic, key, value, partition in state:
+            self._produce(topic, key, value, partition)
+        if state:
+            await self._flush_producer()
+
+    async def _flush_producer(self) -> None:
         assert self.producer is not None
         left = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
         if left or self._errors:
@@ -165,6 +191,9 @@ class Sink:
         is complete: the only wait is the final flush); exactly-once exits without
         committing (the open transaction aborts and the batch is read again)."""
         if self.producer is not None:
+            self.producer.flush(30.0)
+            for topic, key, value, partition in self._state:
+                self._produce(topic, key, value, partition)
             self.producer.flush(30.0)
             return
         _exit_now("stopped inside a batch; its transaction is left to abort", 0)
@@ -397,8 +426,8 @@ class Signals:
             table.data[key] = text
             value = text.encode()
         # faust's "json" codec: the bytes its recovery reads back
-        self.sink.send(table.changelog_topic.get_topic_name(), json.dumps(key).encode(), value,
-                       partition)
+        self.sink.send_state(table.changelog_topic.get_topic_name(), json.dumps(key).encode(),
+                             value, partition)
 
     def dead_letter(self, event: Any, reason: Reason, error: BaseException) -> None:
         msg = event.message

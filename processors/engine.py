@@ -299,11 +299,16 @@ class PartitionEngine:
         result = closed.result
         out.add_result(result, trigger_ms)
         out.closed_windows += 1
-        state.emitted_by.setdefault(result.spec.key, {})[result.start_ms] = offset
+        # replay marks only for windows whose emitted mark is kept (a batch of a fast replay
+        # closes months of windows at once, most of them already past the revision horizon)
+        kept = result.start_ms in state.emitted.get(result.spec.key, {})
+        if kept:
+            state.emitted_by.setdefault(result.spec.key, {})[result.start_ms] = offset
         if closed.verdict is not None and closed.verdict.fired:
             spike = spike_record(result, closed.verdict, trigger_ms)
             out.spikes.append(spike)
-            state.spikes_sent.setdefault(result.spec.key, {})[result.start_ms] = spike
+            if kept:
+                state.spikes_sent.setdefault(result.spec.key, {})[result.start_ms] = spike
 
     def _replayed(self, offset: int, trigger_ms: int) -> Outputs:
         out = Outputs()

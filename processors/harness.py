@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas import topics
 from schemas.serde import Serde
@@ -199,6 +199,33 @@ def read_records(
     finally:
         consumer.close()
     return out
+
+
+def fanned_out(settings: Settings) -> bool:
+    """The fan-out has read, written and committed every raw record written so far."""
+    from processors.fanout import group_id
+
+    consumer = Consumer({**settings.kafka_config(), "group.id": group_id(settings),
+                         "enable.auto.commit": False})
+    try:
+        parts = [
+            TopicPartition(spec.full_name(settings), n)
+            for spec in (topics.MESSAGES, topics.SENTIMENT_EVENTS)
+            for n in range(spec.partitions(settings))
+        ]
+        for tp in consumer.committed(parts, timeout=10):
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > low and tp.offset < high:
+                return False
+        return True
+    finally:
+        consumer.close()
+
+
+def wait_fanned_out(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Block until :func:`fanned_out` (a barrier between phases of a scripted input)."""
+    if not wait_until(lambda: fanned_out(settings), timeout_s):
+        raise TimeoutError(f"the fan-out did not catch up within {timeout_s:.0f} s")
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.5) -> bool:

@@ -14,6 +14,7 @@ result with ``revision + 1``.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass, field
@@ -193,13 +194,17 @@ class SymbolState:
     def to_json(self) -> dict[str, Any]:
         """The whole state as one JSON-able dict (tests; see :meth:`meta_json` for rows)."""
         return {"panes": {str(k): p.to_json() for k, p in self.panes.items()},
-                **self.meta_json()}
+                "pending": self.pending, **self.meta_json()}
 
     def meta_json(self) -> dict[str, Any]:
-        """Everything but the panes: the symbol's own table row. Panes have a row each
-        (:func:`pane_key`), so a busy symbol rewrites only the pane that changed."""
+        """Everything but the panes and the open windows: the symbol's own table row.
+
+        Panes have chunk rows of their own (:func:`pane_key`), so a busy symbol writes only
+        what a pane gained. Open windows are not stored: they follow from the panes, the
+        emitted marks and the watermark (:func:`states_from_rows`), and a batch spanning months
+        of a replay can open tens of thousands of them (a row that large is refused by Kafka).
+        """
         return {
-            "pending": self.pending,
             "emitted": {s: {str(k): v for k, v in e.items()} for s, e in self.emitted.items()},
             "baselines": {k: b.to_json() for k, b in self.baselines.items()},
             "max_event_ms": self.max_event_ms,
@@ -219,7 +224,7 @@ class SymbolState:
         return cls(
             panes=panes if panes is not None else {
                 int(k): Pane.from_json(p) for k, p in row["panes"].items()},
-            pending={k: list(v) for k, v in row["pending"].items()},
+            pending={k: list(v) for k, v in row.get("pending", {}).items()},
             emitted={s: {int(k): v for k, v in e.items()} for s, e in row["emitted"].items()},
             baselines={k: spikes.Baseline.from_json(b) for k, b in row["baselines"].items()},
             max_event_ms=row["max_event_ms"],
@@ -447,11 +452,12 @@ def _mark_pending(
         emitted = state.emitted.get(spec.key, {})
         oldest = None if since_ms is None else since_ms - spec.size_ms - cfg.revision_horizon_ms
         for start in window_starts(event_ms, spec):
-            if start not in pending and start not in emitted and (
-                oldest is None or start >= oldest
-            ):
-                pending.append(start)
-        pending.sort()
+            if start in emitted or (oldest is not None and start < oldest):
+                continue
+            # kept sorted by binary search: a replay can open thousands before a close
+            at = bisect.bisect_left(pending, start)
+            if at == len(pending) or pending[at] != start:
+                pending.insert(at, start)
 
 
 def add_mention(
@@ -530,9 +536,9 @@ def close_windows(
     due: list[tuple[int, int, WindowSpec, int]] = []
     for spec in cfg.specs:
         pending = state.pending.get(spec.key, [])
-        while pending and pending[0] + spec.size_ms <= watermark_ms:
-            start = pending.pop(0)
-            due.append((start + spec.size_ms, spec.size_ms, spec, start))
+        n = bisect.bisect_right(pending, watermark_ms - spec.size_ms)
+        due.extend((start + spec.size_ms, spec.size_ms, spec, start) for start in pending[:n])
+        del pending[:n]
     due.sort(key=lambda d: (d[0], d[1], d[3]))
     closed: list[Closed] = []
     for _, _, spec, start in due:

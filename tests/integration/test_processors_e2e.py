@@ -19,6 +19,7 @@ from processors.harness import (
     message_event,
     read_records,
     sentiment_event,
+    wait_fanned_out,
 )
 from processors.sentiment import wilson_interval
 from schemas import topics
@@ -43,6 +44,7 @@ def worker_settings(settings: Settings, tmp_path: Path, **changes: Any) -> Setti
         app_id=f"pulse-test-{uuid.uuid4().hex[:8]}",
         state_dir=str(tmp_path / "state"),
         web_port=free_port(),
+        fan_out_port=free_port(),
         log_level="INFO",
     )
     return settings.replace(**{**base, **changes})
@@ -69,17 +71,21 @@ def worker(e2e_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
 
 
 def script(writer: RawWriter) -> dict[str, Any]:
-    """The scripted input; returns facts the assertions need."""
+    """The scripted input; returns facts the assertions need.
+
+    The watermark moves once per mention batch, after the batch's mentions. The script is
+    written in phases, each read by the fan-out before the next is written, so that "in
+    grace" and "late" do not depend on where the fan-out's batches happen to end."""
     msg, sent = topics.MESSAGES, topics.SENTIMENT_EVENTS
     w = writer.send
-    # /sentiment scores first, and wait until stage 1 has fanned them out: the two raw topics
-    # interleave in no fixed order, and the script must not depend on that
+
+    def phase() -> None:
+        writer.flush()
+        wait_fanned_out(writer.settings, timeout_s=90)
+
     w(sent, sentiment_event(2, T0 + 2_000, ["AAPL"], 0.5))
     w(sent, sentiment_event(2, T0 + 2_000, ["AAPL"], 0.5))  # duplicate score
     w(sent, sentiment_event(3, T0 + 3_000, ["AAPL"], -0.25))
-    writer.flush()
-    scores = read_records(writer.settings, topics.MENTIONS, expected=2, timeout_s=90)
-    assert [m["kind"] for m in scores] == ["SCORE", "SCORE"]
     # window 0: a two-symbol message (sent twice), a repeated symbol, labels
     w(msg, message_event(1, T0 + 1_000, ["AAPL", "TSLA", "AAPL"], user_id=1, sentiment="Bullish"))
     w(msg, message_event(1, T0 + 1_000, ["AAPL", "TSLA"], user_id=1, sentiment="Bullish"))
@@ -90,9 +96,13 @@ def script(writer: RawWriter) -> dict[str, Any]:
     w(msg, message_event(5, T0 + M + 20_000, ["AAPL", "TSLA"], user_id=4))
     w(msg, message_event(4, T0 + M + 1_000, [], action="destroy", body=False,
                          event_time_ms=T0 + M + 25_000))
+    phase()
     w(msg, message_event(7, T0 + 2 * M + 5_000, ["AAPL"], user_id=6))  # watermark 2M-5s
+    phase()
     w(msg, message_event(6, T0 + M + 58_000, ["AAPL"], user_id=5, sentiment="Bearish"))  # in grace
+    phase()
     w(msg, message_event(8, T0 + 2 * M + 15_000, ["AAPL"], user_id=7))  # closes window 1
+    phase()
     w(msg, message_event(9, T0 + M + 30_000, ["AAPL"], user_id=8))  # beyond grace: late
     w(msg, message_event(5, T0 + M + 20_000, [], action="destroy", body=False,
                          event_time_ms=T0 + 2 * M + 16_000))
