@@ -69,7 +69,6 @@ class Settings:
         2_000,
         "How long a raw partition must be caught up before it stops holding the watermark back.",
     )
-    fan_out_port: int = _setting(6067, "Fan-out stage's web server port: /metrics, /healthz.")
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once.")
     store: str = _setting("memory", "Table store: memory, or rocksdb (needs rocksdict).")
     dedup_ttl_s: int = _setting(
