@@ -71,9 +71,6 @@ class Settings:
     )
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once.")
     store: str = _setting("memory", "Table store: memory, or rocksdb (needs rocksdict).")
-    dedup_ttl_s: int = _setting(
-        86_400, "How long a message id is remembered for de-duplication (Firehose resumes ≤ 24 h)."
-    )
     web_port: int = _setting(6066, "Faust web server port: /metrics, /healthz, /readyz.")
     fan_out_port: int = _setting(
         6067, "Port of the fan-out stage's /metrics and /healthz (`pulse worker --stage fan-out`)."
