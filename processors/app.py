@@ -23,10 +23,10 @@ from typing import Any
 
 import faust
 
-from processors import spikes
+from processors import detectors
 from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
 from processors.metrics import Metrics
-from processors.windows import WindowConfig, WindowSpec, parse_duration_ms, parse_windows
+from processors.windows import WindowConfig, parse_windows
 from schemas import topics
 from schemas.admin import ensure_topics
 from schemas.serde import Serde
@@ -42,27 +42,25 @@ OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT, topics.SPIKE
 
 
 def window_config(settings: Settings) -> WindowConfig:
+    """Windows and the spike detectors (``spike_*``, ``surge_*``) from the settings.
+
+    :raises ValueError: a detector's window is not one of the tumbling ``windows``.
+    """
     specs = parse_windows(settings.windows, settings.hopping_windows)
-    spike_specs = tuple(
-        WindowSpec(parse_duration_ms(s), parse_duration_ms(s))
-        for s in settings.spike_windows.split(",")
-        if s.strip()
-    )
-    missing = [s for s in spike_specs if s not in specs]
+    rule = detectors.rule_from_settings(settings)
+    tumbling = {s.size_ms for s in specs if not s.hopping}
+    scored = [*rule.burst_sizes_ms, *([rule.surge_size_ms] if rule.surge_size_ms else [])]
+    missing = [size for size in scored if size not in tumbling]
     if missing:
-        raise ValueError(f"spike windows {missing} are not among the windows {specs}")
+        raise ValueError(
+            f"spike windows {[f'{m // 1000}s' for m in missing]} (PULSE_SPIKE_WINDOWS, "
+            f"PULSE_SURGE_WINDOW) are not among the tumbling windows {settings.windows!r}"
+        )
     return WindowConfig(
         specs=specs,
         grace_ms=settings.grace_ms,
         revision_horizon_ms=settings.revision_horizon_ms,
-        spike_specs=spike_specs,
-        rule=spikes.SpikeRule(
-            min_count=settings.spike_min_count,
-            z=settings.spike_z,
-            cooldown_windows=settings.spike_cooldown_windows,
-            warmup_windows=settings.spike_warmup_windows,
-            alpha=settings.spike_alpha,
-        ),
+        rule=rule,
     )
 
 

@@ -209,17 +209,25 @@ def _surge(
 
 
 def rule_from_settings(settings: Any) -> DetectorRule:
-    """The rule from a :class:`settings.Settings` (``spike_*`` and ``surge_*`` fields)."""
+    """The rule from a :class:`settings.Settings` (``spike_*`` and ``surge_*`` fields).
+
+    :raises ValueError: a surge window not dividing a day, a span not a multiple of it.
+    """
     from processors.windows import parse_duration_ms
 
     bursts = tuple(
         parse_duration_ms(s) for s in settings.spike_windows.split(",") if s.strip()
     )
     surge_size = parse_duration_ms(settings.surge_window) if settings.surge_window else None
-    spans = tuple(
-        parse_duration_ms(s) // (surge_size or 1)
-        for s in settings.surge_spans.split(",") if s.strip()
-    )
+    span_ms = [parse_duration_ms(s) for s in settings.surge_spans.split(",") if s.strip()]
+    if surge_size is not None and (
+        surges.DAY_MS % surge_size or any(ms <= 0 or ms % surge_size for ms in span_ms)
+    ):
+        raise ValueError(
+            f"surge window {settings.surge_window!r} must divide a day and every surge span "
+            f"{settings.surge_spans!r} must be a multiple of it"
+        )
+    spans = tuple(ms // (surge_size or 1) for ms in span_ms)
     return DetectorRule(
         scored=Scored(settings.spike_scored.upper()),
         burst_sizes_ms=bursts,

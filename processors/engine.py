@@ -14,6 +14,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors import detectors
 from processors.mentions import ANY_SYMBOL, Mention, MentionKind
 from processors.progress import ReadProgress, Watermark
 from processors.windows import (
@@ -66,9 +67,10 @@ class Outputs:
     idle_close: bool = False
     late_kinds: list[str] = field(default_factory=list)
 
-    def add_result(self, result: WindowResult, emitted_at_ms: int) -> None:
+    def add_result(self, result: WindowResult, emitted_at_ms: int, warm: bool | None = None
+                   ) -> None:
         self.volumes.append(result.volume_record(emitted_at_ms))
-        self.sentiments.append(result.sentiment_record(emitted_at_ms))
+        self.sentiments.append(result.sentiment_record(emitted_at_ms, warm))
 
 
 class PartitionEngine:
@@ -232,7 +234,7 @@ class PartitionEngine:
         if applied.counted:
             out.changed.add(symbol)
         for correction in applied.corrections:
-            out.add_result(correction, trigger_ms)
+            out.add_result(correction, trigger_ms, self._warm(state))
             out.corrections += 1
             state.emitted_by.setdefault(correction.spec.key, {})[correction.start_ms] = offset
         if state.earliest_end_ms(self.cfg.specs) != before:
@@ -297,18 +299,23 @@ class PartitionEngine:
         self, state: SymbolState, closed: Closed, trigger_ms: int, out: Outputs, offset: int
     ) -> None:
         result = closed.result
-        out.add_result(result, trigger_ms)
+        out.add_result(result, trigger_ms, closed.warm)
         out.closed_windows += 1
         # replay marks only for windows whose emitted mark is kept (a batch of a fast replay
         # closes months of windows at once, most of them already past the revision horizon)
         kept = result.start_ms in state.emitted.get(result.spec.key, {})
         if kept:
             state.emitted_by.setdefault(result.spec.key, {})[result.start_ms] = offset
-        if closed.verdict is not None and closed.verdict.fired:
+        if closed.verdict is not None:  # the detectors return a verdict only for an alert
             spike = spike_record(result, closed.verdict, trigger_ms)
             out.spikes.append(spike)
             if kept:
                 state.spikes_sent.setdefault(result.spec.key, {})[result.start_ms] = spike
+
+    def _warm(self, state: SymbolState) -> bool | None:
+        """Whether the symbol's detectors may alert (None: no detectors configured)."""
+        rule = self.cfg.rule
+        return None if rule is None else detectors.is_warm(state.detectors, rule)
 
     def _replayed(self, offset: int, trigger_ms: int) -> Outputs:
         out = Outputs()
@@ -317,7 +324,8 @@ class PartitionEngine:
             state = self.states[symbol]
             revision = state.emitted[spec.key][start]
             result = window_result(state, symbol, spec, start, revision, self.cfg.pane_ms)
-            out.add_result(result, trigger_ms)
+            # warmth as it is now (it may have turned warm since the first emission)
+            out.add_result(result, trigger_ms, self._warm(state))
             spike = state.spikes_sent.get(spec.key, {}).get(start)
             if spike is not None and revision == 0:
                 out.spikes.append(spike)

@@ -43,6 +43,15 @@ class UserSentiment:
     low: float | None  # 95 % Wilson interval over users
     high: float | None
 
+    @classmethod
+    def of_votes(cls, bullish: int, bearish: int) -> UserSentiment:
+        """From the user votes of :func:`user_votes` (what a window result keeps)."""
+        interval = wilson_interval(bullish, bullish + bearish)
+        return cls(
+            bullish, bearish, bullish_ratio(bullish, bearish),
+            interval[0] if interval else None, interval[1] if interval else None,
+        )
+
     def record_fields(self) -> dict[str, Any]:
         """The per-user fields of a ``WindowSentiment`` (window_sentiment.avsc)."""
         return {
@@ -83,9 +92,4 @@ def user_sentiment(labels: Iterable[tuple[int | None, str | None]]) -> UserSenti
     The per-message interval treats every message as an independent vote; one user giving
     11 of 26 labels makes it too narrow and tilts the ratio. Counting people fixes both.
     """
-    bullish, bearish = user_votes(labels)
-    interval = wilson_interval(bullish, bullish + bearish)
-    return UserSentiment(
-        bullish, bearish, bullish_ratio(bullish, bearish),
-        interval[0] if interval else None, interval[1] if interval else None,
-    )
+    return UserSentiment.of_votes(*user_votes(labels))

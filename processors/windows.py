@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from functools import cached_property, reduce
 from typing import Any
 
-from processors import spikes
+from processors import detectors
+from processors.detectors import DetectorRule, DetectorState
 from processors.mentions import Mention, MentionKind
 from processors.progress import NO_WATERMARK
-from processors.sentiment import bullish_ratio, wilson_interval
+from processors.sentiment import UserSentiment, bullish_ratio, user_votes, wilson_interval
 
 SAMPLE_IDS = 5
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -89,12 +90,20 @@ class WindowConfig:
     specs: tuple[WindowSpec, ...]
     grace_ms: int
     revision_horizon_ms: int
-    spike_specs: tuple[WindowSpec, ...] = ()
-    rule: spikes.SpikeRule = field(default_factory=spikes.SpikeRule)
+    rule: DetectorRule | None = None  # the spike detectors; None: no spikes
 
     @cached_property
     def pane_ms(self) -> int:
         return pane_size_ms(self.specs)
+
+    @cached_property
+    def detector_specs(self) -> frozenset[WindowSpec]:
+        """The tumbling windows a detector scores (every other window skips the call)."""
+        rule = self.rule
+        if rule is None:
+            return frozenset()
+        sizes = {*rule.burst_sizes_ms, rule.surge_size_ms}
+        return frozenset(s for s in self.specs if not s.hopping and s.size_ms in sizes)
 
     @cached_property
     def retain_ms(self) -> int:
@@ -183,7 +192,7 @@ class SymbolState:
     panes: dict[int, Pane] = field(default_factory=dict)
     pending: dict[str, list[int]] = field(default_factory=dict)  # spec key → open starts
     emitted: dict[str, dict[int, int]] = field(default_factory=dict)  # → start: revision
-    baselines: dict[str, spikes.Baseline] = field(default_factory=dict)
+    detectors: DetectorState = field(default_factory=DetectorState)  # spike baselines
     max_event_ms: int = 0
     watermark_ms: int = NO_WATERMARK  # at the last close; rebuilds the partition's clock
     # replay after a crash: which input offset emitted each window, and the spike it fired
@@ -206,7 +215,7 @@ class SymbolState:
         """
         return {
             "emitted": {s: {str(k): v for k, v in e.items()} for s, e in self.emitted.items()},
-            "baselines": {k: b.to_json() for k, b in self.baselines.items()},
+            "detectors": self.detectors.to_json(),
             "max_event_ms": self.max_event_ms,
             "watermark_ms": self.watermark_ms,
             "emitted_by": {
@@ -226,7 +235,9 @@ class SymbolState:
                 int(k): Pane.from_json(p) for k, p in row["panes"].items()},
             pending={k: list(v) for k, v in row.get("pending", {}).items()},
             emitted={s: {int(k): v for k, v in e.items()} for s, e in row["emitted"].items()},
-            baselines={k: spikes.Baseline.from_json(b) for k, b in row["baselines"].items()},
+            # a row of v1 (per-spec "baselines") starts cold: v2 learns other quantities
+            detectors=(DetectorState.from_json(row["detectors"]) if "detectors" in row
+                       else DetectorState()),
             max_event_ms=row["max_event_ms"],
             watermark_ms=row["watermark_ms"],
             emitted_by={
@@ -316,6 +327,8 @@ class WindowResult:
     score_count: int
     revision: int
     sample_message_ids: tuple[int, ...]
+    user_bullish: int = 0  # users whose labels here are mostly Bullish (each votes once)
+    user_bearish: int = 0
 
     @property
     def end_ms(self) -> int:
@@ -344,9 +357,13 @@ class WindowResult:
             "emitted_at_ms": emitted_at_ms,
         }
 
-    def sentiment_record(self, emitted_at_ms: int) -> dict[str, Any]:
-        """A ``WindowSentiment`` (window_sentiment.avsc)."""
+    def sentiment_record(self, emitted_at_ms: int, warm: bool | None = None) -> dict[str, Any]:
+        """A ``WindowSentiment`` (window_sentiment.avsc): per message and per user.
+
+        :param warm: whether the symbol's spike detectors are warm (the board's "cold").
+        """
         interval = wilson_interval(self.bullish, self.bullish + self.bearish)
+        per_user = UserSentiment.of_votes(self.user_bullish, self.user_bearish)
         return {
             **self._window_fields(),
             "bullish": self.bullish,
@@ -360,36 +377,34 @@ class WindowResult:
             "sentiment_score_count": self.score_count,
             "revision": self.revision,
             "emitted_at_ms": emitted_at_ms,
+            **per_user.record_fields(),
+            "baseline_warm": warm,
         }
 
 
 def spike_record(
-    result: WindowResult, verdict: spikes.Verdict, detected_at_ms: int
+    result: WindowResult, verdict: detectors.Verdict, detected_at_ms: int
 ) -> dict[str, Any]:
-    """A ``Spike`` (spike.avsc) for a window whose verdict fired."""
+    """A ``Spike`` (spike.avsc) for a window whose detector fired."""
     return {
         "symbol": result.symbol,
         "window_start_ms": result.start_ms,
         "window_end_ms": result.end_ms,
         "window_size_ms": result.spec.size_ms,
-        "count": verdict.count,
-        "expected_count": verdict.expected_count,
-        "score": verdict.score,
-        "p_value": verdict.p_value,
-        "ratio": verdict.ratio,
+        **verdict.record_fields(),
         "bullish_ratio": bullish_ratio(result.bullish, result.bearish),
         "sample_message_ids": list(result.sample_message_ids),
-        "severity": verdict.severity.value,
         "detected_at_ms": detected_at_ms,
     }
 
 
 @dataclass(frozen=True)
 class Closed:
-    """A window that became final, with its spike verdict when it is a spike window."""
+    """A window that became final, with the alert when a detector fired on it."""
 
     result: WindowResult
-    verdict: spikes.Verdict | None = None
+    verdict: detectors.Verdict | None = None
+    warm: bool | None = None  # the symbol's detectors warm once this window was scored
 
 
 @dataclass(frozen=True)
@@ -408,24 +423,27 @@ def window_result(
 ) -> WindowResult:
     users: set[int] = set()
     ids: list[int] = []
-    bullish = bearish = unlabelled = 0
+    labels: list[tuple[int | None, str | None]] = []  # (user, label) of labelled messages
+    unlabelled = 0
     score_sum, score_count = 0.0, 0
     for pane_start in range(start_ms, start_ms + spec.size_ms, pane_ms):
         pane = state.panes.get(pane_start)
         if pane is None:
             continue
-        for message_id, (user_id, sentiment) in pane.messages.items():
+        for message_id, user_label in pane.messages.items():
             ids.append(message_id)
+            user_id, sentiment = user_label
             if user_id is not None:
                 users.add(user_id)
-            if sentiment == "Bullish":
-                bullish += 1
-            elif sentiment == "Bearish":
-                bearish += 1
+            if sentiment == "Bullish" or sentiment == "Bearish":
+                labels.append(user_label)
             else:
                 unlabelled += 1
         score_sum += sum(pane.scores.values())
         score_count += len(pane.scores)
+    bullish = sum(1 for _, label in labels if label == "Bullish")
+    # each user once (by majority): only the labelled messages are walked again
+    user_bullish, user_bearish = user_votes(labels) if labels else (0, 0)
     return WindowResult(
         symbol=symbol,
         spec=spec,
@@ -433,12 +451,14 @@ def window_result(
         message_count=len(ids),
         distinct_users=len(users),
         bullish=bullish,
-        bearish=bearish,
+        bearish=len(labels) - bullish,
         unlabelled=unlabelled,
         score_sum=score_sum,
         score_count=score_count,
         revision=revision,
         sample_message_ids=tuple(sorted(ids)[:SAMPLE_IDS]),
+        user_bullish=user_bullish,
+        user_bearish=user_bearish,
     )
 
 
@@ -532,7 +552,7 @@ def close_windows(
     state: SymbolState, symbol: str, watermark_ms: int, cfg: WindowConfig
 ) -> list[Closed]:
     """Emit every pending window whose end the watermark reached, oldest end first; score
-    spike windows; forget panes and emitted marks past the revision horizon."""
+    the detectors' windows; forget panes and emitted marks past the revision horizon."""
     due: list[tuple[int, int, WindowSpec, int]] = []
     for spec in cfg.specs:
         pending = state.pending.get(spec.key, [])
@@ -541,14 +561,18 @@ def close_windows(
         del pending[:n]
     due.sort(key=lambda d: (d[0], d[1], d[3]))
     closed: list[Closed] = []
+    rule = cfg.rule
     for _, _, spec, start in due:
         result = window_result(state, symbol, spec, start, 0, cfg.pane_ms)
         state.emitted.setdefault(spec.key, {})[start] = 0
         verdict = None
-        if spec in cfg.spike_specs:
-            baseline = state.baselines.setdefault(spec.key, spikes.Baseline())
-            verdict = spikes.observe(baseline, start, spec.size_ms, result.message_count, cfg.rule)
-        closed.append(Closed(result, verdict))
+        # a window left without messages (destroys, /sentiment scores only) is a gap to the
+        # detectors, as it is in the evaluation (bench/evaluate.py), which sees messages only
+        if rule is not None and result.message_count and spec in cfg.detector_specs:
+            verdict = detectors.observe(state.detectors, start, spec.size_ms,
+                                        result.message_count, result.distinct_users, rule)
+        warm = None if rule is None else detectors.is_warm(state.detectors, rule)
+        closed.append(Closed(result, verdict, warm))
     state.watermark_ms = max(state.watermark_ms, watermark_ms)
     _forget(state, cfg)
     return closed
@@ -568,5 +592,5 @@ def _forget(state: SymbolState, cfg: WindowConfig) -> None:
 
 
 def is_idle(state: SymbolState) -> bool:
-    """Nothing open and nothing to correct: the row can be deleted (baselines aside)."""
+    """Nothing open and nothing to correct: only the detector state is left in the row."""
     return not state.panes and not any(state.pending.values())

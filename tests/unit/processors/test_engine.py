@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from typing import Any
 
 import pytest
 
+from processors import detectors
 from processors.engine import Batch, Outputs, PartitionEngine
 from processors.mentions import ANY_SYMBOL, Mention, MentionKind
 from processors.progress import ReadProgress
@@ -269,3 +272,139 @@ def test_crash_anywhere_then_replay_from_an_older_commit_loses_nothing(seed: int
     committed = rng.randrange(0, acked + 1)  # commits trail acks
     outputs += [feed(second, inputs[o], o, 0, o) for o in range(committed, len(inputs))]
     assert _counts(outputs) == expected
+
+
+# --- the spike detectors, wired in (processors.detectors) -----------------------------------
+
+FIVE, HOUR, DAY = 5 * M, 60 * M, 1_440 * M
+T_DAY0 = 1_641_168_000_000  # 2022-01-03T00:00Z, a Monday
+DETECTOR_CFG = WindowConfig(
+    specs=(WindowSpec(M, M), WindowSpec(FIVE, FIVE), WindowSpec(HOUR, HOUR),
+           WindowSpec(HOUR, FIVE)),
+    grace_ms=5_000, revision_horizon_ms=HOUR, rule=detectors.DetectorRule(),
+)
+
+
+def chatter(days: int = 8, seed: int = 3) -> list[Mention]:
+    """A symbol's week: a daily rhythm of random users, then on the last day a one-account
+    flood (80 messages in an hour: users are scored, it must not alert) and a burst of 60
+    people in five minutes (it must)."""
+    rng = random.Random(seed)
+    out: list[tuple[int, int, str | None]] = []  # (time, user, label)
+    for day in range(days):
+        for hour in range(24):
+            busy = 13 <= hour < 21 and day % 7 < 5  # market hours on weekdays (day 0: Mon)
+            for _ in range(rng.randrange(6, 14) if busy else rng.randrange(0, 3)):
+                t = T_DAY0 + day * DAY + hour * HOUR + rng.randrange(HOUR)
+                out.append((t, rng.randrange(1, 400), rng.choice(("Bullish", "Bearish", None))))
+    last = T_DAY0 + (days - 1) * DAY
+    out += [(last + 3 * HOUR + i * 40_000, 7, "Bullish") for i in range(80)]
+    out += [(last + 15 * HOUR + 20 * M + i * 4_000, 1_000 + i, "Bearish") for i in range(60)]
+    out.sort()
+    return [Mention(MentionKind.MESSAGE, "AAL", i + 1, t, u, label)
+            for i, (t, u, label) in enumerate(out)]
+
+
+def run_batches(engine: PartitionEngine, mentions: list[Mention], size: int = 150,
+                first_offset: int = 0) -> list[Outputs]:
+    """Mentions in batches of one raw partition read in time order, then a quiet mark
+    (every open window closes, as at the end of a replay)."""
+    outs = []
+    for n, i in enumerate(range(0, len(mentions), size)):
+        chunk = mentions[i:i + size]
+        outs.append(engine.on_batch(Batch(chunk, [mark(chunk[-1].created_at_ms)], 1),
+                                    chunk[-1].created_at_ms, 0, first_offset + n))
+    end = mentions[-1].created_at_ms
+    outs.append(engine.on_batch(Batch([], [mark(end, idle=True, quiet=True)], 1), end, 0,
+                                first_offset + len(outs)))
+    return outs
+
+
+def predicted(mentions: list[Mention], rule: detectors.DetectorRule) -> list[tuple[Any, ...]]:
+    """What the pure detectors say for the same windows fed directly, in close order."""
+    windows: dict[tuple[int, int], tuple[int, set[int]]] = {}
+    for m in mentions:
+        for size in (FIVE, HOUR):
+            start = m.created_at_ms - m.created_at_ms % size
+            count, users = windows.get((start, size), (0, set()))
+            windows[(start, size)] = (count + 1, users | {m.user_id})  # type: ignore[arg-type]
+    state, alerts = detectors.DetectorState(), []
+    for (start, size), (count, users) in sorted(windows.items(),
+                                                key=lambda w: (w[0][0] + w[0][1], w[0][1])):
+        v = detectors.observe(state, start, size, count, len(users), rule)
+        if v is not None:
+            alerts.append((start, size, *v.record_fields().values()))
+    return alerts
+
+
+def spikes_of(outs: list[Outputs]) -> list[tuple[Any, ...]]:
+    fields = list(detectors.Verdict(detectors.Kind.BURST, 0, 0, 0, 0, 0, detectors.Severity.LOW,
+                                    detectors.Scored.USERS, 0, 0, 0).record_fields())
+    return [(s["window_start_ms"], s["window_size_ms"], *(s[f] for f in fields))
+            for out in outs for s in out.spikes]
+
+
+def test_engine_alerts_are_what_the_pure_detectors_say_for_the_same_windows() -> None:
+    mentions = chatter()
+    outs = run_batches(PartitionEngine(DETECTOR_CFG), mentions)
+    got = spikes_of(outs)
+    assert got == predicted(mentions, DETECTOR_CFG.rule)  # type: ignore[arg-type]
+    burst = T_DAY0 + 7 * DAY + 15 * HOUR + 20 * M
+    assert (burst, FIVE, "BURST") in [(s[0], s[1], s[2]) for s in got]
+    flood = T_DAY0 + 7 * DAY + 3 * HOUR
+    assert not [s for s in got if flood <= s[0] < flood + HOUR]  # one account is no crowd
+    spike = next(s for out in outs for s in out.spikes if s["window_start_ms"] == burst)
+    assert spike["count"] >= spike["distinct_users"] >= 60 and spike["scored"] == "USERS"
+    assert spike["sample_message_ids"] and spike["detected_at_ms"] > burst
+
+
+def test_scoring_messages_the_one_account_flood_is_a_surge() -> None:
+    """The engine hands the detectors messages and users apart: scoring messages (not the
+    default) the flood hour alerts, with 80-odd messages from 3 users."""
+    cfg = dataclasses.replace(
+        DETECTOR_CFG, rule=detectors.DetectorRule(scored=detectors.Scored.MESSAGES))
+    mentions = chatter()
+    got = spikes_of(run_batches(PartitionEngine(cfg), mentions))
+    assert got == predicted(mentions, cfg.rule)  # type: ignore[arg-type]
+    flood = T_DAY0 + 7 * DAY + 3 * HOUR
+    assert [(s[0], s[1], s[2], s[5]) for s in got if s[0] == flood] == [
+        (flood, HOUR, "SURGE", "MESSAGES")]
+    assert next(s[4] for s in got if s[0] == flood) <= 3  # distinct users in the window
+
+
+def test_detector_state_lives_in_the_meta_row_and_a_rebuilt_engine_alerts_the_same() -> None:
+    mentions = chatter()
+    whole = spikes_of(run_batches(PartitionEngine(DETECTOR_CFG), mentions))
+    cut = next(i for i, m in enumerate(mentions) if m.created_at_ms >= T_DAY0 + 6 * DAY)
+    first = PartitionEngine(DETECTOR_CFG)
+    outs = run_batches(first, mentions[:cut])
+    table: dict[str, object] = {}
+    _apply(table, first.persist(0))
+    meta = table["AAL"]
+    assert isinstance(meta, dict) and meta["detectors"]["surge"]["days"] == [5, 0]
+    assert "baselines" not in meta
+    second = PartitionEngine.from_rows(DETECTOR_CFG, table.items())
+    assert second.states["AAL"].detectors == first.states["AAL"].detectors
+    outs += run_batches(second, mentions[cut:], first_offset=10_000)
+    assert spikes_of(outs) == whole and whole
+
+
+def test_sentiment_records_say_whether_the_symbol_is_still_cold() -> None:
+    outs = run_batches(PartitionEngine(DETECTOR_CFG), chatter())
+    warm = [(s["window_end_ms"], s["baseline_warm"]) for out in outs for s in out.sentiments]
+    assert warm[0][1] is False and warm[-1][1] is True
+    flips = [end for (end, w), (_, before) in zip(warm[1:], warm, strict=False) if w != before]
+    assert len(flips) == 1  # cold until the surge profile has 5 days, then warm
+    assert T_DAY0 + 5 * DAY <= flips[0] <= T_DAY0 + 5 * DAY + HOUR
+    no_rule = PartitionEngine(CFG)
+    out = run_batches(no_rule, [mention(1, 1_000), mention(2, M + 6_000)])
+    assert {s["baseline_warm"] for o in out for s in o.sentiments} == {None}
+
+
+def test_a_window_emptied_by_destroys_is_not_scored() -> None:
+    engine = PartitionEngine(DETECTOR_CFG)
+    feed(engine, mention(1, T_DAY0 + 1_000), 1, 0)
+    feed(engine, Mention(MentionKind.RETRACTION, "AAPL", 1, T_DAY0 + 1_000), 2, 0)
+    feed(engine, mention(2, T_DAY0 + 2 * HOUR), 3, 0)
+    assert engine.states["AAPL"].detectors.bursts == {}  # nothing observed yet
+    assert engine.states["AAPL"].detectors.surge.last_start_ms is None

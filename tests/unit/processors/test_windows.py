@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from processors import detectors, sentiment
+from processors.detectors import DetectorRule, DetectorState
 from processors.mentions import Mention, MentionKind
+from processors.sentiment import wilson_interval
+from processors.spikes import SpikeRule
 from processors.windows import (
     Pane,
     SymbolState,
@@ -13,6 +17,7 @@ from processors.windows import (
     pane_size_ms,
     parse_duration_ms,
     parse_windows,
+    spike_record,
     window_start_ms,
     window_starts,
 )
@@ -220,3 +225,111 @@ def test_pane_chunks_hold_only_what_is_new_and_rebuild_the_pane() -> None:
         rebuilt.apply_chunk(chunk)
     assert (rebuilt.messages, rebuilt.scores, rebuilt.retracted, rebuilt.chunks) == (
         pane.messages, pane.scores, pane.retracted, pane.chunks)
+
+
+# --- per-user sentiment and the detectors at close ------------------------------------------
+
+def test_sentiment_record_counts_messages_and_people() -> None:
+    state, c = SymbolState(), cfg()
+    labels = [(7, "Bullish")] * 5 + [(8, "Bearish"), (9, "Bearish"), (10, "Bullish"),
+                                       (11, "Bullish"), (11, "Bearish"), (None, "Bearish"),
+                                       (12, None)]
+    for i, (user, label) in enumerate(labels):
+        add_mention(state, msg(i + 1, 1_000 + i, user, label), -1, c)  # type: ignore[arg-type]
+    rec = close_windows(state, "AAPL", M, c)[0].result.sentiment_record(emitted_at_ms=5)
+    assert (rec["bullish"], rec["bearish"]) == (7, 4)
+    # users: 7 and 10 bullish; 8, 9 and the anonymous one bearish; 11 a tie abstains
+    expected = sentiment.user_sentiment(labels).record_fields()
+    assert {k: rec[k] for k in expected} == expected
+    assert (rec["user_bullish"], rec["user_bearish"]) == (2, 3)
+    assert rec["user_bullish_ratio_low"] == pytest.approx(wilson_interval(2, 5)[0])  # type: ignore[index]
+    assert rec["baseline_warm"] is None  # no detectors configured
+
+
+def test_a_correction_carries_the_per_user_fields() -> None:
+    state, c = SymbolState(), cfg()
+    add_mention(state, msg(1, 10, 1, "Bullish"), -1, c)
+    add_mention(state, msg(2, 20, 1, "Bullish"), -1, c)
+    add_mention(state, msg(3, 30, 2, "Bearish"), -1, c)
+    first = close_windows(state, "AAPL", M, c)[0].result
+    assert (first.user_bullish, first.user_bearish) == (1, 1)
+    fix = add_mention(state, msg(3, 30, 2, "Bearish", MentionKind.RETRACTION), M, c)
+    rec = fix.corrections[0].sentiment_record(emitted_at_ms=0)
+    assert (rec["revision"], rec["user_bullish"], rec["user_bearish"]) == (1, 1, 0)
+    assert rec["user_bullish_ratio"] == 1.0 and rec["bullish_ratio"] == 1.0
+
+
+FIVE = 5 * M
+
+
+def detector_cfg(rule: DetectorRule | None = None) -> WindowConfig:
+    specs = (TUMBLE_1M, WindowSpec(FIVE, FIVE), WindowSpec(H, FIVE), WindowSpec(H, H))
+    return WindowConfig(specs=specs, grace_ms=0, revision_horizon_ms=H,
+                        rule=rule or DetectorRule(burst=SpikeRule(warmup_windows=3)))
+
+
+def test_detectors_score_their_tumbling_windows_only_in_close_order() -> None:
+    c = detector_cfg()
+    assert c.detector_specs == {WindowSpec(FIVE, FIVE), WindowSpec(H, H)}
+    state, direct = SymbolState(), DetectorState()
+    n = 0
+    for window in range(24):  # two hours: 2 messages per 5 minutes, then 40 people at once
+        people = 40 if window == 20 else 2
+        for i in range(people):
+            n += 1
+            add_mention(state, msg(n, window * FIVE + 1_000 + i, user=n % 1_000 + 3 * i), -1, c)
+    closed = close_windows(state, "AAPL", 2 * H, c)
+    fired = [x for x in closed if x.verdict is not None]
+    assert [(x.result.spec.size_ms, x.result.start_ms) for x in fired] == [(FIVE, 20 * FIVE)]
+    # the same windows fed to the pure API by hand, in close order (end, then size)
+    scored = sorted(((x.result.end_ms, x.result.spec.size_ms, x.result) for x in closed
+                     if x.result.spec in c.detector_specs), key=lambda t: t[:2])
+    verdicts = [detectors.observe(direct, r.start_ms, r.spec.size_ms, r.message_count,
+                                  r.distinct_users, c.rule)  # type: ignore[arg-type]
+                for _, _, r in scored]
+    assert [v for v in verdicts if v is not None] == [fired[0].verdict]
+    assert state.detectors == direct
+    assert [x.warm for x in closed][-1] is False  # the hour-of-day profile needs 5 days
+
+
+def test_spike_record_is_the_window_plus_the_verdict_and_fits_the_schema() -> None:
+    c = detector_cfg()
+    state = SymbolState()
+    for window in range(6):
+        for i in range(3 if window < 5 else 30):
+            add_mention(state, msg(window * 100 + i, window * FIVE + i, 1_000 + i,
+                                   "Bullish" if i % 3 else "Bearish"), -1, c)
+    closed = [x for x in close_windows(state, "AAPL", H, c) if x.verdict is not None]
+    assert len(closed) == 1
+    rec = spike_record(closed[0].result, closed[0].verdict, 99)  # type: ignore[arg-type]
+    assert rec == {
+        "symbol": "AAPL", "window_start_ms": 5 * FIVE, "window_end_ms": 6 * FIVE,
+        "window_size_ms": FIVE, **closed[0].verdict.record_fields(),  # type: ignore[union-attr]
+        "bullish_ratio": 20 / 30, "sample_message_ids": [500, 501, 502, 503, 504],
+        "detected_at_ms": 99,
+    }
+    assert (rec["kind"], rec["count"], rec["distinct_users"]) == ("BURST", 30, 30)
+    _round_trip("spike.avsc", rec)
+    sent = closed[0].result.sentiment_record(emitted_at_ms=1, warm=False)
+    assert _round_trip("window_sentiment.avsc", sent) == sent
+
+
+def _round_trip(schema_file: str, record: dict[str, object]) -> dict[str, object]:
+    """Encode with the project's writer and decode with fastavro: the record fits."""
+    import io
+
+    import fastavro
+
+    from schemas.serde import load_schema, wire_encoder
+
+    schema = load_schema(schema_file)
+    data = wire_encoder(1, schema)(record)  # type: ignore[arg-type]
+    return fastavro.schemaless_reader(io.BytesIO(data[5:]), fastavro.parse_schema(schema),
+                                      None)  # type: ignore[return-value]
+
+
+def test_symbol_state_of_a_v1_row_starts_its_detectors_cold() -> None:
+    row = SymbolState().meta_json()
+    del row["detectors"]
+    row["baselines"] = {"300000/300000": {"n": 40}}
+    assert SymbolState.from_json({**row, "panes": {}}).detectors == DetectorState()
