@@ -1,4 +1,5 @@
-"""The live board: top symbols by current volume, bullish ratio with its interval, spikes.
+"""The live board: top symbols by current volume, bullish ratio per message and per user with
+their intervals, which symbols are still cold (their spike baselines learning), spikes.
 
 Pure part: :func:`fold` keeps the latest window per symbol from the three output topics
 and :func:`top_rows` / :func:`render` turn that into a table. I/O part: :func:`run` reads
@@ -124,6 +125,10 @@ class Row:
     high: float | None
     labelled: int
     spike: str | None  # severity of a spike in this or the previous window
+    user_ratio: float | None = None  # each user's labels vote once
+    user_low: float | None = None
+    user_high: float | None = None
+    cold: bool = False  # its spike detectors are still learning: it cannot alert yet
 
 
 def newest_window_ms(board: Board) -> int | None:
@@ -147,7 +152,7 @@ def top_rows(board: Board, n: int = 15, stale_windows: int = 5) -> list[Row]:
         start = int(vol["window_start_ms"])
         if start < oldest_current:
             continue
-        sent = board.sentiment.get(symbol)
+        latest = sent = board.sentiment.get(symbol)
         if sent is not None and int(sent["window_start_ms"]) != start:
             sent = None  # a ratio of another window would mislead
         bull, bear = int(vol.get("bullish") or 0), int(vol.get("bearish") or 0)
@@ -161,6 +166,11 @@ def top_rows(board: Board, n: int = 15, stale_windows: int = 5) -> list[Row]:
                 high=sent.get("bullish_ratio_high") if sent else None,
                 labelled=bull + bear,
                 spike=spiked.get(symbol),
+                user_ratio=sent.get("user_bullish_ratio") if sent else None,
+                user_low=sent.get("user_bullish_ratio_low") if sent else None,
+                user_high=sent.get("user_bullish_ratio_high") if sent else None,
+                # the newest word on it, whatever its window (null: a writer that cannot say)
+                cold=latest is not None and latest.get("baseline_warm") is False,
             )
         )
     rows.sort(key=lambda r: (-r.count, -r.window_start_ms, r.symbol))
@@ -179,6 +189,11 @@ def _recent_spikes(board: Board, newest_start_ms: int) -> dict[str, str]:
 def _severity(spike: Record) -> str:
     sev = spike.get("severity")
     return str(getattr(sev, "value", sev))
+
+
+def _enum(value: Any, default: str) -> str:
+    """An Avro enum as decoded (a str, or an Enum), the schema default when absent."""
+    return default if value is None else str(getattr(value, "value", value))
 
 
 def _hhmm(ms: int) -> str:
@@ -204,6 +219,22 @@ def ratio_text(ratio: float | None, low: float | None, high: float | None) -> st
 _SEVERITY_STYLE = {"HIGH": "bold white on red", "MEDIUM": "bold red", "LOW": "yellow"}
 
 
+def scored_text(spike: Record) -> str:
+    """The volume the detector tested: ``62 users`` (or ``40 msgs``; older records: messages)."""
+    scored = spike.get("scored_count")
+    if scored is None:
+        return f"{spike['count']} msgs"
+    unit = "users" if _enum(spike.get("scored"), "MESSAGES") == "USERS" else "msgs"
+    return f"{float(scored):.0f} {unit}"
+
+
+def spike_window_text(spike: Record) -> str:
+    """Start and length of what was tested: a SURGE may sum hours before its window."""
+    end = int(spike["window_end_ms"])
+    span = int(spike.get("span_ms") or spike["window_size_ms"])
+    return f"{_hhmm(end - span)} {_size(span)}"
+
+
 def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
     """The board as ``rich`` renderables: header, top symbols, latest spikes.
 
@@ -225,7 +256,8 @@ def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
         head = Text.assemble(head, "\n", (f"⏳ {waiting}", "yellow"))
     top = Table(title=f"Top symbols by volume ({size})", expand=True, title_justify="left")
     for col, justify in (("symbol", "left"), ("window", "left"), ("messages", "right"),
-                         ("bullish ratio [95% Wilson]", "right"), ("labelled", "right"),
+                         ("bullish/message [95% Wilson]", "right"),
+                         ("bullish/user [95% Wilson]", "right"), ("labelled", "right"),
                          ("spike", "left")):  # fmt: skip
         top.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in top_rows(board, n):
@@ -235,25 +267,32 @@ def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
             _hhmm(r.window_start_ms),
             str(r.count),
             ratio_text(r.bullish_ratio, r.low, r.high),
+            ratio_text(r.user_ratio, r.user_low, r.user_high),
             str(r.labelled),
-            Text(f"⚡ {printable(r.spike, 12)}") if r.spike else "",
+            Text(f"⚡ {printable(r.spike, 12)}") if r.spike
+            else Text("cold", style="dim") if r.cold else "",
             style=style,
         )
     spikes = Table(title="Latest spikes", expand=True, title_justify="left")
-    for col in ("symbol", "window", "messages", "expected", "× baseline", "z", "severity"):
+    for col in ("symbol", "window", "kind", "scored", "expected", "× baseline", "z",
+                "severity"):
         spikes.add_column(col)
     for s in board.spikes:
         sev = printable(_severity(s), 12)
         spikes.add_row(
             Text(f"${printable(s['symbol'])}"),
-            f"{_hhmm(int(s['window_start_ms']))} {_size(int(s['window_size_ms']))}",
-            str(s["count"]),
+            spike_window_text(s),
+            printable(_enum(s.get("kind"), "BURST"), 8),
+            scored_text(s),
             f"{float(s['expected_count']):.1f}",
             f"{float(s['ratio']):.1f}",
             f"{float(s['score']):.1f}",
             Text(sev, style=_SEVERITY_STYLE.get(sev, "")),
         )
-    return Group(head, top, spikes)
+    legend = Text("cold: its spike baselines are still learning (5 days of history), so it "
+                  "cannot alert yet; see docs/signals.md on warm start", style="dim")
+    return Group(head, top, *([legend] if any(r.cold for r in top_rows(board, n)) else []),
+                 spikes)
 
 
 SPIKE_FIELDS = (
@@ -264,6 +303,9 @@ SPIKE_FIELDS = (
     "expected_count",
     "ratio",
     "score",
+    "distinct_users",
+    "scored_count",
+    "span_ms",
 )
 
 
@@ -280,7 +322,11 @@ def snapshot(board: Board, n: int = 15, waiting: str | None = None) -> dict[str,
         "seen": dict(board.seen),
         "rows": [dataclasses.asdict(r) for r in rows],
         "spikes": [
-            {k: s.get(k) for k in SPIKE_FIELDS} | {"severity": _severity(s)} for s in board.spikes
+            {k: s.get(k) for k in SPIKE_FIELDS} | {
+                "severity": _severity(s), "kind": _enum(s.get("kind"), "BURST"),
+                "scored": _enum(s.get("scored"), "MESSAGES"), "scored_text": scored_text(s),
+                "window_text": spike_window_text(s),
+            } for s in board.spikes
         ],
         "history": {r.symbol: [list(p) for p in board.history.get(r.symbol, ())] for r in rows},
     }
