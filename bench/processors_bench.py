@@ -1,299 +1,675 @@
-"""Benchmark of the signal engine against the real broker (prints numbers; not a test).
+"""Benchmark of the v2 pipeline (``pulse worker``: fan-out + signals) against a real broker.
 
     PULSE_BOOTSTRAP_SERVERS=… PULSE_SCHEMA_REGISTRY_URL=… \\
-        python bench/processors_bench.py --messages 500000 --symbols 10000
+        .venv/bin/python bench/processors_bench.py --messages 500000 --symbols 10000
 
-1. pre-loads N synthetic MessageEvents (~1.5 symbols each) into a fresh raw topic;
-2. times a bare confluent-kafka consume + Avro decode + count loop over it (the Python
-   ceiling), and a no-op faust agent that only counts the records (faust's own ceiling);
-3. runs one worker (``python -m processors``) over the same backlog and times raw messages/s
-   and mentions/s until the consumer group has committed everything, samples the latency
-   from window close (header ``pulse.closed_at_ms``) to the output record being consumable,
-   and reads the worker's peak RSS.
+1. pre-loads N synthetic MessageEvents (1-2 Zipf-chosen symbols each, ``--rate`` event-time
+   messages/s, or ``--day``: N spread over 24 h) into the raw topic of a fresh topic prefix,
+   with every other setting at its default (6 raw and 6 symbol partitions, windows, grace,
+   idle close), and computes from the input how many volume records the windows must give;
+2. times the bare confluent-kafka consume + Avro decode + count loop over that topic
+   (``bench/fanout_bench.py``'s, the Python ceiling on this machine);
+3. starts ``pulse worker`` (supervisor + fan-out + signals processes) over the backlog and
+   follows both stages' /metrics until every expected volume record was emitted; samples the
+   RSS of the worker's process tree from /proc meanwhile.
 
-``--engine-only`` times the pure stage-2 engine in-process (no Kafka), which tells the cost of
-our own code apart from faust's. ``--spike-scan`` replays the real histories through the
-spike detector and prints alerts per day for a few thresholds (how the defaults were chosen).
+Time: from the fan-out's first record read to the last volume record appended, minus the time
+the pipeline only waited for the idle-close timer (from the later of "every mention applied"
+and the last window emitted before it, to when the fan-out wrote the all-quiet marks). Latency:
+``pulse.closed_at_ms`` (stamped as the signals stage publishes a close) to the record's
+broker append time (the bench's volume topic uses LogAppendTime): close → durable and readable.
+
+``--profile`` attaches py-spy (``pip install py-spy``) to both stage processes and prints where
+each spends its time; ``--engine-only`` drives the pure engine
+(``PartitionEngine.on_batch``) over the same input in-process, without Kafka.
+The old ``--spike-scan`` is gone: ``bench/evaluate.py`` scores the detectors as they run now.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
+import cProfile
 import json
-import os
+import pstats
 import random
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from confluent_kafka import Consumer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+from fanout_bench import T0, bare_loop  # bench/ is this script's directory, so on sys.path
 
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+from processors.agents import CLOSED_AT_HEADER
+from processors.app import prepare, window_config
+from processors.batching import BatchBuilder, columns
+from processors.engine import Batch, PartitionEngine
+from processors.fanout import BATCH_SIZE
+from processors.harness import RawWriter, WorkerProcess, message_event
+from processors.mentions import from_columns
+from processors.progress import ReadProgress
+from processors.windows import WindowSpec
+from schemas import topics
+from schemas.serde import Serde
+from settings import Settings
 
-from processors import spikes  # noqa: E402
-from processors.agents import BATCH_MAX, CLOSED_AT_HEADER  # noqa: E402
-from processors.app import prepare, window_config  # noqa: E402
-from processors.engine import PartitionEngine  # noqa: E402
-from processors.harness import RawWriter, WorkerProcess, message_event  # noqa: E402
-from processors.mentions import Mention, MentionKind  # noqa: E402
-from schemas import topics  # noqa: E402
-from schemas.serde import Serde  # noqa: E402
-from settings import Settings  # noqa: E402
-
-HISTORY = ROOT.parent / "shared" / "data" / "stocktwits-real" / "anshulrao-stocktwits-crawler" \
-    / "history"
+DAY_S = 86_400
+Event = tuple[int, int, list[str], int, str | None]  # id, created_at_ms, symbols, user, label
 
 
-def synthetic(n: int, n_symbols: int, seed: int = 7, rate_per_s: float = 2_000.0):
-    """(message_id, created_at_ms, symbols, user_id, sentiment) with Zipf-ish symbol choice."""
+# --- input -----------------------------------------------------------------------------------
+
+
+def synthetic(n: int, n_symbols: int, rate_per_s: float, seed: int = 7) -> Iterator[Event]:
+    """The stream of ``fanout_bench.preload`` (same seed, same draws), as tuples."""
     rng = random.Random(seed)
     names = [f"S{i:05d}" for i in range(n_symbols)]
-    weights = [1.0 / (i + 1) ** 0.8 for i in range(n_symbols)]
-    cum = list(_accumulate(weights))
-    t0 = 1_767_225_600_000
+    cum = list(accumulate(1.0 / (i + 1) ** 0.8 for i in range(n_symbols)))
     for i in range(n):
-        k = 1 if rng.random() < 0.5 else 2
+        k = 1 + (rng.random() < 0.5)
         syms = list(dict.fromkeys(rng.choices(names, cum_weights=cum, k=k)))
         sentiment = rng.choice((None, None, "Bullish", "Bearish"))
-        yield i + 1, t0 + int(i * 1000 / rate_per_s), syms, rng.randrange(1, 50_000), sentiment
+        yield i + 1, T0 + int(i * 1000 / rate_per_s), syms, rng.randrange(1, 50_000), sentiment
 
 
-def _accumulate(xs: list[float]) -> list[float]:
-    out, total = [], 0.0
-    for x in xs:
-        total += x
-        out.append(total)
+@dataclass
+class Expected:
+    """What the input must give: one volume record per symbol per window holding a mention."""
+
+    messages: int
+    mentions: int
+    span_ms: int
+    volumes_by_spec: dict[str, int]
+
+    @property
+    def volumes(self) -> int:
+        return sum(self.volumes_by_spec.values())
+
+
+def windows_with_data(panes: dict[str, set[int]], specs: tuple[WindowSpec, ...]) -> dict[str, int]:
+    """Per window spec, how many (symbol, window) pairs hold at least one pane with data."""
+    out = {}
+    for spec in specs:
+        total = 0
+        for starts in panes.values():
+            lasts = {p - p % spec.advance_ms for p in starts}
+            held = set()
+            for last in lasts:
+                held.update(range(last - spec.size_ms + spec.advance_ms, last + 1,
+                                  spec.advance_ms))
+            total += len(held)
+        out[spec.key] = total
     return out
 
 
-def preload(settings: Settings, n: int, n_symbols: int, rate_per_s: float) -> int:
-    writer = RawWriter(settings)
-    mentions = 0
-    for mid, t, syms, user, sentiment in synthetic(n, n_symbols, rate_per_s=rate_per_s):
+@dataclass
+class Tally:
+    """Counts the input as it is generated, for :class:`Expected`."""
+
+    pane_ms: int
+    specs: tuple[WindowSpec, ...]
+    messages: int = 0
+    mentions: int = 0
+    last_ms: int = T0
+    panes: dict[str, set[int]] = field(default_factory=dict)
+
+    def add(self, t: int, syms: list[str]) -> None:
+        for s in syms:
+            self.panes.setdefault(s, set()).add(t - t % self.pane_ms)
+        self.messages += 1
+        self.mentions += len(syms)
+        self.last_ms = max(self.last_ms, t)
+
+    def expected(self) -> Expected:
+        return Expected(self.messages, self.mentions, self.last_ms - T0,
+                        windows_with_data(self.panes, self.specs))
+
+
+def tally_for(settings: Settings) -> Tally:
+    cfg = window_config(settings)
+    return Tally(cfg.pane_ms, cfg.specs)
+
+
+def preload(settings: Settings, n: int, n_symbols: int, rate_per_s: float) -> Expected:
+    writer, tally = RawWriter(settings), tally_for(settings)
+    for mid, t, syms, user, sentiment in synthetic(n, n_symbols, rate_per_s):
         writer.send(topics.MESSAGES, message_event(mid, t, syms, user, sentiment))
-        mentions += len(syms)
+        tally.add(t, syms)
     writer.flush()
-    return mentions
+    return tally.expected()
 
 
-def bare_loop(settings: Settings, n: int) -> float:
-    """confluent-kafka consume + Avro decode + per-symbol count: messages/s."""
-    decode = Serde(settings).deserializer(topics.MESSAGES)
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"bare-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topics.MESSAGES.full_name(settings)])
-    counts: Counter[str] = Counter()
-    seen, start = 0, None
-    while seen < n:
-        batch = consumer.consume(1_000, 1.0)
-        for msg in batch:
-            if msg.error():
-                continue
-            if start is None:
-                start = time.perf_counter()
-            record = decode(msg.value())
-            for ref in record["message"]["symbols"]:
-                counts[ref["symbol"]] += 1
-            seen += 1
-    consumer.close()
-    return n / (time.perf_counter() - (start or time.perf_counter()))
+# --- the worker's process tree and metrics ---------------------------------------------------
 
 
-def faust_noop(settings: Settings, n: int) -> float:
-    """Events/s of a no-op faust agent over the same topic: faust's own per-event ceiling."""
-    env = {**os.environ, "NOOP_BROKER": settings.bootstrap_servers.split(",")[0],
-           "NOOP_TOPIC": topics.MESSAGES.full_name(settings), "NOOP_COUNT": str(n),
-           "NOOP_DATADIR": tempfile.mkdtemp(prefix="faust-noop-")}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "faust_noop.py"), "worker", "-l", "warn"],
-        env=env, capture_output=True, text=True, timeout=3_600, check=False,
-    )
-    found = re.search(r"faust-noop (\d+)", out.stdout + out.stderr)  # faust logs stdout
-    if found:
-        return float(found.group(1))
-    raise RuntimeError(f"faust no-op run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out.extend(int(c) for c in task.read_text().split())
+        except OSError:
+            continue
+    return out
 
 
-def committed_total(settings: Settings, group: str, topic: str, partitions: int) -> int:
-    c = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
+def tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(children(p))
+    return pids
+
+
+def status_kb(pid: int, key: str) -> int:
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def latency_probe(settings: Settings, stop: threading.Event, out: list[float]) -> None:
-    """Tail the volume topic; close → consumable latency (ms) of each record."""
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"lat-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "latest", "enable.auto.commit": False})
-    consumer.subscribe([topics.VOLUME.full_name(settings)])
-    while not stop.is_set():
-        for msg in consumer.consume(500, 0.5):
-            if msg.error():
-                continue
-            headers = dict(msg.headers() or [])
-            if CLOSED_AT_HEADER in headers:
-                out.append(time.time() * 1000 - int(headers[CLOSED_AT_HEADER]))
-    consumer.close()
+def stage_of(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    for name in (b"fan-out", b"signals"):
+        if name in cmd:
+            return name.decode()
+    return "supervisor" if b"processors" in cmd else "other"
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? (\S+)$")
 
 
-def run_worker(settings: Settings, n: int, mentions: int, log: Path) -> dict[str, float]:
-    raw = topics.MESSAGES.full_name(settings)
-    ment = topics.MENTIONS.full_name(settings)
-    stop = threading.Event()
-    latencies: list[float] = []
-    probe = threading.Thread(target=latency_probe, args=(settings, stop, latencies), daemon=True)
-    probe.start()
-    worker = WorkerProcess(settings, log).start()
+def scrape(port: int) -> dict[str, float]:
+    """Sum of every sample by metric name from ``/metrics`` on ``port`` ({} while down)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = METRIC_LINE.match(line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+@dataclass
+class Timeline:
+    """Wall-clock marks (time.time()) seen while following the worker."""
+
+    first_read: float | None = None  # the fan-out read its first raw record
+    signals_first: float | None = None  # the signals stage applied its first mention
+    fanned_out: float | None = None  # the fan-out read every raw record
+    applied: float | None = None  # the signals stage applied every mention
+    windows_done: float | None = None  # every expected volume record emitted
+    peak_rss_kb: int = 0  # peak of the sampled sum over the process tree
+    hwm_kb: dict[str, int] = field(default_factory=dict)  # VmHWM by process, at the end
+    pids: dict[str, int] = field(default_factory=dict)  # stage → pid
+
+
+STALL_S = 60.0  # beyond the idle close: no new window for this long means none will come
+
+
+@dataclass
+class Stall:
+    """Tells when a count stopped growing for ``after_s`` seconds."""
+
+    after_s: float
+    last: float = -1.0
+    since: float = field(default_factory=time.monotonic)
+
+    def stuck(self, value: float) -> bool:
+        if value != self.last:
+            self.last, self.since = value, time.monotonic()
+        return time.monotonic() - self.since > self.after_s
+
+
+def follow(settings: Settings, worker: WorkerProcess, exp: Expected, timeout_s: float,
+           on_stage: Any = None) -> Timeline:
+    """Poll both stages' metrics and the process tree until every window was emitted."""
     assert worker.proc is not None
-    started = time.perf_counter()
-    first = raw_done = ment_done = None
-    peak = 0.0
+    tl, deadline = Timeline(), time.monotonic() + timeout_s
+    stall = Stall(settings.idle_close_s + STALL_S)
+    while tl.windows_done is None:
+        time.sleep(0.02 if tl.first_read is None else 0.25)
+        if not worker.alive():
+            raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not done in {timeout_s:.0f} s:\n{worker.log_tail()}")
+        sample_tree(worker.proc.pid, tl, on_stage)
+        sig = scrape(settings.web_port)
+        mark(tl, scrape(settings.fan_out_port), sig, exp)
+        emitted = sig.get("pulse_windows_emitted_total", 0.0)
+        if tl.applied is not None and stall.stuck(emitted):
+            raise RuntimeError(f"{emitted:,.0f} of {exp.volumes:,} windows emitted, no more for "
+                               f"{stall.after_s:.0f} s:\n{worker.log_tail()}")
+    for pid in tree(worker.proc.pid):
+        tl.hwm_kb[f"{stage_of(pid)} ({pid})"] = status_kb(pid, "VmHWM")
+    return tl
+
+
+def sample_tree(root: int, tl: Timeline, on_stage: Any) -> None:
+    pids = tree(root)
+    tl.peak_rss_kb = max(tl.peak_rss_kb, sum(status_kb(p, "VmRSS") for p in pids))
+    for pid in pids:
+        stage = stage_of(pid)
+        if stage in ("fan-out", "signals") and tl.pids.get(stage) != pid:
+            tl.pids[stage] = pid
+            if on_stage is not None:
+                on_stage(stage, pid)
+
+
+def mark(tl: Timeline, fan: dict[str, float], sig: dict[str, float], exp: Expected) -> None:
+    now = time.time()
+    read = fan.get("pulse_fanout_events_in_total", 0.0)
+    applied = sig.get("pulse_mentions_in_total", 0.0)
+    if tl.first_read is None and read > 0:
+        tl.first_read = now
+    if tl.signals_first is None and applied > 0:
+        tl.signals_first = now
+    if tl.fanned_out is None and read >= exp.messages:
+        tl.fanned_out = now
+    if tl.applied is None and applied >= exp.mentions:
+        tl.applied = now
+    if sig.get("pulse_windows_emitted_total", 0.0) >= exp.volumes:
+        tl.windows_done = now
+
+
+# --- reading the outputs after the run -------------------------------------------------------
+
+
+def read_all(settings: Settings, spec: topics.TopicSpec, expected: int | None,
+             idle_s: float = 5.0) -> list[Any]:
+    """Every record of ``spec`` from the beginning (stop at ``expected`` or ``idle_s`` idle)."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([spec.full_name(settings)])
+    out: list[Any] = []
+    last = time.monotonic()
     try:
-        while True:
-            time.sleep(1.0)
-            if not worker.alive():
-                raise RuntimeError(f"worker died:\n{worker.log_tail()}")
-            peak = max(peak, peak_rss_mb(worker.proc.pid))
-            r = committed_total(settings, settings.app_id, raw, settings.raw_partitions)
-            m = committed_total(settings, settings.app_id, ment, settings.symbol_partitions)
-            now = time.perf_counter()
-            if first is None and r > 0:
-                first = now
-            if raw_done is None and r >= n:
-                raw_done = now
-            if ment_done is None and m >= mentions:
-                ment_done = now
-            if raw_done and ment_done:
-                break
-            if now - started > 3_600:
-                raise RuntimeError("benchmark did not finish within an hour")
-        time.sleep(2)
-        peak = max(peak, peak_rss_mb(worker.proc.pid))
+        while (expected is None or len(out) < expected) and time.monotonic() - last < idle_s:
+            got = [m for m in consumer.consume(10_000, 0.5) if not m.error()]
+            if got:
+                out.extend(got)
+                last = time.monotonic()
     finally:
-        stop.set()
-        worker.stop()
-    assert first is not None and raw_done is not None and ment_done is not None
-    busy = max(raw_done, ment_done) - first
-    lat = sorted(latencies) or [float("nan")]
-    return {
-        "raw_per_s": n / busy,
-        "mentions_per_s": mentions / busy,
-        "seconds": busy,
-        "p50_ms": statistics.median(lat),
-        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-        "latency_samples": len(latencies),
-        "peak_rss_mb": peak,
-    }
+        consumer.close()
+    return out
 
 
-def engine_only(n: int, n_symbols: int) -> None:
-    cfg = window_config(Settings())
-    engine = PartitionEngine(cfg)
-    mentions = [
-        Mention(MentionKind.MESSAGE, s, mid, t, user, sentiment)
-        for mid, t, syms, user, sentiment in synthetic(n, n_symbols)
-        for s in syms
+def close_latencies(records: list[Any]) -> list[tuple[int, int]]:
+    """(closed_at_ms, broker append time − closed_at_ms) of each volume record."""
+    out = []
+    for msg in records:
+        headers = dict(msg.headers() or [])
+        if CLOSED_AT_HEADER in headers:
+            closed = int(headers[CLOSED_AT_HEADER])
+            out.append((closed, msg.timestamp()[1] - closed))
+    return out
+
+
+def quiet_written_ms(settings: Settings) -> int | None:
+    """When the fan-out wrote the first mention batch saying every raw partition is quiet."""
+    decode = Serde(settings).deserializer(topics.MENTION_BATCHES)
+    quiet = [
+        msg.timestamp()[1] for msg in read_all(settings, topics.MENTION_BATCHES, None, 3.0)
+        if all(p["quiet"] for p in decode(msg.value())["progress"])
     ]
+    return min(quiet) if quiet else None
+
+
+def use_log_append_time(settings: Settings, spec: topics.TopicSpec) -> None:
+    """The broker stamps each record as it appends it (the bench's own topic only)."""
+    entry = ConfigEntry("message.timestamp.type", "LogAppendTime",
+                        incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, spec.full_name(settings),
+                              incremental_configs=[entry])
+    admin = AdminClient(settings.kafka_config())  # kept referenced until the answer
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def delete_bench_topics(settings: Settings) -> None:
+    admin = AdminClient(settings.kafka_config())
+    names = [t for t in admin.list_topics(timeout=30).topics
+             if t.startswith((settings.topic_prefix, settings.app_id))]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            future.result(60)
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+            print(f"(could not delete a bench topic: {exc})")
+
+
+# --- py-spy ----------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy (raw collapsed stacks) on each stage process until it exits."""
+
+    def __init__(self, out_dir: Path) -> None:
+        exe = Path(sys.executable).with_name("py-spy")
+        self.exe = str(exe) if exe.exists() else shutil.which("py-spy")
+        if self.exe is None:
+            raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        self.out_dir = out_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def attach(self, stage: str, pid: int) -> None:
+        assert self.exe is not None
+        out = self.out_dir / f"{stage}.txt"
+        self.procs[stage] = subprocess.Popen(
+            [self.exe, "record", "--nonblocking", "-r", "100", "-f", "raw", "-o", str(out),
+             "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def report(self, top: int = 15) -> None:
+        for stage, proc in self.procs.items():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait(10)
+            path = self.out_dir / f"{stage}.txt"
+            if path.exists():
+                print_profile(stage, path.read_text().splitlines(), top)
+
+
+FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+OUR_CODE = re.compile(r"\((processors|schemas|producers)/")
+ENTRY = re.compile(r"^(<module>|main|run) ")  # the entry points: every sample is under them
+
+
+def _frame(text: str) -> str:
+    m = FRAME.match(text)
+    if not m:
+        return text
+    return f"{m.group(1)} ({'/'.join(m.group(2).split('/')[-2:])})"
+
+
+def print_profile(stage: str, lines: list[str], top: int) -> None:
+    """Self and inclusive shares of py-spy's samples, per function."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame(f) for f in stack.split(";")[1:]]  # first: process/thread
+        if not frames:
+            continue
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    ours = Counter({f: n for f, n in incl.items() if OUR_CODE.search(f) and not ENTRY.match(f)})
+    print(f"\n--- py-spy, {stage}: {total:,} samples (100/s, busy threads) ---")
+    for title, counts in (("self", own), ("inclusive (our code)", ours)):
+        print(f"  top {top} by {title} time:")
+        for name, n in counts.most_common(top):
+            print(f"    {100 * n / max(total, 1):5.1f} %  {name}")
+
+
+# --- the pipeline run ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_settings(guarantee: str) -> Settings:
+    """Defaults everywhere (partitions, windows, grace, idle close) but names and ports."""
+    tag = uuid.uuid4().hex[:8]
+    return Settings.from_env().replace(
+        topic_prefix=f"bench{tag}.", app_id=f"pulse-bench-{tag}",
+        state_dir=tempfile.mkdtemp(prefix="pulse-bench-"), web_port=free_port(),
+        fan_out_port=free_port(), processing_guarantee=guarantee,
+    )
+
+
+@dataclass
+class Result:
+    tl: Timeline
+    work_s: float  # first record read → last window, minus the idle-timer wait
+    total_s: float  # first record read → last window appended
+    wait_s: float  # of which only waiting for the idle close timer
+    latencies: list[tuple[int, int]]
+    quiet_ms: int | None
+    volumes_read: int
+
+
+def run_pipeline(settings: Settings, exp: Expected, profile: Profiler | None,
+                 timeout_s: float) -> Result:
+    worker = WorkerProcess(settings, Path(settings.state_dir) / "worker.log").start()
+    try:
+        tl = follow(settings, worker, exp, timeout_s, profile.attach if profile else None)
+    finally:
+        worker.stop()
+    assert tl.first_read is not None and tl.applied is not None
+    volumes = read_all(settings, topics.VOLUME, exp.volumes)
+    lat = close_latencies(volumes)
+    last_ms = max(m.timestamp()[1] for m in volumes)
+    quiet = quiet_written_ms(settings)
+    wait_ms = 0.0
+    if quiet is not None:
+        before = [m.timestamp()[1] for m in volumes if m.timestamp()[1] < quiet]
+        busy_until = max([tl.applied * 1000, *before])
+        wait_ms = max(0.0, quiet - busy_until)
+    total_s = last_ms / 1000 - tl.first_read
+    return Result(tl, total_s - wait_ms / 1000, total_s, wait_ms / 1000, lat, quiet,
+                  len(volumes))
+
+
+def pct(xs: list[int], q: float) -> float:
+    return float(xs[min(len(xs) - 1, int(len(xs) * q))])
+
+
+def print_latency(r: Result) -> None:
+    groups = {"all closes": [d for _, d in r.latencies]}
+    if r.quiet_ms is not None:
+        groups["watermark closes"] = [d for c, d in r.latencies if c < r.quiet_ms]
+        groups["idle close (end)"] = [d for c, d in r.latencies if c >= r.quiet_ms]
+    for name, xs in groups.items():
+        if not xs:
+            print(f"  window close → appended, {name}: none")
+            continue
+        xs.sort()
+        print(f"  window close → appended, {name}: p50 {statistics.median(xs):,.0f} ms, "
+              f"p99 {pct(xs, 0.99):,.0f} ms, max {xs[-1]:,} ms ({len(xs):,} records)")
+
+
+def print_result(exp: Expected, bare: float, r: Result) -> None:
+    tl = r.tl
+    assert tl.first_read is not None and tl.fanned_out and tl.applied
+    rate = exp.messages / r.work_s
+    print(f"pipeline: {rate:,.0f} raw msgs/s, {exp.mentions / r.work_s:,.0f} mentions/s "
+          f"({r.work_s:.1f} s from the first record read to the last window, without "
+          f"{r.wait_s:.1f} s spent only waiting for the idle close; {r.total_s:.1f} s in all)")
+    print(f"ratio pipeline / bare loop: {rate / bare:.1%} (target ≥ 50 %)")
+    print(f"  fan-out read everything after {tl.fanned_out - tl.first_read:.1f} s "
+          f"({exp.messages / (tl.fanned_out - tl.first_read):,.0f} msgs/s); the signals stage "
+          f"applied its first mention after {(tl.signals_first or 0) - tl.first_read:.1f} s and "
+          f"the last after {tl.applied - tl.first_read:.1f} s")
+    print(f"volume records: {r.volumes_read:,} read, {exp.volumes:,} expected "
+          f"({', '.join(f'{k} {v:,}' for k, v in exp.volumes_by_spec.items())})")
+    print_latency(r)
+    hwm = ", ".join(f"{k} {v / 1024:.0f}" for k, v in tl.hwm_kb.items())
+    print(f"peak RSS of the worker's processes: {tl.peak_rss_kb / 1024:.0f} MB sampled sum "
+          f"(target ≤ 400 MB); per-process peaks (VmHWM, MB): {hwm}; their sum "
+          f"{sum(tl.hwm_kb.values()) / 1024:.0f} MB")
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def pipeline_bench(args: argparse.Namespace) -> None:
+    settings = bench_settings(args.guarantee)
+    prepare(settings)
+    ok = False
+    try:
+        measure(settings, args)
+        ok = True
+    finally:
+        if not args.keep:
+            delete_bench_topics(settings)
+        if ok and not args.keep:
+            shutil.rmtree(settings.state_dir, ignore_errors=True)
+        else:
+            print(f"(worker log and state: {settings.state_dir})")
+
+
+def measure(settings: Settings, args: argparse.Namespace) -> None:
+    use_log_append_time(settings, topics.VOLUME)
+    print(f"load average before: {loadavg()}")
+    t = time.perf_counter()
+    exp = preload(settings, args.messages, args.symbols, args.rate)
+    print(f"pre-loaded {exp.messages:,} raw messages ({exp.mentions:,} mentions, "
+          f"{args.symbols:,} symbols, {exp.span_ms / 60_000:,.1f} min of event time, "
+          f"{settings.raw_partitions} raw / {settings.symbol_partitions} symbol partitions, "
+          f"prefix {settings.topic_prefix}) in {time.perf_counter() - t:.1f} s")
+    bare = bare_loop(settings, args.messages)
+    print(f"bare confluent-kafka consume + Avro decode + count: {bare:,.0f} msgs/s")
+    profile = Profiler(Path(settings.state_dir)) if args.profile else None
+    r = run_pipeline(settings, exp, profile, args.timeout)
+    print_result(exp, bare, r)
+    print(f"load average after: {loadavg()}")
+    if profile:
+        profile.report()
+
+
+# --- the pure engine alone -------------------------------------------------------------------
+
+
+def engine_batches(n: int, n_symbols: int, rate: float, settings: Settings, tally: Tally,
+                   batch: int = BATCH_SIZE) -> list[tuple[int, Batch]]:
+    """What the fan-out would write: per ``batch`` raw messages (round-robin over the raw
+    partitions), one Batch per symbol partition; then one all-quiet Batch each (idle close)."""
+    raw_n, raw_name = settings.raw_partitions, topics.MESSAGES.full_name(settings)
+    offsets, event_ms = [0] * raw_n, [-1] * raw_n
+    builder, out = BatchBuilder(settings.symbol_partitions), []
+
+    def flush(idle: bool) -> None:
+        marks = [ReadProgress(raw_name, p, offsets[p], event_ms[p], idle, idle)
+                 for p in range(raw_n)]
+        for p, rows in enumerate(builder.rows):
+            out.append((p, Batch(from_columns(columns(rows)), marks, raw_n)))
+        builder.clear()
+
+    for i, (mid, t, syms, user, sentiment) in enumerate(synthetic(n, n_symbols, rate)):
+        builder.add_message(message_event(mid, t, syms, user, sentiment))
+        tally.add(t, syms)
+        offsets[i % raw_n] += 1
+        event_ms[i % raw_n] = t
+        if i % batch == batch - 1:
+            flush(False)
+    flush(False)
+    flush(True)
+    return out
+
+
+@dataclass
+class EngineRun:
+    expected: Expected
+    batches: int
+    seconds: float
+    persist_s: float  # of which persist() and the rows' JSON
+    volumes: int = 0
+    late: int = 0
+    spikes: int = 0
+
+
+def run_engine(messages: int, symbols: int, rate: float,
+               prof: cProfile.Profile | None = None) -> EngineRun:
+    """Drive one PartitionEngine per symbol partition as the signals stage would (decoded
+    batches in, outputs and changed rows out), without Kafka or Avro."""
+    settings = Settings()  # the defaults, no broker needed
+    cfg = window_config(settings)
+    tally = tally_for(settings)
+    batches = engine_batches(messages, symbols, rate, settings, tally)
+    engines = {p: PartitionEngine(cfg) for p in range(settings.symbol_partitions)}
+    run = EngineRun(tally.expected(), len(batches), 0.0, 0.0)
+    if prof:
+        prof.enable()
     start = time.perf_counter()
-    for i, m in enumerate(mentions):
-        engine.on_mention(m, i, 0)
-        if i % BATCH_MAX == BATCH_MAX - 1:  # the worker writes changed rows once per batch
-            for _, row in engine.persist():
-                json.dumps(row)
-    took = time.perf_counter() - start
-    print(f"pure engine: {len(mentions) / took:,.0f} mentions/s ({len(mentions):,} mentions, "
-          f"{n_symbols:,} symbols, windows {Settings().windows} + {Settings().hopping_windows})")
+    for offset, (p, batch) in enumerate(batches):
+        now_ms = int(time.time() * 1000)
+        out = engines[p].on_batch(batch, now_ms, now_ms, offset)
+        run.volumes += len(out.volumes)
+        run.late += len(out.late)
+        run.spikes += len(out.spikes)
+        t = time.perf_counter()
+        for _, row in engines[p].persist(p):  # the signals stage writes these as JSON rows
+            json.dumps(row)
+        run.persist_s += time.perf_counter() - t
+    run.seconds = time.perf_counter() - start
+    if prof:
+        prof.disable()
+    return run
 
 
-def spike_scan() -> None:
-    by_symbol: dict[str, list[int]] = {}
-    for path in sorted(HISTORY.glob("*.csv*")):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", newline="", encoding="utf-8") as f:  # type: ignore[operator]
-            for row in csv.DictReader(f):
-                t = datetime.strptime(row["created_at"], "%Y-%m-%dT%H:%M:%SZ")
-                by_symbol.setdefault(path.name.split("_")[0].split(".")[0], []).append(
-                    int(t.replace(tzinfo=UTC).timestamp() * 1000))
-    print("symbol  msgs   days   per-5m | spikes/day on 5-min windows (z / min count)")
-    for symbol, ts in sorted(by_symbol.items()):
-        days = (max(ts) - min(ts)) / 86_400_000
-        cells = []
-        for z, min_count in ((3.0, 5), (3.0, 10), (4.0, 5), (4.0, 10), (5.0, 10)):
-            rule = spikes.SpikeRule(min_count=min_count, z=z)
-            counts = Counter(t - t % 300_000 for t in ts)
-            baseline = spikes.Baseline()
-            fired = sum(
-                spikes.observe(baseline, start, 300_000, counts[start], rule).fired
-                for start in sorted(counts)
-            )
-            cells.append(f"z{z:g}/m{min_count}: {fired / days:5.2f}")
-        print(f"{symbol:6} {len(ts):6} {days:6.1f} {len(ts) / days / 288:6.2f} | "
-              + "  ".join(cells))
+def engine_only(args: argparse.Namespace) -> None:
+    prof = cProfile.Profile() if args.profile else None
+    r = run_engine(args.messages, args.symbols, args.rate, prof)
+    exp = r.expected
+    print(f"pure engine: {exp.messages / r.seconds:,.0f} raw msgs/s = "
+          f"{exp.mentions / r.seconds:,.0f} mentions/s ({r.seconds:.1f} s, of which persist + "
+          f"JSON {r.persist_s:.1f} s; {r.batches:,} batches, {r.volumes:,} windows closed of "
+          f"{exp.volumes:,} expected, {r.late} late, {r.spikes} spikes)")
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=500_000)
-    parser.add_argument("--symbols", type=int, default=10_000)
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--rate", type=float, default=2_000.0,
-                        help="event-time messages per second of the synthetic stream: decides "
-                        "how many windows close during the run (every window is 2 records)")
-    parser.add_argument("--engine-only", action="store_true")
-    parser.add_argument("--spike-scan", action="store_true")
-    args = parser.parse_args()
-    if args.spike_scan:
-        spike_scan()
-        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=500_000)
+    ap.add_argument("--symbols", type=int, default=10_000)
+    ap.add_argument("--rate", type=float, default=2_000.0,
+                    help="event-time messages per second of the synthetic stream")
+    ap.add_argument("--day", action="store_true",
+                    help="spread the messages over 24 h of event time (the backfill case)")
+    ap.add_argument("--guarantee", default="at_least_once")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="the pure engine in-process, no Kafka")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy both stages (pipeline) or cProfile (--engine-only)")
+    ap.add_argument("--timeout", type=float, default=3_600.0)
+    ap.add_argument("--keep", action="store_true", help="keep the bench's topics")
+    args = ap.parse_args()
+    if args.day:
+        args.rate = args.messages / DAY_S
     if args.engine_only:
-        engine_only(args.messages, args.symbols)
-        return
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings.from_env().replace(
-        topic_prefix=f"bench{tag}.", app_id=f"pulse-bench-{tag}",
-        raw_partitions=args.partitions, symbol_partitions=args.partitions,
-        state_dir=tempfile.mkdtemp(prefix="pulse-bench-"), log_level="WARNING",
-        idle_close_s=3.0,
-    )
-    prepare(settings)
-    t = time.perf_counter()
-    mentions = preload(settings, args.messages, args.symbols, args.rate)
-    print(f"pre-loaded {args.messages:,} raw messages ({mentions:,} mentions, "
-          f"{args.symbols:,} symbols, {args.messages / args.rate / 60:.0f} min of event time) "
-          f"in {time.perf_counter() - t:.1f}s")
-    bare = bare_loop(settings, args.messages)
-    print(f"bare confluent-kafka consume + Avro decode + count: {bare:,.0f} msgs/s")
-    noop = faust_noop(settings, args.messages)
-    print(f"faust no-op agent (counts records, nothing else): {noop:,.0f} events/s")
-    r = run_worker(settings, args.messages, mentions, Path(settings.state_dir) / "worker.log")
-    print(f"worker: {r['raw_per_s']:,.0f} raw msgs/s, {r['mentions_per_s']:,.0f} mentions/s "
-          f"({r['seconds']:.1f}s to commit all input of both stages)")
-    print(f"ratio to the bare loop: {r['raw_per_s'] / bare:.1%}; to faust's no-op agent: "
-          f"{r['raw_per_s'] / noop:.1%} (the worker reads each message and, in stage 2, "
-          f"each of its {mentions / args.messages:.2f} mentions)")
-    print(f"window close → consumable output: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
-          f"({r['latency_samples']:,} samples)")
-    print(f"worker peak RSS: {r['peak_rss_mb']:.0f} MB with {args.symbols:,} symbols")
+        engine_only(args)
+    else:
+        pipeline_bench(args)
 
 
 if __name__ == "__main__":
