@@ -623,6 +623,7 @@ class FanOut:
             for rec in pending:
                 self._produce(rec, _delivery(rec, failed))
             while (left := self.producer.flush(FLUSH_TIMEOUT_S)) > 0:
+                self._heartbeat = time.monotonic()  # waiting on purpose: alive, not stuck
                 self._check_fatal()
                 self.metrics.retries.labels("flush").inc()
                 self._warn("flush", "%d record(s) not yet acknowledged; waiting (nothing is "
@@ -715,6 +716,7 @@ class FanOut:
                 committed = self.consumer.committed(assigned, timeout=BROKER_TIMEOUT_S * 5)
                 break
             except KafkaException as exc:
+                self._heartbeat = time.monotonic()
                 self._check_fatal()
                 self._warn("rewind", "committed offsets unavailable (%s); retrying", exc)
                 stop.wait(1.0)
@@ -748,7 +750,7 @@ class FanOut:
             if n:
                 m.mentions.labels(kind).inc(n)
                 self._stats["mentions"] += n
-        written = len(out) - len(batch.dead)
+        written = len(out)  # MentionBatch records (dead letters are counted by reason)
         if written:
             m.batches.inc(written)
             self._stats["records"] += written

@@ -7,11 +7,15 @@ every record, dead letters for what cannot be read, nothing lost across a SIGKIL
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,8 +86,10 @@ class FanOutProcess:
 @pytest.fixture
 def fo_settings(settings: Settings) -> Settings:
     """Default partition counts (6 raw × 6 symbol), short idle timers, a free metrics port."""
+    # an app id of its own: the consumer group (<app id>-fan-out) is not namespaced by the
+    # topic prefix, and tests sharing one would keep rebalancing each other
     s = settings.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500,
-                         idle_close_s=3.0)
+                         idle_close_s=3.0, app_id=f"fanout-test-{uuid.uuid4().hex[:8]}")
     ensure_topics(s, (topics.MESSAGES, topics.SENTIMENT_EVENTS, topics.MENTION_BATCHES,
                       topics.DEAD_LETTER))
     return s
@@ -197,11 +203,21 @@ def test_every_mention_reaches_its_partition_with_marks_then_idle_and_quiet(
     s = fo_settings
     events = scripted_events()
     write(s, events)
-    proc = start(fan_out, s, tmp_path)
+    proc = start(fan_out, s, tmp_path, "--port", "0")
     wait_fanned_out(s, timeout_s=90)
     # quiet needs idle_close_s (3 s) without records after the last read
     time.sleep(s.idle_close_s + 2)
     batches = read_batches(s)
+    port = re.search(r"metrics and health on [\d.]+:(\d+)", proc.log())
+    assert port, proc.log()
+    base = f"http://127.0.0.1:{port.group(1)}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
+        assert resp.status == 200 and json.loads(resp.read())["healthy"]
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    n_messages = sum(1 for kind, _ in events if kind == "m")
+    assert (f'pulse_fanout_events_in_total{{topic="{topics.MESSAGES.full_name(s)}"}} '
+            f"{float(n_messages)}") in text
     assert proc.stop() == 0, proc.log()
     assert got_mentions(batches) == expected(events, 6)
     assert {p for p, _, _ in batches} == set(range(6))
@@ -287,3 +303,66 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
     else:
         assert not want - got  # every mention, repeats allowed
         assert set(got) == set(want)
+
+
+@pytest.fixture
+def private_broker(settings: Settings) -> Iterator[tuple[Any, Settings]]:
+    """A throwaway broker of this test's own (stopping the shared one would break every
+    other test); the shared registry."""
+    from embedded.stack import LocalStack, free_ports
+
+    stack = LocalStack(settings.local_home_path, name=f"fanout-{os.getpid()}",
+                       ports=free_ports())
+    try:
+        endpoints = stack.up(timeout_s=240, registry=False)
+        yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
+    finally:
+        stack.destroy()
+
+
+def batches_with_time(settings: Settings) -> list[tuple[int, int, dict[str, Any]]]:
+    """(partition, produce time ms, record) of every MentionBatch record."""
+    decode = Serde(settings).deserializer(topics.MENTION_BATCHES)
+    name = topics.MENTION_BATCHES.full_name(settings)
+    total = output_records(settings)
+    return [(m.partition(), m.timestamp()[1], decode(m.value()))
+            for m in consume(settings, name, total, 60.0)]
+
+
+def test_broker_outage_is_not_a_quiet_stream(
+    private_broker: tuple[Any, Settings], fan_out: list[FanOutProcess], tmp_path: Path
+) -> None:
+    stack, base = private_broker
+    s = base.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500, idle_close_s=3.0,
+                     app_id=f"fanout-test-{uuid.uuid4().hex[:8]}")
+    ensure_topics(s, (topics.MESSAGES, topics.SENTIMENT_EVENTS, topics.MENTION_BATCHES,
+                      topics.DEAD_LETTER))
+    first = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]])) for i in range(300)]
+    write(s, first)
+    proc = start(fan_out, s, tmp_path)
+    wait_fanned_out(s, timeout_s=120)
+    time.sleep(s.idle_close_s + 2)  # everything quiet before the outage
+    down_ms = int(time.time() * 1000)
+    stack.down(timeout_s=60, only="kafka")
+    time.sleep(20)  # more than six idle closes
+    assert proc.proc.poll() is None, proc.log()
+    up_ms = int(time.time() * 1000)
+    stack.up(timeout_s=240, registry=False)
+    second = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]]))
+              for i in range(300, 600)]
+    write(s, second)
+    wait_fanned_out(s, timeout_s=180)
+    time.sleep(s.idle_close_s + 2)
+    assert proc.proc.poll() is None, proc.log()
+    records = batches_with_time(s)
+    assert proc.stop() == 0, proc.log()
+    got = Counter((p, m) for p, _, r in records for m in from_columns(r))
+    assert not expected(first + second, 6) - got  # every mention, repeats allowed
+    before = [r for _, t, r in records if t < down_ms]
+    assert any(all(m["quiet"] for m in r["progress"]) for r in before), "quiet before"
+    # what the fan-out said while the broker was away (detected within ~1.5 s)
+    during = [r for _, t, r in records if down_ms + 2_000 <= t <= up_ms]
+    assert during, "the outage verdict should have been written (delivered after it)"
+    assert not any(m["idle"] or m["quiet"] for r in during for m in r["progress"])
+    last = {p: r for p, _, r in records}
+    assert all(m["quiet"] for r in last.values() for m in r["progress"])
