@@ -1,191 +1,263 @@
-"""Crash recovery and scale-out of real workers: SIGKILL mid-run, a second worker, failover."""
+"""Crash recovery and scale-out of the two stages, with real brokers: a stage SIGKILLed while a
+stream is being written, then started again; two signals workers, one killed, the other takes
+over. Every 1m window is compared with a tally of the input (what an uninterrupted run emits):
+exactly-once emits each window once (read_committed), at-least-once may repeat one, but every
+repeat is the identical record and no window is missing.
+
+The input runs over several raw and symbol partitions with the default grace: the watermark
+waits for the slowest raw partition, so no skew between them makes anything late. The last
+windows close by the idle close (every raw partition quiet for ``IDLE_CLOSE_S``)."""
 
 from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from processors.app import prepare, symbol_partition
+from processors.app import prepare
 from processors.harness import RawWriter, WorkerProcess, message_event, read_records, wait_until
 from schemas import topics
 from settings import Settings
-from tests.integration.test_processors_e2e import worker_settings
+from tests.integration.test_processors_e2e import free_port, worker_settings
 
 pytestmark = pytest.mark.integration
 
 M = 60_000
 T0 = 1_767_225_600_000
 SYMBOLS = [f"R{i:02d}" for i in range(12)]
-WINDOW_KEYS = ("symbol", "window_size_ms", "window_start_ms", "revision")
-# The backlog is read from several raw partitions at uneven speeds, so mentions reach stage 2
-# out of event-time order by minutes; the grace must cover that skew (see docs/processors.md).
-GRACE = 30 * M
+IDLE_CLOSE_S = 3.0  # the last windows close this long after the stream stops
+KEY = ("symbol", "window_size_ms", "window_advance_ms", "window_start_ms", "revision")
+FIELDS = ("message_count", "bullish", "bearish", "unlabelled", "distinct_users")
+Row = tuple[int, int, list[str], int, str | None]  # message id, created_at, symbols, user, label
 
 
-def scripted_input(n: int, seed: int) -> list[tuple[int, int, list[str], int]]:
-    """n messages over ~n/400 minutes of event time, 1-2 symbols each, in time order."""
+def scripted_input(n: int, seed: int, step_ms: int = 150) -> list[Row]:
+    """n messages, one every ``step_ms`` of event time, 1-2 symbols and a label each."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         syms = list(dict.fromkeys(rng.choices(SYMBOLS, k=rng.choice((1, 2)))))
-        out.append((i + 1, T0 + i * 150, syms, rng.randrange(1, 200)))
+        label = rng.choice(("Bullish", "Bearish", None))
+        out.append((i + 1, T0 + i * step_ms, syms, rng.randrange(1, 60), label))
     return out
 
 
-def expected_counts(rows: list[tuple[int, int, list[str], int]]) -> dict[tuple[str, int], int]:
-    counts: Counter[tuple[str, int]] = Counter()
-    for _, t, syms, _ in rows:
+def expected_windows(rows: list[Row]) -> dict[tuple[str, int], dict[str, int]]:
+    """(symbol, 1m window start) → the window's tallies, as an uninterrupted run emits them."""
+    acc: dict[tuple[str, int], dict[str, Any]] = defaultdict(
+        lambda: {"message_count": 0, "bullish": 0, "bearish": 0, "unlabelled": 0,
+                 "users": set()})
+    for _, t, syms, user, label in rows:
         for s in syms:
-            counts[(s, t - t % M)] += 1
-    return dict(counts)
+            w = acc[(s, t - t % M)]
+            w["message_count"] += 1
+            w[{"Bullish": "bullish", "Bearish": "bearish"}.get(label or "", "unlabelled")] += 1
+            w["users"].add(user)
+    return {k: {**{f: v for f, v in w.items() if f != "users"}, "distinct_users": len(w["users"])}
+            for k, w in acc.items()}
 
 
-def flush_symbols(partitions: int) -> list[str]:
-    """One symbol per mentions partition, to push every partition's watermark forward."""
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < partitions:
-        found.setdefault(symbol_partition(f"FLUSH{i}", partitions), f"FLUSH{i}")
-        i += 1
-    return [found[p] for p in range(partitions)]
+def recovery_settings(settings: Settings, tmp_path: Path, **changes: Any) -> Settings:
+    """1m windows only (the spike detector on them, no surge detector), default grace."""
+    s = worker_settings(
+        settings, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
+        surge_window="", idle_close_s=IDLE_CLOSE_S, **changes,
+    )
+    prepare(s)
+    return s
 
 
-def write(settings: Settings, rows: list[tuple[int, int, list[str], int]]) -> None:
-    writer = RawWriter(settings)
-    for mid, t, syms, user in rows:
-        writer.send(topics.MESSAGES, message_event(mid, t, syms, user))
-    writer.flush()
+class StreamWriter(threading.Thread):
+    """Writes ``rows`` to the raw messages topic at ``rate`` messages/s (keyed by message id,
+    so over every raw partition), in time order; never pauses long enough to look quiet."""
+
+    def __init__(self, settings: Settings, rows: list[Row], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.rows, self.rate = settings, rows, rate
+        self.written = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            writer = RawWriter(self.settings)
+            start = time.monotonic()
+            for i, (mid, t, syms, user, label) in enumerate(self.rows):
+                delay = start + i / self.rate - time.monotonic()
+                if delay > 0:
+                    writer.producer.poll(0)
+                    time.sleep(delay)
+                writer.send(topics.MESSAGES, message_event(mid, t, syms, user, label))
+                self.written = i + 1
+            writer.flush()
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 120.0) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the writer did not finish"
+        assert self.error is None, repr(self.error)
 
 
-def fanned_out(settings: Settings, rows: list[tuple[int, int, list[str], int]]) -> bool:
-    """Stage 1 has published a mention for every (message, symbol) of ``rows``."""
-    want = {(mid, s) for mid, _, syms, _ in rows for s in syms}
-    got = read_records(settings, topics.MENTIONS, idle_s=3, timeout_s=60)
-    return want <= {(m["message_id"], m["symbol"]) for m in got}
+def window_records(settings: Settings, spec: topics.TopicSpec = topics.VOLUME
+                   ) -> list[dict[str, Any]]:
+    return read_records(settings, spec, idle_s=3, timeout_s=60)
 
 
-def write_flush(settings: Settings, after_ms: int) -> None:
-    """Far-future mentions for every partition; only once the backlog is fanned out, or the
-    flush could overtake it from another raw partition and make the rest late."""
-    writer = RawWriter(settings)
-    for i, sym in enumerate(flush_symbols(settings.symbol_partitions)):
-        writer.send(topics.MESSAGES, message_event(10_000_000 + i, after_ms + 2 * GRACE, [sym]))
-    writer.flush()
-
-
-def read_windows(settings: Settings, n_windows: int, timeout_s: float = 240.0
+def wait_windows(settings: Settings, n_windows: int, timeout_s: float = 240.0
                  ) -> list[dict[str, Any]]:
-    """All volume records, once at least ``n_windows`` distinct windows are there."""
+    """Every volume record, once at least ``n_windows`` distinct windows are out."""
     records: list[dict[str, Any]] = []
 
     def enough() -> bool:
-        records[:] = read_records(settings, topics.VOLUME, idle_s=3, timeout_s=60)
-        return len({tuple(r[k] for k in WINDOW_KEYS) for r in records}) >= n_windows
+        records[:] = window_records(settings)
+        return len({tuple(r[k] for k in KEY) for r in records}) >= n_windows
 
     wait_until(enough, timeout_s, interval_s=2)
     return records
 
 
-def check_outputs(volumes: list[dict[str, Any]], expected: dict[tuple[str, int], int],
-                  exactly_once: bool) -> None:
-    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+def wait_some_windows(settings: Settings, n: int, alive: Callable[[], bool],
+                      timeout_s: float = 180.0) -> None:
+    """Block until at least ``n`` volume records are out (the pipeline is mid-run)."""
+    def some() -> bool:
+        assert alive(), "a stage exited"
+        return len(read_records(settings, topics.VOLUME, expected=n, timeout_s=5)) >= n
+
+    assert wait_until(some, timeout_s, interval_s=1), "no windows came out"
+
+
+def check_outputs(volumes: list[dict[str, Any]], sentiments: list[dict[str, Any]],
+                  expected: dict[tuple[str, int], dict[str, int]], exactly_once: bool) -> None:
+    for records in (volumes, sentiments):
+        by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            by_key[tuple(r[k] for k in KEY)].append(r)
+        for recs in by_key.values():  # a repeat is the identical record, emitted_at included
+            assert all(r == recs[0] for r in recs), recs
+        if exactly_once:
+            repeated = {k: len(v) for k, v in by_key.items() if len(v) > 1}
+            assert not repeated, f"windows emitted more than once: {repeated}"
+    got: dict[tuple[str, int], dict[str, int]] = {}
     for v in volumes:
-        by_key[tuple(v[k] for k in WINDOW_KEYS)].append(v)
-    got = {(k[0], k[2]): recs[0]["message_count"] for k, recs in by_key.items()
-           if not k[0].startswith("FLUSH")}
-    assert got == expected  # no window missing, none invented, counts right
-    for recs in by_key.values():  # a repeat is the identical record, byte for byte in Avro
-        assert all(r == recs[0] for r in recs)
-    if exactly_once:
-        assert all(len(recs) == 1 for recs in by_key.values())
+        assert v["revision"] == 0 and v["window_size_ms"] == M
+        got[(v["symbol"], v["window_start_ms"])] = {f: v[f] for f in FIELDS}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    assert not missing and not extra, f"missing {missing[:5]}, unexpected {extra[:5]}"
+    wrong = {k: (got[k], want) for k, want in expected.items() if got[k] != want}
+    assert not wrong, f"{len(wrong)} windows differ, e.g. {list(wrong.items())[:3]}"
+    assert len({(s["symbol"], s["window_start_ms"]) for s in sentiments}) == len(expected)
 
 
-# exactly_once once emitted a window twice: faust's commit fell between a batch's sends into
-# its transaction and the acks of its input (fixed by the commit fence in processors/agents.py)
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_sigkill_mid_run_then_restart(settings: Settings, tmp_path: Path, guarantee: str) -> None:
-    s = worker_settings(
-        settings, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
-        idle_close_s=600.0, grace_ms=5_000, processing_guarantee=guarantee,
-        raw_partitions=1,  # input in event-time order, so windows close during the run
-    )
-    prepare(s)
-    rows = scripted_input(6_000, seed=1)
-    expected = expected_counts(rows)
-    first = WorkerProcess(s, tmp_path / "worker-1.log").start()
+def final_outputs(settings: Settings, expected: dict[tuple[str, int], dict[str, int]]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volume, sentiment and late-event records once every expected window is out."""
+    volumes = wait_windows(settings, len(expected))
+    sentiments = read_records(settings, topics.SENTIMENT, idle_s=3, timeout_s=60)
+    late = read_records(settings, topics.LATE_EVENTS, idle_s=2, timeout_s=6)
+    return volumes, sentiments, late
+
+
+def ready(port: int) -> bool:
+    """A signals worker's /readyz: its table is recovered and it has partitions."""
     try:
-        write(s, rows)
-        # kill once some windows are out but well before the end
-        partial = read_records(s, topics.VOLUME, expected=max(10, len(expected) // 6),
-                               timeout_s=120)
-        assert partial and first.alive(), first.log_tail()
-    finally:
-        first.kill()
-    second = WorkerProcess(s, tmp_path / "worker-2.log").start()
-    try:
-        write_flush(s, rows[-1][1])
-        volumes = read_windows(s, len(expected))
-        assert second.alive(), second.log_tail()
-    finally:
-        second.stop()
-    check_outputs(volumes, expected, exactly_once=guarantee == "exactly_once")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return bool(json.loads(response.read())["ready"])
+    except OSError:
+        return False
 
 
-def events_in(settings: Settings) -> float:
-    """pulse_events_in total from a worker's /metrics page."""
-    url = f"http://127.0.0.1:{settings.web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
+def events_in(port: int) -> float:
+    """pulse_events_in total from a signals worker's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("pulse_events_in_total{"))
 
 
-def ready(settings: Settings) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/readyz",
-                                    timeout=5) as response:
-            return bool(json.loads(response.read())["ready"])
-    except OSError:
-        return False
+@pytest.fixture
+def processes() -> Iterator[list[WorkerProcess]]:
+    """Every stage process a test starts, stopped at its end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def logs(processes: list[WorkerProcess]) -> str:
+    return "\n".join(f"--- {p.log_path.name}\n{p.log_tail(40)}" for p in processes)
+
+
+GUARANTEES = ["at_least_once", "exactly_once"]
+ROWS, RATE = 6_000, 200.0  # 15 minutes of event time written in 30 s: windows close throughout
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+@pytest.mark.parametrize("killed", ["signals", "fan-out"])
+def test_sigkill_of_a_stage_mid_run_then_restart(
+    settings: Settings, tmp_path: Path, processes: list[WorkerProcess], killed: str,
+    guarantee: str,
+) -> None:
+    s = recovery_settings(settings, tmp_path, processing_guarantee=guarantee)
+    rows = scripted_input(ROWS, seed=len(killed) * 10 + GUARANTEES.index(guarantee))
+    expected = expected_windows(rows)
+
+    def start(stage: str, n: int) -> WorkerProcess:
+        proc = WorkerProcess(s, tmp_path / f"{stage}-{n}.log", stage=stage).start()
+        processes.append(proc)
+        return proc
+
+    stages = {"fan-out": start("fan-out", 1), "signals": start("signals", 1)}
+    assert wait_until(lambda: ready(s.web_port), 90), logs(processes)
+    writer = StreamWriter(s, rows, RATE)
+    writer.start()
+    # kill once some windows are out, with most of the stream still to come
+    wait_some_windows(s, len(expected) // 4, lambda: all(p.alive() for p in stages.values()))
+    assert writer.written < len(rows) * 3 // 4, "the stream ended before the kill"
+    stages[killed].kill()
+    time.sleep(2)  # records pile up behind the dead stage
+    stages[killed] = start(killed, 2)
+    writer.finish()
+    volumes, sentiments, late = final_outputs(s, expected)
+    assert all(p.alive() for p in stages.values()), logs(processes)
+    check_outputs(volumes, sentiments, expected, exactly_once=guarantee == "exactly_once")
+    assert late == [], f"{len(late)} late events, e.g. {late[:2]}"
 
 
 # Faust defects this test found, each handled in processors/ (docs/processors.md): partitions
 # never fetched after the takeover (faust-streaming #629, the stall watchdog), records dropped
 # from the agents' queues at the end of a table recovery (#596, processors/faust_fixes.py), and
 # records skipped or started at the wrong end (ReadingOrder: sought back and read in order).
-def test_two_workers_share_partitions_and_one_takes_over(
-    settings: Settings, tmp_path: Path
+def test_two_signals_workers_share_partitions_and_one_takes_over(
+    settings: Settings, tmp_path: Path, processes: list[WorkerProcess]
 ) -> None:
-    base = worker_settings(
-        settings, tmp_path, raw_partitions=4, symbol_partitions=4, windows="1m", spike_windows="1m",
-        hopping_windows="", idle_close_s=600.0, grace_ms=GRACE,
-    )
-    prepare(base)
+    base = recovery_settings(settings, tmp_path, symbol_partitions=6)
     a = base.replace(state_dir=str(tmp_path / "a"))
-    b = base.replace(state_dir=str(tmp_path / "b"),
-                     web_port=worker_settings(settings, tmp_path).web_port)
+    b = base.replace(state_dir=str(tmp_path / "b"), web_port=free_port())
     rows = scripted_input(4_000, seed=2)
-    expected = expected_counts(rows)
-    wa = WorkerProcess(a, tmp_path / "a.log").start()
-    wb = WorkerProcess(b, tmp_path / "b.log").start()
-    try:
-        assert wait_until(lambda: ready(a) and ready(b), 90), wa.log_tail() + wb.log_tail()
-        write(base, rows[: len(rows) // 2])
-        # both take part: each has read input
-        assert wait_until(lambda: events_in(a) > 0 and events_in(b) > 0, 90)
-        wb.kill()
-        write(base, rows[len(rows) // 2 :])
-        assert wait_until(lambda: fanned_out(base, rows), 180), wa.log_tail()
-        write_flush(base, rows[-1][1])
-        volumes = read_windows(base, len(expected))
-        assert wa.alive(), wa.log_tail()
-    finally:
-        wb.stop()
-        wa.stop()
-    check_outputs(volumes, expected, exactly_once=False)
+    expected = expected_windows(rows)
+    fan_out = WorkerProcess(base, tmp_path / "fan-out.log", stage="fan-out").start()
+    wa = WorkerProcess(a, tmp_path / "signals-a.log", stage="signals").start()
+    wb = WorkerProcess(b, tmp_path / "signals-b.log", stage="signals").start()
+    processes.extend([fan_out, wa, wb])
+    assert wait_until(lambda: ready(a.web_port) and ready(b.web_port), 120), logs(processes)
+    writer = StreamWriter(base, rows, RATE)
+    writer.start()
+    # both take part: each has read input
+    assert wait_until(lambda: events_in(a.web_port) > 0 and events_in(b.web_port) > 0, 90), (
+        logs(processes))
+    assert writer.written < len(rows) * 3 // 4, "the stream ended before the kill"
+    wb.kill()
+    writer.finish()
+    volumes, sentiments, late = final_outputs(base, expected)
+    assert wa.alive() and fan_out.alive(), logs(processes)
+    check_outputs(volumes, sentiments, expected, exactly_once=False)
+    assert late == [], f"{len(late)} late events, e.g. {late[:2]}"
