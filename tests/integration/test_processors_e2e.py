@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from processors import spikes
+from processors import detectors
 from processors.app import prepare
 from processors.harness import (
     RawWriter,
@@ -58,6 +58,7 @@ def e2e_settings(settings: Settings, tmp_path: Path) -> Settings:
         windows="1m", hopping_windows="2m/1m", grace_ms=GRACE, idle_close_s=600.0,
         spike_windows="1m", spike_warmup_windows=5, spike_min_count=8, spike_z=3.0,
         spike_cooldown_windows=2, spike_alpha=0.2,
+        surge_window="",  # no hour-scale detector: the script spans minutes
     )
     prepare(s)
     return s
@@ -195,20 +196,25 @@ def test_scripted_events_give_exact_records(e2e_settings: Settings, worker: Work
     assert sent[("TSLA", M, 0, 0)]["sentiment_score_count"] == 0
     assert sent[("TSLA", M, 0, 0)]["sentiment_score_mean"] is None
 
-    # spike: exactly one, for the first burst window; the baseline replayed independently
+    # spike: exactly one, for the first burst window (a BURST of distinct users); the
+    # detectors fed the same windows (revision 0, messages and users) independently
     assert len(spike_records) == 1, spike_records
     spike = spike_records[0]
     assert (spike["symbol"], spike["window_start_ms"]) == ("AAPL", T0 + 9 * M)
-    rule = spikes.SpikeRule(min_count=8, z=3.0, cooldown_windows=2, warmup_windows=5, alpha=0.2)
-    baseline = spikes.Baseline()
+    rule = detectors.rule_from_settings(e2e_settings)
+    assert rule.burst_sizes_ms == (M,) and rule.surge_size_ms is None
+    assert rule.scored is detectors.Scored.USERS
+    state = detectors.DetectorState()
     verdicts = {}
     for window in range(0, 13):
-        count = one_minute[("AAPL", window * M, 0)]["message_count"]
-        verdicts[window] = spikes.observe(baseline, T0 + window * M, M, count, rule)
-    assert [w for w, v in verdicts.items() if v.fired] == [9]
-    assert spike["count"] == 20
-    assert spike["expected_count"] == pytest.approx(verdicts[9].expected_count)
-    assert spike["score"] == pytest.approx(verdicts[9].score)
+        first = one_minute[("AAPL", window * M, 0)]
+        verdicts[window] = detectors.observe(state, T0 + window * M, M, first["message_count"],
+                                             first["distinct_users"], rule)
+    assert [w for w, v in verdicts.items() if v is not None] == [9]
+    fields = verdicts[9].record_fields()  # type: ignore[union-attr]
+    assert {k: spike[k] for k in fields} == pytest.approx(fields)
+    assert (spike["kind"], spike["scored"], spike["count"], spike["distinct_users"]) == (
+        "BURST", "USERS", 20, 20)
     assert spike["sample_message_ids"] == sorted(spike["sample_message_ids"])
     assert len(spike["sample_message_ids"]) == 5
 
