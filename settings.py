@@ -75,16 +75,18 @@ class Settings:
     fan_out_port: int = _setting(
         6067, "Port of the fan-out stage's /metrics and /healthz (`pulse worker --stage fan-out`)."
     )
-    spike_min_count: int = _setting(10, "A window needs at least this many messages to spike.")
+    spike_min_count: int = _setting(
+        10, "A burst needs at least this much scored volume (`spike_scored`) in its window."
+    )
     spike_z: float = _setting(4.0, "Spike threshold: z-score of the window against the baseline.")
     spike_cooldown_windows: int = _setting(
-        3, "Windows after a spike in which the same symbol does not fire again."
+        3, "A burst fires only after more than this many calm windows since the last elevated one."
     )
     spike_windows: str = _setting(
-        "5m", "Tumbling window sizes the spike detector scores (each must be in `windows`)."
+        "5m", "Tumbling window sizes the burst detector scores (each must be in `windows`)."
     )
     spike_warmup_windows: int = _setting(
-        12, "Windows a symbol's baseline must have seen before it may spike."
+        12, "Windows a symbol's burst baseline must have seen before it may fire."
     )
     spike_alpha: float = _setting(
         0.05, "EWMA weight of the newest window in a symbol's baseline (memory ≈ 1/alpha)."
