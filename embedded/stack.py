@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -25,11 +26,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
+from embedded import tls
 from settings import Settings
 
 KAFKA_VERSION = "4.3.1"
@@ -57,6 +59,105 @@ class Endpoints:
     schema_registry_url: str
     kafka_log: str
     registry_log: str
+
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+BROKER_USER = "pulse-broker"  # the broker's own SCRAM user, for inter-broker requests
+# what `kafka-storage format --add-scram 'SCRAM-SHA-512=[name=…,password=…]'` parses as is
+# and a JAAS line holds without quoting
+_SCRAM_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,128}")
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """A secured broker: its one client listener speaks SASL_SSL with SCRAM-SHA-512.
+
+    The broker's certificate is issued from ``ca`` (the caller's CA, e.g. made with
+    :func:`embedded.tls.make_ca`) for 127.0.0.1/localhost; clients verify it with
+    ``ca.cert``. ``username``/``password`` is the clients' SCRAM user, created when the
+    instance is formatted, together with the broker's own inter-broker user. The KRaft
+    controller listener stays PLAINTEXT on loopback (it serves no client requests here).
+    """
+
+    ca: tls.CertificateAuthority
+    username: str
+    password: str
+
+    def __post_init__(self) -> None:
+        for what, value in (("user name", self.username), ("password", self.password)):
+            if not _SCRAM_TEXT.fullmatch(value):
+                raise StackError(
+                    f"SCRAM {what} for the embedded broker: use 1-128 of A-Z a-z 0-9 . _ ~ + / -"
+                )
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka keys for a client of this broker (what ``Settings.kafka_config()`` maps)."""
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": self.username,
+            "sasl.password": self.password,
+            "ssl.ca.location": str(self.ca.cert),
+        }
+
+    def settings(self, base: Settings, password: str | None = None) -> Settings:
+        """``base`` with this broker's security settings (``password`` to try another)."""
+        return base.replace(
+            security_protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            sasl_username=self.username,
+            sasl_password=self.password if password is None else password,
+            ssl_ca_location=str(self.ca.cert),
+        )
+
+
+def scram_argument(username: str, password: str) -> str:
+    """One ``--add-scram`` value: a SCRAM-SHA-512 credential created at format time."""
+    return f"{SCRAM_MECHANISM}=[name={username},password={password}]"
+
+
+def listener_properties(
+    ports: Ports, secured: tuple[Path, Path, str] | None = None
+) -> dict[str, str]:
+    """The broker's listeners: PLAINTEXT, or with ``secured`` = (PEM keystore, PEM CA,
+    inter-broker password) one SASL_SSL listener for clients and the broker itself.
+
+    The controller listener is PLAINTEXT on loopback either way: in a combined node it
+    carries only the broker's own KRaft traffic.
+    """
+    controller = f"CONTROLLER://127.0.0.1:{ports.controller}"
+    common = {
+        "controller.quorum.voters": f"1@127.0.0.1:{ports.controller}",
+        "controller.listener.names": "CONTROLLER",
+    }
+    if secured is None:
+        return {
+            **common,
+            "listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka},{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        }
+    keystore, ca_cert, broker_password = secured
+    jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{broker_password}";')  # fmt: skip
+    return {
+        **common,
+        "listeners": f"SASL_SSL://127.0.0.1:{ports.kafka},{controller}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{ports.kafka}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas,
+        # PEM stores (KIP-651): the files tls.issue writes, no keytool or store passwords
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(ca_cert),
+        "ssl.client.auth": "none",
+        "ssl.endpoint.identification.algorithm": "https",  # the broker checks itself too
+    }
 
 
 def free_port() -> int:
@@ -88,11 +189,19 @@ def valid_cluster_id(cid: object) -> bool:
     return len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
-def format_command(java: list[str], classpath: str, cluster_id: str, props: Path) -> list[str]:
+def format_command(
+    java: list[str], classpath: str, cluster_id: str, props: Path, scram: Sequence[str] = ()
+) -> list[str]:
     """``kafka-storage format``; ``--cluster-id=ID`` in one argument, so an id starting with
-    ``-`` (a valid id all the same) is never taken for an option."""
+    ``-`` (a valid id all the same) is never taken for an option.
+
+    :param scram: ``--add-scram`` values (:func:`scram_argument`): SCRAM users written into
+        the first metadata, so SASL works from the broker's first start.
+    """
+    users = [arg for value in scram for arg in ("--add-scram", value)]
     return [*java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-            f"--cluster-id={cluster_id}", "--config", str(props), "--ignore-formatted"]  # fmt: skip
+            f"--cluster-id={cluster_id}", "--config", str(props), *users,
+            "--ignore-formatted"]  # fmt: skip
 
 
 def port_in_use(port: int) -> bool:
@@ -160,8 +269,10 @@ def _require(tool: str, package_hint: str) -> str:
     return path
 
 
-def _run(cmd: list[str], what: str, log_file: Path) -> None:
-    log.info("%s: %s", what, " ".join(cmd))
+def _run(cmd: list[str], what: str, log_file: Path, hidden: Sequence[str] = ()) -> None:
+    """Run ``cmd`` with its output in ``log_file``; ``hidden`` (arguments holding
+    passwords) are logged as ``***``."""
+    log.info("%s: %s", what, " ".join("***" if arg in hidden else arg for arg in cmd))
     with log_file.open("ab") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
@@ -190,8 +301,12 @@ class LocalStack:
         name: str = "default",
         ports: Ports | None = None,
         downloads: Path | None = None,
+        security: SaslSsl | None = None,
     ) -> None:
+        """:param security: start the broker secured (SASL_SSL + SCRAM); broker only, the
+        registry is not started with it."""
         self.home = home.expanduser()
+        self.security = security
         self.name = name
         self.dir = self.home / "instances" / name
         self.downloads = (downloads or home).expanduser()
@@ -295,6 +410,11 @@ class LocalStack:
             registry_log=str(self.dir / "registry.log"),
         )
 
+    def client_config(self) -> dict[str, str]:
+        """librdkafka keys to reach this instance's broker (with its security, if any)."""
+        cfg = {"bootstrap.servers": self.endpoints.bootstrap_servers}
+        return {**cfg, **self.security.client_config()} if self.security else cfg
+
     def running(self) -> dict[str, bool]:
         state = self._load_state()
         marker = str(self.dir)
@@ -324,6 +444,12 @@ class LocalStack:
             ) from exc
 
     def _up(self, timeout_s: float, registry: bool) -> Endpoints:
+        if registry and self.security is not None:
+            raise StackError(
+                "a secured embedded broker runs without the registry: call up(registry=False) "
+                "and use a registry of your own (the registry would need the broker's "
+                "credentials for its kafkasql storage)."
+            )
         if self.ports is None:
             self.ports = free_ports()
         running = self.running()
@@ -388,16 +514,10 @@ class LocalStack:
     # --- kafka ----------------------------------------------------------------------------
     def _kafka_properties(self) -> Path:
         assert self.ports is not None
-        p = self.ports
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{p.controller}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.controller}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p.kafka}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            **listener_properties(self.ports, self._secured_listener()),
             "log.dirs": str(self.dir / "kafka-data"),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
@@ -414,6 +534,39 @@ class LocalStack:
         path = self.dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
+
+    def _secured_listener(self) -> tuple[Path, Path, str] | None:
+        """(keystore, CA, inter-broker password) of a secured broker, made on first use: the
+        broker's certificate issued from the caller's CA into ``<instance>/tls``."""
+        if self.security is None:
+            return None
+        ca = self.security.ca
+        if not ca.cert.exists() or not ca.key.exists():
+            raise StackError(f"the CA for the secured broker is missing: {ca.cert}, {ca.key}")
+        tls_dir = self.dir / "tls"
+        try:
+            issued = tls.issue(ca, tls_dir, "broker")  # a CA changed since: a fresh cert
+        except tls.TlsError as exc:
+            raise StackError(str(exc)) from exc
+        state = self._load_state()
+        password = state.get("broker_scram_password")
+        if password is None:
+            formatted = (self.dir / "kafka-data" / "meta.properties").exists()
+            if formatted:  # its metadata has no SCRAM users: the broker could not log in
+                raise StackError(
+                    f"instance {self.name!r} was formatted without SCRAM users: destroy it "
+                    f"(`pulse local destroy --instance {self.name}`) to start it secured."
+                )
+            password = secrets.token_urlsafe(24)
+            self._save_state(broker_scram_password=password)
+        return issued.keystore, ca.cert, password
+
+    def _scram_users(self) -> list[str]:
+        if self.security is None:
+            return []
+        broker = self._load_state()["broker_scram_password"]
+        return [scram_argument(BROKER_USER, broker),
+                scram_argument(self.security.username, self.security.password)]  # fmt: skip
 
     def _java(self, heap: str, min_major: int = 17) -> list[str]:
         java = find_java(min_major)
@@ -445,8 +598,9 @@ class LocalStack:
         if saved is not None:
             log.info("ignoring the saved cluster id %r of a format that did not finish", saved)
         cluster_id = new_cluster_id()
-        _run(format_command([*self._java("256m"), log4j], classpath, cluster_id, props),
-             "kafka storage format", kafka_log)  # fmt: skip
+        cmd = format_command([*self._java("256m"), log4j], classpath, cluster_id, props,
+                             self._scram_users())  # fmt: skip
+        _run(cmd, "kafka storage format", kafka_log, hidden=self._scram_users())
         self._save_state(cluster_id=cluster_id)
 
     def _wait_kafka(self, deadline: float) -> None:
@@ -458,7 +612,7 @@ class LocalStack:
             if time.monotonic() > deadline:
                 raise StackError(f"Kafka did not open its port; see {self.endpoints.kafka_log}")
             time.sleep(0.3)
-        admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers, "log_level": 2})
+        admin = AdminClient({**self.client_config(), "log_level": 2})
         while True:
             self._check_alive("kafka_pid", self.endpoints.kafka_log)
             try:

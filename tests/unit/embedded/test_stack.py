@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from embedded import stack
+from embedded import stack, tls
 from embedded.stack import LocalStack, Ports
+from settings import Settings
 
 
 def test_cluster_id_is_22_url_safe_base64_chars_of_16_bytes_never_starting_with_a_dash() -> None:
@@ -157,3 +158,97 @@ def test_status_of_a_stopped_instance_says_not_running(tmp_path: Path) -> None:
 
 def test_down_on_a_stopped_instance_is_a_no_op(tmp_path: Path) -> None:
     LocalStack(tmp_path, "idle", Ports(1, 2, 3)).down()
+
+
+# --- a secured broker (SASL_SSL + SCRAM) -----------------------------------------------------
+
+CA = tls.CertificateAuthority(Path("/ca/ca.crt"), Path("/ca/ca.key"))
+PORTS = Ports(9092, 9093, 8081)
+
+
+def test_plaintext_listeners_are_as_before() -> None:
+    props = stack.listener_properties(PORTS)
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    assert not any(key.startswith(("ssl.", "sasl.")) for key in props)
+
+
+def test_a_secured_broker_has_one_sasl_ssl_listener_for_clients_and_itself() -> None:
+    props = stack.listener_properties(PORTS, (Path("/t/broker.pem"), Path("/t/ca.crt"), "pw"))
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:9092"
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+    assert props["sasl.enabled.mechanisms"] == props["sasl.mechanism.inter.broker.protocol"]
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    jaas = props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert 'username="pulse-broker" password="pw";' in jaas and "ScramLoginModule" in jaas
+    assert (props["ssl.keystore.type"], props["ssl.keystore.location"]) == ("PEM", "/t/broker.pem")
+    assert (props["ssl.truststore.type"], props["ssl.truststore.location"]) == ("PEM", "/t/ca.crt")
+
+
+def test_scram_users_are_created_at_format_time() -> None:
+    users = [stack.scram_argument("pulse-broker", "b"), stack.scram_argument("alice", "a-1")]
+    assert users[1] == "SCRAM-SHA-512=[name=alice,password=a-1]"
+    cmd = stack.format_command(["java"], "cp/*", "MkU3OEVBNTcwNTJENDM2Qk", Path("s"), users)
+    assert cmd[cmd.index(users[0]) - 1] == "--add-scram"
+    assert cmd[cmd.index(users[1]) - 1] == "--add-scram"
+    assert "--add-scram" not in stack.format_command(["java"], "cp", "x", Path("s"))
+
+
+@pytest.mark.parametrize(
+    "name, password",
+    [("alice", "a,b"), ("al ice", "pw"), ("a", ""), ("a", 'p"w'), ("a]", "pw"), ("a", "x" * 129)],
+)
+def test_scram_credentials_the_format_argument_cannot_carry_are_refused(
+    name: str, password: str
+) -> None:
+    with pytest.raises(stack.StackError, match="SCRAM"):
+        stack.SaslSsl(CA, name, password)
+
+
+def test_clients_of_a_secured_broker_get_its_security_settings(tmp_path: Path) -> None:
+    security = stack.SaslSsl(CA, "alice", "Pa55.w0rd")
+    s = LocalStack(tmp_path, "sec", PORTS, security=security)
+    assert s.client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice",
+        "sasl.password": "Pa55.w0rd", "ssl.ca.location": "/ca/ca.crt",
+    }  # fmt: skip
+    settings = security.settings(Settings(bootstrap_servers=s.endpoints.bootstrap_servers))
+    assert settings.kafka_config() == s.client_config()  # what every client of ours maps
+    assert security.settings(settings, password="other").sasl_password == "other"
+    assert LocalStack(tmp_path, "plain", PORTS).client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092"
+    }
+
+
+def test_a_secured_broker_starts_without_the_registry(tmp_path: Path) -> None:
+    s = LocalStack(tmp_path, "sec", PORTS, security=stack.SaslSsl(CA, "alice", "pw"))
+    with pytest.raises(stack.StackError, match=r"registry=False"):
+        s.up(timeout_s=1)  # refused before any port, download or JVM
+    assert not (tmp_path / "instances").exists()
+
+
+def test_an_instance_formatted_without_scram_users_is_not_started_secured(tmp_path: Path) -> None:
+    ca = tls.make_ca(tmp_path / "ca")
+    s = LocalStack(tmp_path, "was-plain", PORTS, security=stack.SaslSsl(ca, "alice", "pw"))
+    (s.dir / "kafka-data").mkdir(parents=True)
+    (s.dir / "kafka-data" / "meta.properties").write_text("cluster.id=x\n")
+    with pytest.raises(stack.StackError, match="formatted without SCRAM users"):
+        s._secured_listener()
+
+
+def test_a_fresh_secured_instance_gets_a_broker_certificate_and_a_stable_broker_password(
+    tmp_path: Path,
+) -> None:
+    ca = tls.make_ca(tmp_path / "ca")
+    s = LocalStack(tmp_path, "sec", PORTS, security=stack.SaslSsl(ca, "alice", "pw"))
+    secured = s._secured_listener()
+    assert secured is not None
+    keystore, trust, password = secured
+    assert trust == ca.cert and keystore.parent == s.dir / "tls"
+    pem = keystore.read_text()  # key + broker certificate + CA, BEGIN and END of each
+    assert pem.count("PRIVATE KEY-----") == 2 and pem.count("CERTIFICATE-----") == 4
+    assert s._secured_listener()[2] == password  # type: ignore[index] - same across restarts
+    assert any(password in arg for arg in s._scram_users())
