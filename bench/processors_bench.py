@@ -17,7 +17,8 @@ Time: from the fan-out's first record read to the last volume record appended, m
 the pipeline only waited for the idle-close timer (from the later of "every mention applied"
 and the last window emitted before it, to when the fan-out wrote the all-quiet marks). Latency:
 ``pulse.closed_at_ms`` (stamped as the signals stage publishes a close) to the record's
-broker append time (the bench's volume topic uses LogAppendTime): close → durable and readable.
+broker append time (the bench's volume topic uses LogAppendTime): close → durable, and readable
+under at-least-once (exactly-once adds the wait for the transaction's commit marker).
 
 ``--profile`` attaches py-spy (``pip install py-spy``) to both stage processes and prints where
 each spends its time; ``--engine-only`` drives the pure engine
@@ -308,7 +309,8 @@ def read_all(settings: Settings, spec: topics.TopicSpec, expected: int | None,
              idle_s: float = 5.0) -> list[Any]:
     """Every record of ``spec`` from the beginning (stop at ``expected`` or ``idle_s`` idle)."""
     consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
     consumer.subscribe([spec.full_name(settings)])
     out: list[Any] = []
     last = time.monotonic()
@@ -323,15 +325,24 @@ def read_all(settings: Settings, spec: topics.TopicSpec, expected: int | None,
     return out
 
 
-def close_latencies(records: list[Any]) -> list[tuple[int, int]]:
-    """(closed_at_ms, broker append time − closed_at_ms) of each volume record."""
+@dataclass(frozen=True)
+class Latency:
+    closed_at_ms: int  # header: when the signals stage published the close
+    partition: int
+    ms: int  # broker append time − closed_at_ms
+
+
+def close_latencies(records: list[Any]) -> list[Latency]:
     out = []
     for msg in records:
         headers = dict(msg.headers() or [])
         if CLOSED_AT_HEADER in headers:
             closed = int(headers[CLOSED_AT_HEADER])
-            out.append((closed, msg.timestamp()[1] - closed))
+            out.append(Latency(closed, msg.partition(), msg.timestamp()[1] - closed))
     return out
+
+
+BURST = 1_000  # windows closed by one mention batch: live traffic closes a few at a time
 
 
 def quiet_written_ms(settings: Settings) -> int | None:
@@ -350,13 +361,17 @@ def use_log_append_time(settings: Settings, spec: topics.TopicSpec) -> None:
                         incremental_operation=AlterConfigOpType.SET)
     resource = ConfigResource(ResourceType.TOPIC, spec.full_name(settings),
                               incremental_configs=[entry])
-    admin = AdminClient(settings.kafka_config())  # kept referenced until the answer
+    admin = AdminClient(quiet_admin(settings))  # kept referenced until the answer
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
 
 
+def quiet_admin(settings: Settings) -> dict[str, Any]:
+    return {**settings.kafka_config(), "log_level": 3}  # no info lines when it is closed
+
+
 def delete_bench_topics(settings: Settings) -> None:
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(quiet_admin(settings))
     names = [t for t in admin.list_topics(timeout=30).topics
              if t.startswith((settings.topic_prefix, settings.app_id))]
     for future in admin.delete_topics(names, operation_timeout=30).values():
@@ -461,7 +476,7 @@ class Result:
     work_s: float  # first record read → last window, minus the idle-timer wait
     total_s: float  # first record read → last window appended
     wait_s: float  # of which only waiting for the idle close timer
-    latencies: list[tuple[int, int]]
+    latencies: list[Latency]
     quiet_ms: int | None
     volumes_read: int
 
@@ -493,10 +508,16 @@ def pct(xs: list[int], q: float) -> float:
 
 
 def print_latency(r: Result) -> None:
-    groups = {"all closes": [d for _, d in r.latencies]}
-    if r.quiet_ms is not None:
-        groups["watermark closes"] = [d for c, d in r.latencies if c < r.quiet_ms]
-        groups["idle close (end)"] = [d for c, d in r.latencies if c >= r.quiet_ms]
+    """Close → append, for all windows and split by how many one batch closed at once (one
+    publish stamps one ``closed_at`` on all of them, and they queue behind each other)."""
+    bursts = Counter((x.partition, x.closed_at_ms) for x in r.latencies)
+    groups = {
+        "all closes": [x.ms for x in r.latencies],
+        f"closes of ≤ {BURST:,} windows per batch": [
+            x.ms for x in r.latencies if bursts[x.partition, x.closed_at_ms] <= BURST],
+        f"closes of > {BURST:,}": [
+            x.ms for x in r.latencies if bursts[x.partition, x.closed_at_ms] > BURST],
+    }
     for name, xs in groups.items():
         if not xs:
             print(f"  window close → appended, {name}: none")
@@ -504,6 +525,8 @@ def print_latency(r: Result) -> None:
         xs.sort()
         print(f"  window close → appended, {name}: p50 {statistics.median(xs):,.0f} ms, "
               f"p99 {pct(xs, 0.99):,.0f} ms, max {xs[-1]:,} ms ({len(xs):,} records)")
+    print(f"  ({len(bursts):,} closing batches; the largest closed {max(bursts.values()):,} "
+          "windows of one symbol partition at once)")
 
 
 def print_result(exp: Expected, bare: float, r: Result) -> None:
@@ -514,8 +537,9 @@ def print_result(exp: Expected, bare: float, r: Result) -> None:
           f"({r.work_s:.1f} s from the first record read to the last window, without "
           f"{r.wait_s:.1f} s spent only waiting for the idle close; {r.total_s:.1f} s in all)")
     print(f"ratio pipeline / bare loop: {rate / bare:.1%} (target ≥ 50 %)")
-    print(f"  fan-out read everything after {tl.fanned_out - tl.first_read:.1f} s "
-          f"({exp.messages / (tl.fanned_out - tl.first_read):,.0f} msgs/s); the signals stage "
+    fan_s = max(tl.fanned_out - tl.first_read, 0.02)  # within one poll for a tiny input
+    print(f"  fan-out read everything after {fan_s:.1f} s "
+          f"({exp.messages / fan_s:,.0f} msgs/s); the signals stage "
           f"applied its first mention after {(tl.signals_first or 0) - tl.first_read:.1f} s and "
           f"the last after {tl.applied - tl.first_read:.1f} s")
     print(f"volume records: {r.volumes_read:,} read, {exp.volumes:,} expected "
