@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -56,6 +57,7 @@ def e2e_settings(settings: Settings, tmp_path: Path) -> Settings:
         settings, tmp_path,
         raw_partitions=1, symbol_partitions=1,  # one partition: input order is the script's
         windows="1m", hopping_windows="2m/1m", grace_ms=GRACE, idle_close_s=600.0,
+        raw_idle_ms=500,
         spike_windows="1m", spike_warmup_windows=5, spike_min_count=8, spike_z=3.0,
         spike_cooldown_windows=2, spike_alpha=0.2,
         surge_window="",  # no hour-scale detector: the script spans minutes
@@ -81,8 +83,11 @@ def script(writer: RawWriter) -> dict[str, Any]:
     w = writer.send
 
     def phase() -> None:
+        # read by the fan-out, and every raw partition idle again: the sentiment partition
+        # (three early scores) no longer holds the watermark back, the next phase moves it
         writer.flush()
         wait_fanned_out(writer.settings, timeout_s=90)
+        time.sleep(writer.settings.raw_idle_ms / 1000 + 1.0)
 
     w(sent, sentiment_event(2, T0 + 2_000, ["AAPL"], 0.5))
     w(sent, sentiment_event(2, T0 + 2_000, ["AAPL"], 0.5))  # duplicate score
