@@ -6,6 +6,11 @@ runs, share one download): the broker's jars through ``embedded/pom.xml``, the r
 the ready-to-run Quarkus archive. Each *instance* (``default`` for ``pulse local up``, a
 throwaway one per test run) has its own ports, data and logs under
 ``<local_home>/instances/<name>/`` and runs detached; PIDs are kept in ``state.json``.
+
+A broker may be started secured (``LocalStack(..., security=SaslSsl(ca, user, password))``,
+broker only): one SASL_SSL listener with SCRAM-SHA-512 for clients and for the broker itself,
+its certificate issued from the caller's CA (:mod:`embedded.tls`), the SCRAM users created
+when the instance is formatted. Tests use it to run the pipeline as a secured cluster sees it.
 """
 
 from __future__ import annotations
