@@ -561,6 +561,9 @@ class FanOut:
     def _unreachable(self, exc: Exception) -> None:
         self.tracker.on_unreachable()
         self._reachable = False
+        # after a broker restart the admin client keeps asking with the leader epochs it
+        # knew (FENCED_LEADER_EPOCH, forever): a new one starts from fresh metadata
+        self.admin = AdminClient({**self.settings.kafka_config(), "error_cb": self._on_error})
         self._warn("unreachable", "broker not answering (%s): no partition counts as caught "
                    "up until it does", exc)
 

@@ -352,7 +352,12 @@ def test_broker_outage_is_not_a_quiet_stream(
               for i in range(300, 600)]
     write(s, second)
     wait_fanned_out(s, timeout_s=180)
-    time.sleep(s.idle_close_s + 2)
+
+    def all_quiet_again() -> bool:
+        last = {p: r for p, _, r in batches_with_time(s)}
+        return len(last) == 6 and all(m["quiet"] for r in last.values() for m in r["progress"])
+
+    assert wait_until(all_quiet_again, 60, 2.0), proc.log()
     assert proc.proc.poll() is None, proc.log()
     records = batches_with_time(s)
     assert proc.stop() == 0, proc.log()
@@ -360,8 +365,9 @@ def test_broker_outage_is_not_a_quiet_stream(
     assert not expected(first + second, 6) - got  # every mention, repeats allowed
     before = [r for _, t, r in records if t < down_ms]
     assert any(all(m["quiet"] for m in r["progress"]) for r in before), "quiet before"
-    # what the fan-out said while the broker was away (detected within ~1.5 s)
-    during = [r for _, t, r in records if down_ms + 2_000 <= t <= up_ms]
+    # what the fan-out said while the broker was away: its marks do not change while quiet,
+    # so whatever it wrote then is the outage verdict (detected as the broker shut down)
+    during = [r for _, t, r in records if down_ms <= t <= up_ms]
     assert during, "the outage verdict should have been written (delivered after it)"
     assert not any(m["idle"] or m["quiet"] for r in during for m in r["progress"])
     last = {p: r for p, _, r in records}
