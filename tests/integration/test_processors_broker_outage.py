@@ -1,0 +1,185 @@
+"""A broker outage is not a quiet stream: the broker of a private instance is SIGKILLed under a
+live-rate stream, both stages running, and started again ~45 s later.
+
+Neither stage exits; no window is closed while the broker is unreachable (the wall-clock close
+time rides on every volume record in the ``pulse.closed_at_ms`` header); and afterwards every
+message on the raw topic is counted in its 1m window, including those the writer held back
+during the outage and delivered late.
+
+Stopping the shared broker would break every other test, so this one starts a private,
+throwaway broker through the embedded stack (``embedded/``) and uses the shared registry.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer
+
+from embedded.stack import LocalStack, free_ports
+from processors.agents import CLOSED_AT_HEADER
+from processors.app import prepare
+from processors.harness import RawWriter, WorkerProcess, message_event, read_records, wait_until
+from schemas import topics
+from schemas.serde import Serde
+from settings import Settings
+from tests.integration.test_processors_e2e import worker_settings
+from tests.integration.test_processors_recovery import ready
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+M = 60_000
+RATE = 5.0  # messages/s, created_at = wall clock
+SYMBOLS = ["AAPL", "TSLA", "SPY", "NVDA", "AMD", "GME"]
+DOWN_S = 45.0  # longer than the idle close (10 s by default) and the grace (30 s)
+# Live windows close at about second 31 of a wall-clock minute (end + 30 s grace). The broker
+# is killed between these seconds of a minute, so no close is in flight at the kill and the
+# next minute's close moment falls inside the outage.
+KILL_AT_SECOND = (38, 50)
+
+
+@pytest.fixture
+def private_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[LocalStack, Settings]]:
+    downloads = Settings.from_env().local_downloads_path  # the shared download cache
+    stack = LocalStack(tmp_path / "home", "outage", free_ports(), downloads)
+    try:
+        endpoints = stack.up(timeout_s=240, registry=False)
+        yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
+    finally:
+        stack.destroy()
+
+
+def kill_kafka(stack: LocalStack) -> None:
+    """SIGKILL the broker (its whole process group): no clean shutdown, no goodbye."""
+    pid = stack._load_state()["kafka_pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not stack.running()["kafka"], 30, interval_s=0.1)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    assert not stack.running()["kafka"]
+
+
+class LiveWriter(threading.Thread):
+    """A few messages a second over several symbols, created_at = now; keeps writing through
+    the outage (the producer holds them back and delivers them when the broker is back)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.writer = RawWriter(settings)
+        self.stopping = threading.Event()
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        rng = random.Random(11)
+        try:
+            while not self.stopping.wait(1 / RATE):
+                self.sent += 1
+                picked = sorted(set(rng.choices(SYMBOLS, k=rng.choice((1, 1, 2)))))
+                label = rng.choice(("Bullish", "Bearish", None))
+                self.writer.send(topics.MESSAGES, message_event(
+                    self.sent, int(time.time() * 1000), picked, rng.randrange(1, 40), label))
+            self.writer.producer.flush(120)
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(150)
+        assert not self.is_alive() and self.error is None, repr(self.error)
+        assert len(self.writer.producer) == 0, "raw messages left undelivered"
+
+
+def volumes_with_close_times(settings: Settings, expected: int, timeout_s: float
+                             ) -> list[tuple[dict[str, Any], int]]:
+    """(volume record, its ``pulse.closed_at_ms``), once ``expected`` records are read."""
+    decode = Serde(settings).deserializer(topics.VOLUME)
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"read-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topics.VOLUME.full_name(settings)])
+    out: list[tuple[dict[str, Any], int]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            closed_at = dict(msg.headers() or [])[CLOSED_AT_HEADER]
+            out.append((decode(msg.value()), int(closed_at)))
+    finally:
+        consumer.close()
+    return out
+
+
+def raw_windows(settings: Settings) -> dict[tuple[str, int], int]:
+    """(symbol, 1m window start) → messages, tallied from the raw topic as it now stands."""
+    counted: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for event in read_records(settings, topics.MESSAGES, idle_s=3, timeout_s=60):
+        t = event["message"]["created_at_ms"]
+        for ref in event["message"]["symbols"]:
+            counted[(ref["symbol"], t - t % M)].add(event["message_id"])
+    return {key: len(ids) for key, ids in counted.items()}
+
+
+def wait_for_kill_moment() -> None:
+    while not KILL_AT_SECOND[0] <= time.time() % 60 < KILL_AT_SECOND[1]:
+        time.sleep(0.2)
+
+
+def test_broker_killed_under_a_live_stream_closes_nothing_and_loses_nothing(
+    private_broker: tuple[LocalStack, Settings], tmp_path: Path
+) -> None:
+    stack, base = private_broker
+    s = worker_settings(base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
+                        surge_window="")  # default grace and idle close
+    prepare(s)
+    stages = [WorkerProcess(s, tmp_path / f"{stage}.log", stage=stage).start()
+              for stage in ("fan-out", "signals")]
+    writer = LiveWriter(s)
+    try:
+        assert wait_until(lambda: ready(s.web_port), 120), stages[1].log_tail()
+        writer.start()
+        time.sleep(15)
+        wait_for_kill_moment()
+        down_at = int(time.time() * 1000)
+        kill_kafka(stack)
+        exits = []
+        while time.time() * 1000 < down_at + DOWN_S * 1000:  # both stages ride it out
+            exits += [p.log_path.name for p in stages if not p.alive()]
+            time.sleep(1)
+        stack.up(timeout_s=120, registry=False)
+        back_at = int(time.time() * 1000)
+        time.sleep(15)  # the stream goes on after the outage
+        writer.finish()
+        expected = raw_windows(s)
+        assert writer.sent >= RATE * (DOWN_S + 20) and sum(expected.values()) >= writer.sent
+        # the last windows close by the idle close once the stream has stopped
+        got = volumes_with_close_times(s, len(expected), timeout_s=120)
+        exits += [p.log_path.name for p in stages if not p.alive()]
+        assert not exits, "\n".join(p.log_tail() for p in stages)
+    finally:
+        writer.stopping.set()
+        for p in stages:
+            p.stop()
+    closed_in_outage = [(v["symbol"], v["window_start_ms"], at) for v, at in got
+                        if down_at <= at <= back_at]
+    assert not closed_in_outage, f"closed while the broker was down: {closed_in_outage}"
+    windows = {(v["symbol"], v["window_start_ms"]): v["message_count"] for v, _ in got}
+    assert len(windows) == len(got), "a window was emitted twice"
+    late = read_records(s, topics.LATE_EVENTS, idle_s=2, timeout_s=6)
+    assert windows == expected, (
+        f"{len(late)} late events; differ: "
+        f"{ {k: (windows.get(k), n) for k, n in expected.items() if windows.get(k) != n} }")
+    assert any(down_at <= start < back_at for _, start in windows), "no window in the outage"
