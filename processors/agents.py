@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
 import faust
@@ -75,7 +75,10 @@ class Sink:
         self.app = app
         self.producer: Producer | None = None if exactly_once else Producer({
             **kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+            # a bounded queue (a full one waits for deliveries) and no Python callback for
+            # records that were delivered: only errors need us
+            "compression.type": "lz4", "queue.buffering.max.messages": 100_000,
+            "delivery.report.only.error": True,
         })
         self._errors: list[str] = []
         self._state: list[tuple[str, bytes, bytes | None, int]] = []
@@ -349,13 +352,38 @@ class Signals:
         except Exception as exc:  # noqa: BLE001 - any undecodable input is dead-lettered
             self.dead_letter(event, Reason.DECODE_FAILED, exc)
             return
-        out = engine.on_batch(batch, int(msg.timestamp * 1000), _now_ms(), msg.offset)
+        emitted: dict[int, int] = {}
+        out = Outputs(on_result=self._result_sender(msg.partition, emitted))
+        engine.on_batch(batch, int(msg.timestamp * 1000), _now_ms(), msg.offset, out)
         if out.idle_close:
             log.info("partition %d: every raw partition quiet, closed %d windows",
                      msg.partition, out.closed_windows)
             self.m.idle_closes.inc()
         self.m.mentions.inc(len(batch.mentions))
+        for size_ms, n in emitted.items():
+            self.m.windows_emitted.labels(str(size_ms)).inc(n)
         self.publish(out, msg.partition)
+
+    def _result_sender(self, partition: int, emitted: dict[int, int]
+                       ) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+        """Send each closed window's records as the engine produces them (a large close is
+        never held as dicts); outputs go to the partition of their symbol, which is the
+        partition being read; the wall-clock close time rides in a header, so the value
+        stays identical on a replay."""
+        send, volume, sentiment = self.sink.send, self.out_names[topics.VOLUME.name], \
+            self.out_names[topics.SENTIMENT.name]
+        encode_volume = self.encode[topics.VOLUME.name]
+        encode_sentiment = self.encode[topics.SENTIMENT.name]
+
+        def on_result(vol: dict[str, Any], sent: dict[str, Any]) -> None:
+            key = vol["symbol"].encode()
+            closed_at = [(CLOSED_AT_HEADER, str(_now_ms()).encode())]
+            send(volume, key, encode_volume(vol), partition, closed_at)
+            send(sentiment, key, encode_sentiment(sent), partition)
+            size = vol["window_size_ms"]
+            emitted[size] = emitted.get(size, 0) + 1
+
+        return on_result
 
     def decode_batch(self, value: bytes) -> Batch:
         record = self.decode_batch_record(value)
@@ -387,17 +415,9 @@ class Signals:
     # --- output -----------------------------------------------------------------------------
 
     def publish(self, out: Outputs, partition: int) -> None:
-        # outputs go to the partition of their symbol, which is the partition being read;
-        # the close time rides in a header so the value stays identical on a replay
-        closed_at = [(CLOSED_AT_HEADER, str(_now_ms()).encode())]
+        """What the engine kept for the end of the batch: spikes and late mentions (window
+        results went out as they closed, :meth:`_result_sender`)."""
         send, enc, names, m = self.sink.send, self.encode, self.out_names, self.m
-        for rec in out.volumes:
-            send(names[topics.VOLUME.name], rec["symbol"].encode(),
-                 enc[topics.VOLUME.name](rec), partition, closed_at)
-            m.windows_emitted.labels(str(rec["window_size_ms"])).inc()
-        for rec in out.sentiments:
-            send(names[topics.SENTIMENT.name], rec["symbol"].encode(),
-                 enc[topics.SENTIMENT.name](rec), partition)
         for rec in out.spikes:
             send(names[topics.SPIKES.name], rec["symbol"].encode(), enc[topics.SPIKES.name](rec),
                  partition)

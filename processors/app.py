@@ -187,13 +187,15 @@ def main(settings: Settings, argv: list[str]) -> int:
                         help="run one stage in this process (deployments scale each on its own)")
     parser.add_argument("--no-prepare", action="store_true",
                         help="do not create topics / register schemas first")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.stage != "fan-out":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.no_prepare:
         prepare(settings)
     if args.stage == "fan-out":
         from processors import fanout
 
-        return fanout.main(settings, [])
+        return fanout.main(settings, rest)  # its own options: pulse worker --stage fan-out -h
     if args.stage == "signals":
         return run(build(settings), settings.log_level)
     from processors.supervisor import supervise

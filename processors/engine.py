@@ -11,6 +11,7 @@ records to publish; :meth:`PartitionEngine.persist` returns the table rows that 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +68,20 @@ class Outputs:
     idle_close: bool = False
     late_kinds: list[str] = field(default_factory=list)
 
+    # when set, each window's (volume, sentiment) records go here at once instead of into the
+    # lists: an idle close or a backfill batch can close hundreds of thousands of windows, and
+    # holding them all as dicts until the batch ends costs hundreds of MB
+    on_result: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+
     def add_result(self, result: WindowResult, emitted_at_ms: int, warm: bool | None = None
                    ) -> None:
-        self.volumes.append(result.volume_record(emitted_at_ms))
-        self.sentiments.append(result.sentiment_record(emitted_at_ms, warm))
+        volume = result.volume_record(emitted_at_ms)
+        sentiment = result.sentiment_record(emitted_at_ms, warm)
+        if self.on_result is not None:
+            self.on_result(volume, sentiment)
+        else:
+            self.volumes.append(volume)
+            self.sentiments.append(sentiment)
 
 
 class PartitionEngine:
@@ -174,7 +185,8 @@ class PartitionEngine:
         """Some window of this partition is still waiting for its close."""
         return any(st.earliest_end_ms(self.cfg.specs) is not None for st in self.states.values())
 
-    def on_batch(self, batch: Batch, trigger_ms: int, now_ms: int, offset: int = -1) -> Outputs:
+    def on_batch(self, batch: Batch, trigger_ms: int, now_ms: int, offset: int = -1,
+                 out: Outputs | None = None) -> Outputs:
         """Apply a batch's mentions, then its progress marks; close what became final.
 
         :param trigger_ms: Kafka timestamp of the batch record; becomes ``emitted_at_ms`` of
@@ -183,7 +195,9 @@ class PartitionEngine:
         :param offset: the batch record's offset (-1: not from a log), to tell a replay.
         """
         replaying = 0 <= offset <= self.replay_upto
-        out = self._replayed(offset, trigger_ms) if replaying else Outputs()
+        out = out if out is not None else Outputs()
+        if replaying:
+            self._replayed(offset, trigger_ms, out)
         for mention in batch.mentions:
             if mention.kind is MentionKind.RETRACTION and mention.symbol == ANY_SYMBOL:
                 for resolved in self._resolve(mention):
@@ -317,8 +331,7 @@ class PartitionEngine:
         rule = self.cfg.rule
         return None if rule is None else detectors.is_warm(state.detectors, rule)
 
-    def _replayed(self, offset: int, trigger_ms: int) -> Outputs:
-        out = Outputs()
+    def _replayed(self, offset: int, trigger_ms: int, out: Outputs) -> None:
         for _, _, start, symbol, spec in sorted(self._replay.pop(offset, []),
                                                 key=lambda e: e[:4]):
             state = self.states[symbol]
@@ -329,4 +342,3 @@ class PartitionEngine:
             spike = state.spikes_sent.get(spec.key, {}).get(start)
             if spike is not None and revision == 0:
                 out.spikes.append(spike)
-        return out

@@ -228,5 +228,5 @@ def test_scripted_events_give_exact_records(e2e_settings: Settings, worker: Work
     assert late[0]["lateness_ms"] == (T0 + 2 * M + 15_000 - GRACE) - (T0 + M + 30_000)
     # the undecodable record went to the dead-letter topic; the worker kept going
     assert [(d["reason"], d["stage"], d["raw"]) for d in dead] == [
-        ("decode_failed", "decode", b"\x00not avro at all")
+        ("decode_failed", "fan-out", b"\x00not avro at all")
     ]
