@@ -1,6 +1,6 @@
 """``pulse demo``: the whole pipeline on this machine, with the live board.
 
-Starts the embedded Kafka + registry, creates the topics, runs the Faust worker and one
+Starts the embedded Kafka + registry, creates the topics, runs `pulse worker` (fan-out + signals) and one
 producer as child processes (synthetic by default; ``--replay PATH…``; the Firehose when
 its credentials are set) and shows the board. Ctrl-C or SIGTERM stops the producer, then
 the worker, then the stack (unless ``--keep-stack``, or it was already running): nothing
@@ -132,7 +132,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Chi
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pulse demo",
-        description="Embedded Kafka + registry, topics, the Faust worker, a producer and the "
+        description="Embedded Kafka + registry, topics, the worker, a producer and the "
         "live board, in one command. Ctrl-C stops everything.",
     )
     p.add_argument(

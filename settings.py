@@ -50,7 +50,7 @@ class Settings:
     )
     raw_partitions: int = _setting(6, "Partitions of topics keyed by upstream id.")
     symbol_partitions: int = _setting(
-        6, "Partitions of symbol-keyed topics; the most Faust workers that can share work."
+        6, "Partitions of symbol-keyed topics; the most signals workers that can share work."
     )
     replication_factor: int = _setting(1, "Replication factor of topics the pipeline creates.")
     # --- Processors ------------------------------------------------------------------------
