@@ -1,10 +1,10 @@
 """``pulse demo``: the whole pipeline on this machine, with the live board.
 
-Starts the embedded Kafka + registry, creates the topics, runs `pulse worker` (fan-out + signals) and one
-producer as child processes (synthetic by default; ``--replay PATH…``; the Firehose when
-its credentials are set) and shows the board. Ctrl-C or SIGTERM stops the producer, then
-the worker, then the stack (unless ``--keep-stack``, or it was already running): nothing
-is left behind.
+Starts the embedded Kafka + registry, creates the topics, runs ``pulse worker`` (fan-out +
+signals) and one producer as child processes (synthetic by default; ``--replay PATH…``; the
+Firehose when its credentials are set) and shows the board. Ctrl-C or SIGTERM stops the
+producer, then the worker, then the stack (unless ``--keep-stack``, or it was already
+running): nothing is left behind.
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     stop = threading.Event()
     # SIGTERM stops like Ctrl-C; the board loop checks `stop` four times a second
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
     stack = None
     stop_stack = False
     children: list[Child] = []
@@ -207,6 +208,8 @@ def main(settings: Settings, argv: list[str]) -> int:
             f"Kafka {settings.bootstrap_servers} · registry {settings.schema_registry_url}"
             f" · topics {settings.topic('*')}: {len(created)} created"
         )
+        arrivals = FirstArrivals(settings, started)
+        threading.Thread(target=arrivals.run, args=(stop,), daemon=True).start()
         env = child_env(dict(os.environ), settings)
         log_dir = settings.local_home_path / "demo-logs"
         children.append(spawn("worker", ["worker"], env, log_dir))
@@ -229,6 +232,7 @@ def main(settings: Settings, argv: list[str]) -> int:
         if not console.is_terminal:
             console.line()  # the board's last frame, printed as text, ends mid-line
         console.print(summary(board))
+        console.print(arrivals.line())
         failed = [c for c in children if c.proc.poll() not in (None, 0)]
         for c in failed:
             # log lines are text: "[…]" in them must not be read as markup
@@ -275,6 +279,42 @@ def _start_stack(stack: LocalStack, console: Console, instance: str) -> Endpoint
             done.set()
     console.print(f"embedded Kafka + registry up in {time.monotonic() - started:.0f} s")
     return endpoints
+
+
+class FirstArrivals:
+    """When the first closed window and the first spike reached their topics, in seconds since
+    the demo started: what a newcomer waits for (printed with the summary)."""
+
+    def __init__(self, settings: Settings, started: float) -> None:
+        from confluent_kafka import Consumer
+
+        from schemas import topics
+
+        self.started = started
+        self.at: dict[str, float] = {}
+        self._names = {topics.VOLUME.full_name(settings): "window",
+                       topics.SPIKES.full_name(settings): "spike"}
+        self._consumer = Consumer({
+            **settings.kafka_config(), "group.id": f"demo-first-{os.getpid()}",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        })
+        self._consumer.subscribe(list(self._names))
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set() and len(self.at) < len(self._names):
+                msg = self._consumer.poll(0.5)
+                if msg is not None and not msg.error():
+                    self.at.setdefault(self._names[msg.topic()], time.monotonic() - self.started)
+        except Exception:  # noqa: BLE001 - a missing figure must never stop the demo
+            pass
+        finally:
+            self._consumer.close()
+
+    def line(self) -> str:
+        parts = [f"first {what} after {self.at[what]:.0f} s" if what in self.at
+                 else f"no {what} yet" for what in ("window", "spike")]
+        return " · ".join(parts) + " (since `pulse demo` started)"
 
 
 def summary(board: Board) -> Text:
