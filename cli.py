@@ -117,6 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from schemas.admin import AuthenticationFailed
+
+    try:
+        return _run(args, settings)
+    except AuthenticationFailed as exc:  # a wrong password: one line, no traceback
+        print(f"pulse {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in DELEGATED:
         module, func, _ = DELEGATED[args.command]
         try:

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_TOPIC_TIMEOUT_S = 60.0  # a topic may be created by another command a moment later
 
-_CREDENTIALS = "check PULSE_SECURITY_PROTOCOL, PULSE_SASL_MECHANISM, PULSE_SASL_USERNAME and "
-_CREDENTIALS += "PULSE_SASL_PASSWORD"
+_CREDENTIALS = "authentication failed: check PULSE_SECURITY_PROTOCOL, PULSE_SASL_MECHANISM, "
+_CREDENTIALS += "PULSE_SASL_USERNAME and PULSE_SASL_PASSWORD"
 _FATAL_HINTS = {
     KafkaError._AUTHENTICATION: _CREDENTIALS,
     KafkaError.SASL_AUTHENTICATION_FAILED: _CREDENTIALS,
@@ -145,10 +145,14 @@ def partitions_of(
     Readers that only watch (``pulse tail``, the board) assign these partitions themselves
     instead of joining a consumer group: their position stays in the client, so a broker
     restart or a coordinator move costs them neither a rebalance nor a reset to "latest".
+    A refused password shows only through ``error_cb``, which librdkafka calls from poll()
+    alone: a consumer with nothing assigned yet is polled here (no record can be taken).
     """
+    _serve_callbacks(consumer)
     try:
         md = consumer.list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        _serve_callbacks(consumer)  # the timeout's real cause (credentials) comes first
         errors.on_exception(exc)
         return None
     out: list[TopicPartition] = []
@@ -164,3 +168,10 @@ def partitions_of(
         out += [TopicPartition(name, p) for p in sorted(meta.partitions)]
     errors.ok()
     return out
+
+
+def _serve_callbacks(consumer: Any) -> None:
+    """``error_cb`` of a consumer that reads nothing yet; never takes a record of one that
+    does (its records are for its own loop)."""
+    if not consumer.assignment():
+        consumer.poll(0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import ssl
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ import faust
 from processors import detectors
 from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
 from processors.metrics import Metrics
+from processors.supervisor import FATAL
 from processors.windows import WindowConfig, parse_windows
 from schemas import topics
-from schemas.admin import ensure_topics
+from schemas.admin import AuthenticationFailed, check_credentials, ensure_topics
 from schemas.serde import Serde
 from settings import Settings
 
@@ -175,6 +177,20 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
     return 0
 
 
+def _preflight(settings: Settings, stage: str | None, *, create: bool) -> None:
+    """Topics and schemas (if ``create``); before faust starts, whether the cluster takes the
+    credentials at all.
+
+    :raises AuthenticationFailed: the cluster refused them.
+    """
+    if create:
+        prepare(settings)
+    if stage == "signals" and settings.security_protocol.upper() != "PLAINTEXT":
+        # faust reports refused credentials as a crash with a traceback (exit 1, which the
+        # supervisor would restart forever): ask the cluster first, in one short probe
+        check_credentials(settings)
+
+
 def main(settings: Settings, argv: list[str]) -> int:
     """``pulse worker``: create topics, register schemas, run one stage or both."""
     parser = argparse.ArgumentParser(
@@ -190,8 +206,11 @@ def main(settings: Settings, argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.stage != "fan-out":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if not args.no_prepare:
-        prepare(settings)
+    try:
+        _preflight(settings, args.stage, create=not args.no_prepare)
+    except AuthenticationFailed as exc:  # one line, and an exit the supervisor won't restart
+        print(f"pulse worker: {exc}", file=sys.stderr)
+        return FATAL
     if args.stage == "fan-out":
         from processors import fanout
 

@@ -83,8 +83,12 @@ _AUTH = {
 }
 
 
+CONFIG_ERROR = 2  # exit code: the stage cannot run as configured (the supervisor's FATAL)
+
+
 class Fatal(Exception):
-    """The stage cannot go on; the message says what to do."""
+    """The stage cannot go on; the message says what to do. ``code`` is the exit code:
+    :data:`CONFIG_ERROR` when starting again would only repeat the failure."""
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
@@ -244,6 +248,11 @@ def _fatal_of(err: KafkaError) -> str | None:
     return None
 
 
+def _fatal_error(err: KafkaError) -> Fatal:
+    """``err`` as the stage's end: refused credentials or ACLs are configuration errors."""
+    return Fatal(_fatal_of(err) or err.str(), CONFIG_ERROR if err.code() in _AUTH else 1)
+
+
 class FanOut:
     """The fan-out loop of one process. :meth:`run` until ``stop`` is set."""
 
@@ -262,7 +271,7 @@ class FanOut:
         self.tracker = ReadingTracker(settings.raw_idle_ms, int(settings.idle_close_s * 1000))
         self.ledger = MarksLedger()
         self.raw_partitions = 0
-        self._fatal: str | None = None
+        self._fatal: Fatal | None = None  # from error_cb, raised by the loop
         self._next: dict[RawPartition, int] = {}  # next offset to read, where known
         self._tps: dict[RawPartition, TopicPartition] = {}
         self._uncommitted: dict[RawPartition, int] = {}
@@ -285,9 +294,8 @@ class FanOut:
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback: fatal ones end the loop, the rest are logged."""
-        fatal = _fatal_of(err)
-        if fatal is not None:
-            self._fatal = self._fatal or fatal
+        if _fatal_of(err) is not None:
+            self._fatal = self._fatal or _fatal_error(err)
             return
         self._warn(f"kafka:{err.code()}", "kafka: %s (retrying)", err.str())
 
@@ -300,18 +308,29 @@ class FanOut:
 
     def _check_fatal(self) -> None:
         if self._fatal is not None:
-            raise Fatal(self._fatal)
+            raise self._fatal
+
+    def _serve_callbacks(self) -> None:
+        """Let librdkafka call ``error_cb``: it does so only from poll(), and a refused
+        password shows nowhere else (metadata requests just time out). Before the
+        subscription only: the consumer has nothing to return yet."""
+        self.consumer.poll(0)
+        self.producer.poll(0)
+        self.admin.poll(0)
 
     # --- start ------------------------------------------------------------------------------
 
     def start(self, stop: threading.Event) -> bool:
         """Wait for the broker, the topics and the registry; subscribe. False if stopped."""
         while not stop.is_set():
+            self._serve_callbacks()
             self._check_fatal()
             try:
                 self._prepare()
                 return True
             except Transient as exc:
+                self._serve_callbacks()
+                self._check_fatal()  # the transient-looking failure was the credentials
                 self._warn("start", "waiting for Kafka / the registry: %s", exc)
                 stop.wait(1.0)
         return False
@@ -343,7 +362,8 @@ class FanOut:
                    if t not in md.topics or md.topics[t].error is not None]
         if missing:
             raise Fatal(f"topic(s) {', '.join(missing)} do not exist: run `pulse topics` "
-                        "(or `pulse local up`) first, with the same PULSE_TOPIC_PREFIX", 2)
+                        "(or `pulse local up`) first, with the same PULSE_TOPIC_PREFIX",
+                        CONFIG_ERROR)
         return sum(len(md.topics[t].partitions) for t in self.raw_topics)
 
     def _init_transactions(self) -> None:
@@ -352,7 +372,7 @@ class FanOut:
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal() or err.code() in _AUTH:
-                raise Fatal(_fatal_of(err) or err.str()) from exc
+                raise _fatal_error(err) from exc
             raise Transient(f"init_transactions: {err.str()}") from exc
 
     # --- rebalance ----------------------------------------------------------------------
@@ -450,9 +470,8 @@ class FanOut:
         return batch
 
     def _consume_error(self, err: KafkaError) -> None:
-        fatal = _fatal_of(err)
-        if fatal is not None:
-            raise Fatal(fatal)
+        if _fatal_of(err) is not None:
+            raise _fatal_error(err)
         self._warn(f"consume:{err.code()}", "consume: %s (retrying)", err.str())
 
     def _bad(self, batch: Batch, msg: ck.Message, reason: Reason, stage: str,
@@ -691,7 +710,7 @@ class FanOut:
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal() or err.code() in _AUTH:
-                raise Fatal(_fatal_of(err) or err.str()) from exc
+                raise _fatal_error(err) from exc
             self.metrics.retries.labels("transaction").inc()
             self._warn("txn", "transaction failed (%s): aborting, reading again from the "
                        "committed offsets", err.str())
@@ -736,7 +755,7 @@ class FanOut:
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
-                raise Fatal(_fatal_of(err) or err.str()) from exc
+                raise _fatal_error(err) from exc
             if err.code() == KafkaError._STATE:
                 return True  # no transaction in progress
             self._warn("abort", "abort_transaction: %s (retrying)", err.str())
@@ -804,7 +823,7 @@ def _decode_failure(exc: Exception) -> Exception:
     if isinstance(exc, SchemaRegistryError):
         if exc.http_status_code in (401, 403):
             raise Fatal(f"schema registry refused us ({exc}): check "
-                        "PULSE_SCHEMA_REGISTRY_AUTH") from exc
+                        "PULSE_SCHEMA_REGISTRY_AUTH", CONFIG_ERROR) from exc
         if exc.http_status_code == 404 or 400 <= exc.http_status_code < 500:
             return exc  # unknown schema id: the record is bad
         raise Transient(f"schema registry: {exc}") from exc

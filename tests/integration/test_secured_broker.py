@@ -205,26 +205,9 @@ WRONG = {
     "alerts": ["alerts", "--webhook", "http://127.0.0.1:9/hook", "--health-port", "-1"],
 }
 
-# what each command did when this test was written (components owned elsewhere); strict: a fix
-# turns its case into a failure here, to drop the mark
-_PREPARE = (
-    "schemas/admin.py ensure_topics: the admin futures time out after 30 s (TimeoutError, or "
-    "KafkaException _TIMED_OUT 'Failed while waiting for controller'): a traceback ends the "
-    "command, only librdkafka's own %3|FAIL log lines say 'SASL authentication error'"
-)
-KNOWN = {
-    "topics": _PREPARE,
-    "producer": _PREPARE,
-    "worker": _PREPARE,
-    "worker --no-prepare": "processors/supervisor.py restarts the failing signals stage every "
-    "2 s forever, and the fan-out stage waits forever",
-    "fan-out": "processors/fanout.py start(): list_topics fails with 'Broker transport "
-    "failure' forever; the auth error reaches error_cb only from poll(), never called there",
-    "signals": "exits 1 within ~2 s with an ERROR line 'SaslAuthenticationFailed', but faust's "
-    "worker prints a traceback ending in KafkaConnectionError",
-    "tail": "consumers/tail.py waits for partitions with list_topics only ('Broker transport "
-    "failure (transient: retrying)' forever); error_cb is served by poll(), never called there",
-}
+# commands known to fail this test, with what they did (components owned elsewhere); strict: a
+# fix turns its case into a failure here, to drop the mark
+KNOWN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
