@@ -10,7 +10,7 @@ fed to the baseline as zeros.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -52,7 +52,15 @@ class Baseline:
     elevated_run: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "n": self.n,
+            "mean_sqrt": self.mean_sqrt,
+            "var_sqrt": self.var_sqrt,
+            "mean_count": self.mean_count,
+            "last_start_ms": self.last_start_ms,
+            "last_elevated_ms": self.last_elevated_ms,
+            "elevated_run": self.elevated_run,
+        }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Baseline:

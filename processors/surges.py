@@ -36,7 +36,7 @@ is filled with zeros here.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
@@ -87,15 +87,38 @@ class SurgeState:
     episode_peak: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The state as a JSON-able dict of copies (``asdict`` without its deep copies: this
+        runs for every changed symbol row)."""
+        return {
+            "slots": self.slots,
+            "day_ms": self.day_ms,
+            "today": list(self.today),
+            "days": list(self.days),
+            "level": list(self.level),
+            "shape": [list(s) for s in self.shape],
+            "disp_num": list(self.disp_num),
+            "disp_den": list(self.disp_den),
+            "recent": [list(r) for r in self.recent],
+            "last_start_ms": self.last_start_ms,
+            "last_elevated_ms": self.last_elevated_ms,
+            "episode_peak": self.episode_peak,
+        }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> SurgeState:
-        return cls(**row)
+        # copies: the state is updated in place, the row may be the table's own
+        return cls(**{k: _copy(v) for k, v in row.items()})
 
     @property
     def days_seen(self) -> int:
         return self.days[WEEKDAY] + self.days[WEEKEND]
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON value of :class:`SurgeState` (lists, lists of lists, scalars)."""
+    if isinstance(value, list):
+        return [list(v) if isinstance(v, list) else v for v in value]
+    return value
 
 
 @dataclass(frozen=True)

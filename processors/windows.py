@@ -15,6 +15,7 @@ result with ``revision + 1``.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import re
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from processors import detectors
 from processors.detectors import DetectorRule, DetectorState
 from processors.mentions import Mention, MentionKind
 from processors.progress import NO_WATERMARK
-from processors.sentiment import UserSentiment, bullish_ratio, user_votes, wilson_interval
+from processors.sentiment import UserSentiment, bullish_ratio, wilson_interval
 
 SAMPLE_IDS = 5
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -118,6 +119,11 @@ class Pane:
 
     Persisted as append-only *chunks*: each :meth:`take_chunk` returns only what was added
     since the last one, so a hot symbol's growing pane is never rewritten whole.
+
+    Running tallies of the counted messages (labels, users, per-user votes, the smallest ids)
+    are kept up to date on every add and retraction, so a window merges its panes' tallies
+    instead of walking every message (a 1 h window hopping by 5 min would walk each one ~12
+    times). They are derived state: never persisted, rebuilt with the messages.
     """
 
     messages: dict[int, tuple[int | None, str | None]] = field(default_factory=dict)
@@ -126,47 +132,126 @@ class Pane:
     chunks: int = 0  # chunk rows written so far
     # ("m" | "s" | "r", id) added since the last chunk
     _new: list[tuple[str, int]] = field(default_factory=list, repr=False, compare=False)
+    # --- the tallies (see the class doc) ---
+    bullish: int = field(default=0, init=False, repr=False, compare=False)
+    bearish: int = field(default=0, init=False, repr=False, compare=False)
+    # labelled messages without a user id: each is a voter of its own
+    anon_bullish: int = field(default=0, init=False, repr=False, compare=False)
+    anon_bearish: int = field(default=0, init=False, repr=False, compare=False)
+    # user → counted messages here (distinct users are the keys)
+    users: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # user → Bullish minus Bearish labels here (zeros dropped: they do not vote)
+    votes: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # the SAMPLE_IDS smallest counted ids, ascending
+    smallest: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
+    _score_sum: float | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for user_id, label in self.messages.values():
+            self._tally(user_id, label, 1)
+        self.smallest = heapq.nsmallest(SAMPLE_IDS, self.messages)
+
+    def _tally(self, user_id: int | None, label: str | None, d: int) -> None:
+        """Count one message (``d`` = 1) or uncount it (-1) in the tallies."""
+        if user_id is not None:
+            n = self.users.get(user_id, 0) + d
+            if n:
+                self.users[user_id] = n
+            else:
+                del self.users[user_id]
+        if label == "Bullish":
+            self.bullish += d
+            vote = d
+        elif label == "Bearish":
+            self.bearish += d
+            vote = -d
+        else:
+            return
+        if user_id is None:
+            if label == "Bullish":
+                self.anon_bullish += d
+            else:
+                self.anon_bearish += d
+            return
+        v = self.votes.get(user_id, 0) + vote
+        if v:
+            self.votes[user_id] = v
+        else:
+            del self.votes[user_id]
+
+    def _count(self, message_id: int, user_id: int | None, sentiment: str | None) -> None:
+        old = self.messages.get(message_id)
+        if old is not None:  # never twice (add_mention checks), but stay exact regardless
+            self._uncount(message_id)
+        self.messages[message_id] = (user_id, sentiment)
+        self._tally(user_id, sentiment, 1)
+        smallest = self.smallest
+        if len(smallest) < SAMPLE_IDS:
+            bisect.insort(smallest, message_id)
+        elif message_id < smallest[-1]:
+            bisect.insort(smallest, message_id)
+            smallest.pop()
+
+    def _uncount(self, message_id: int) -> bool:
+        user_label = self.messages.pop(message_id, None)
+        if user_label is None:
+            return False
+        self._tally(user_label[0], user_label[1], -1)
+        if message_id in self.smallest:  # rare: only then walk the pane again
+            self.smallest = heapq.nsmallest(SAMPLE_IDS, self.messages)
+        return True
 
     def add_message(self, message_id: int, user_id: int | None, sentiment: str | None) -> None:
-        self.messages[message_id] = (user_id, sentiment)
+        self._count(message_id, user_id, sentiment)
         self._new.append(("m", message_id))
 
     def add_score(self, message_id: int, score: float) -> None:
         self.scores[message_id] = score
+        self._score_sum = None
         self._new.append(("s", message_id))
 
     def retract(self, message_id: int) -> bool:
         """Destroy ``message_id``; True when it had been counted here."""
         self.retracted.add(message_id)
         self._new.append(("r", message_id))
-        return self.messages.pop(message_id, None) is not None
+        return self._uncount(message_id)
+
+    def score_sum(self) -> float:
+        """``sum(self.scores.values())`` (in insertion order, so windows stay bit-exact)."""
+        if self._score_sum is None:
+            self._score_sum = sum(self.scores.values())
+        return self._score_sum
 
     def dirty(self) -> bool:
         return bool(self._new)
 
     def take_chunk(self) -> dict[str, Any]:
         """What changed since the last chunk, as one JSON-able row; numbers the chunk."""
-        chunk: dict[str, Any] = {"m": {}, "s": {}, "r": []}
+        m: dict[str, Any] = {}
+        s: dict[str, Any] = {}
+        r: list[int] = []
+        messages, scores = self.messages, self.scores
         for kind, message_id in self._new:
             if kind == "m":
-                chunk["m"][str(message_id)] = list(self.messages.get(message_id, (None, None)))
+                m[str(message_id)] = list(messages.get(message_id, (None, None)))
             elif kind == "s":
-                chunk["s"][str(message_id)] = self.scores[message_id]
+                s[str(message_id)] = scores[message_id]
             else:
-                chunk["r"].append(message_id)
+                r.append(message_id)
         self._new.clear()
         self.chunks += 1
-        return chunk
+        return {"m": m, "s": s, "r": r}
 
     def apply_chunk(self, chunk: dict[str, Any]) -> None:
         """Rebuild: apply one chunk row (in the order they were written)."""
         for k, v in chunk["m"].items():
-            self.messages[int(k)] = (v[0], v[1])
+            self._count(int(k), v[0], v[1])
         for k, v in chunk["s"].items():
             self.scores[int(k)] = v
+        self._score_sum = None
         for message_id in chunk["r"]:
             self.retracted.add(message_id)
-            self.messages.pop(message_id, None)
+            self._uncount(message_id)
         self.chunks += 1
 
     def to_json(self) -> dict[str, Any]:
@@ -421,45 +506,61 @@ def window_result(
     state: SymbolState, symbol: str, spec: WindowSpec, start_ms: int, revision: int,
     pane_ms: int,
 ) -> WindowResult:
-    users: set[int] = set()
-    ids: list[int] = []
-    labels: list[tuple[int | None, str | None]] = []  # (user, label) of labelled messages
-    unlabelled = 0
-    score_sum, score_count = 0.0, 0
-    for pane_start in range(start_ms, start_ms + spec.size_ms, pane_ms):
-        pane = state.panes.get(pane_start)
-        if pane is None:
-            continue
-        for message_id, user_label in pane.messages.items():
-            ids.append(message_id)
-            user_id, sentiment = user_label
-            if user_id is not None:
-                users.add(user_id)
-            if sentiment == "Bullish" or sentiment == "Bearish":
-                labels.append(user_label)
-            else:
-                unlabelled += 1
-        score_sum += sum(pane.scores.values())
+    """The window's tallies, merged from its panes' (see :class:`Pane`)."""
+    panes = state.panes
+    parts = [p for p in map(panes.get, range(start_ms, start_ms + spec.size_ms, pane_ms))
+             if p is not None]
+    count = bullish = bearish = anon_bullish = anon_bearish = score_count = 0
+    score_sum = 0.0
+    for pane in parts:
+        count += len(pane.messages)
+        bullish += pane.bullish
+        bearish += pane.bearish
+        anon_bullish += pane.anon_bullish
+        anon_bearish += pane.anon_bearish
+        score_sum += pane.score_sum()
         score_count += len(pane.scores)
-    bullish = sum(1 for _, label in labels if label == "Bullish")
-    # each user once (by majority): only the labelled messages are walked again
-    user_bullish, user_bearish = user_votes(labels) if labels else (0, 0)
+    user_bullish, user_bearish = _user_votes([p.votes for p in parts if p.votes])
+    if len(parts) == 1:
+        distinct, sample = len(parts[0].users), tuple(parts[0].smallest)
+    else:
+        distinct = len(set().union(*[p.users for p in parts]))
+        sample = tuple(sorted([i for p in parts for i in p.smallest])[:SAMPLE_IDS])
     return WindowResult(
         symbol=symbol,
         spec=spec,
         start_ms=start_ms,
-        message_count=len(ids),
-        distinct_users=len(users),
+        message_count=count,
+        distinct_users=distinct,
         bullish=bullish,
-        bearish=len(labels) - bullish,
-        unlabelled=unlabelled,
+        bearish=bearish,
+        unlabelled=count - bullish - bearish,
         score_sum=score_sum,
         score_count=score_count,
         revision=revision,
-        sample_message_ids=tuple(sorted(ids)[:SAMPLE_IDS]),
-        user_bullish=user_bullish,
-        user_bearish=user_bearish,
+        sample_message_ids=sample,
+        user_bullish=user_bullish + anon_bullish,
+        user_bearish=user_bearish + anon_bearish,
     )
+
+
+def _user_votes(votes: list[dict[int, int]]) -> tuple[int, int]:
+    """(bullish users, bearish users) of panes' per-user votes: each user once, by the sign
+    of their net vote over the window (as :func:`~processors.sentiment.user_votes`)."""
+    if not votes:
+        return 0, 0
+    if len(votes) == 1:
+        tally = votes[0]
+    else:
+        biggest = max(votes, key=len)
+        tally = dict(biggest)
+        for pane_votes in votes:
+            if pane_votes is not biggest:
+                for user_id, v in pane_votes.items():
+                    tally[user_id] = tally.get(user_id, 0) + v
+    positive = sum(1 for v in tally.values() if v > 0)
+    negative = sum(1 for v in tally.values() if v < 0)
+    return positive, negative
 
 
 def _mark_pending(

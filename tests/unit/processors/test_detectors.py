@@ -269,3 +269,22 @@ def test_nb_tail_far_out_and_its_score() -> None:
     assert surges.z_of_log_p(math.log(1e-6)) == pytest.approx(4.753424, abs=1e-5)
     assert surges.z_of_log_p(-3000.0) == pytest.approx(math.sqrt(6000 - math.log(6000 * 2 *
                                                        math.pi)), rel=1e-3)
+
+
+def test_hand_written_to_json_is_asdict_and_cached_until_observe() -> None:
+    from dataclasses import asdict
+
+    state = DetectorState()
+    for i in range(2 * 24 * 12 + 7):  # two days of 5-min windows and their hours
+        start = T0 + i * FIVE_MIN
+        detectors.observe(state, start, FIVE_MIN, 3 + i % 5, 3, RULE)
+        if i % 12 == 11:
+            detectors.observe(state, start - 11 * FIVE_MIN, HOUR, 40, 30, RULE)
+    row = state.to_json()
+    assert row["surge"] == asdict(state.surge) and state.surge.recent
+    assert row["bursts"] == {str(k): asdict(b) for k, b in state.bursts.items()}
+    assert state.to_json() is row  # nothing observed since: the same row
+    detectors.observe(state, T0 + 10 * DAY, FIVE_MIN, 9, 9, RULE)
+    assert state.to_json() is not row and state.to_json() != row
+    rebuilt = DetectorState.from_json(json.loads(json.dumps(state.to_json())))
+    assert rebuilt == state and rebuilt.to_json() == state.to_json()

@@ -333,3 +333,68 @@ def test_symbol_state_of_a_v1_row_starts_its_detectors_cold() -> None:
     del row["detectors"]
     row["baselines"] = {"300000/300000": {"n": 40}}
     assert SymbolState.from_json({**row, "panes": {}}).detectors == DetectorState()
+
+
+# --- pane tallies: what a window merges instead of walking every message --------------------
+
+def _naive(state: SymbolState, spec: WindowSpec, start_ms: int) -> tuple[object, ...]:
+    """A window's tallies by walking every message of its panes (the definition)."""
+    msgs = {i: ul for s in range(start_ms, start_ms + spec.size_ms, M)
+            for i, ul in state.panes.get(s, Pane()).messages.items()}
+    scores = [v for s in range(start_ms, start_ms + spec.size_ms, M)
+              for v in state.panes.get(s, Pane()).scores.values()]
+    labels = [ul for ul in msgs.values() if ul[1] in ("Bullish", "Bearish")]
+    bullish = sum(1 for _, label in labels if label == "Bullish")
+    return (len(msgs), len({u for u, _ in msgs.values() if u is not None}), bullish,
+            len(labels) - bullish, len(msgs) - len(labels), len(scores),
+            tuple(sorted(msgs)[:5]), sentiment.user_votes(labels))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_window_tallies_merged_from_panes_equal_a_walk_over_every_message(seed: int) -> None:
+    import random
+
+    from processors.windows import window_result
+
+    rng = random.Random(seed)
+    state, c = SymbolState(), cfg(specs=(TUMBLE_1M, HOP_1H_5M))
+    ids: list[int] = []
+    for n in range(3_000):
+        if ids and rng.random() < 0.2:  # destroys, often of a pane's smallest ids
+            victim = min(ids) if rng.random() < 0.3 else rng.choice(ids)
+            ids.remove(victim)
+            add_mention(state, msg(victim, (victim % 97) * 37_000, kind=MentionKind.RETRACTION),
+                        -1, c)
+            continue
+        mid = rng.randrange(1, 10**6)
+        user = rng.choice([None, *range(1, 30)])
+        m = Mention(MentionKind.MESSAGE, "AAPL", mid, (mid % 97) * 37_000, user,
+                    rng.choice((None, "Bullish", "Bearish")))
+        if add_mention(state, m, -1, c).counted:
+            ids.append(mid)
+        if n % 5 == 0:
+            add_mention(state, Mention(MentionKind.SCORE, "AAPL", mid, (mid % 97) * 37_000,
+                                       user, None, rng.uniform(-1, 1)), -1, c)
+        if n % 500 == 499:
+            for spec in (TUMBLE_1M, HOP_1H_5M):
+                for start in range(-H, 97 * 37_000, spec.advance_ms):
+                    r = window_result(state, "AAPL", spec, start, 0, M)
+                    assert (r.message_count, r.distinct_users, r.bullish, r.bearish,
+                            r.unlabelled, r.score_count, r.sample_message_ids,
+                            (r.user_bullish, r.user_bearish)) == _naive(state, spec, start)
+
+
+def test_pane_tallies_are_rebuilt_from_chunks_and_from_json() -> None:
+    pane = Pane()
+    for i, (user, label) in enumerate([(1, "Bullish"), (1, "Bearish"), (None, "Bullish"),
+                                       (2, None), (3, "Bearish"), (4, "Bullish")]):
+        pane.add_message(10 - i, user, label)
+    pane.retract(8)  # (None, Bullish)
+    pane.add_score(9, 0.5)
+    chunked = Pane()
+    chunked.apply_chunk(pane.take_chunk())
+    for other in (chunked, Pane.from_json(pane.to_json())):
+        assert (other.bullish, other.bearish, other.anon_bullish, other.anon_bearish,
+                other.users, other.votes, other.smallest, other.score_sum()) == (
+            pane.bullish, pane.bearish, 0, 0, {1: 2, 2: 1, 3: 1, 4: 1}, {3: -1, 4: 1},
+            [5, 6, 7, 9, 10], 0.5)
