@@ -284,6 +284,10 @@ class SymbolState:
     emitted_by: dict[str, dict[int, int]] = field(default_factory=dict)
     spikes_sent: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     last_offset: int = -1  # last mentions offset that changed this row
+    # (specs, earliest_end_ms(specs)) until `pending` changes: the engine asks before and after
+    # every mention; only _mark_pending and close_windows change `pending`
+    _earliest: tuple[tuple[WindowSpec, ...], int | None] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as one JSON-able dict (tests; see :meth:`meta_json` for rows)."""
@@ -336,6 +340,9 @@ class SymbolState:
 
     def earliest_end_ms(self, specs: tuple[WindowSpec, ...]) -> int | None:
         """End of the first window still waiting to close, if any."""
+        cached = self._earliest
+        if cached is not None and cached[0] is specs:
+            return cached[1]
         best = None
         pending = self.pending
         for spec in specs:
@@ -344,6 +351,7 @@ class SymbolState:
                 end = starts[0] + spec.size_ms
                 if best is None or end < best:
                     best = end
+        self._earliest = (specs, best)
         return best
 
 
@@ -507,9 +515,7 @@ def window_result(
     pane_ms: int,
 ) -> WindowResult:
     """The window's tallies, merged from its panes' (see :class:`Pane`)."""
-    panes = state.panes
-    parts = [p for p in map(panes.get, range(start_ms, start_ms + spec.size_ms, pane_ms))
-             if p is not None]
+    parts = _panes_of(state.panes, start_ms, start_ms + spec.size_ms, pane_ms)
     count = bullish = bearish = anon_bullish = anon_bearish = score_count = 0
     score_sum = 0.0
     for pane in parts:
@@ -542,6 +548,13 @@ def window_result(
         user_bullish=user_bullish + anon_bullish,
         user_bearish=user_bearish + anon_bearish,
     )
+
+
+def _panes_of(panes: dict[int, Pane], start_ms: int, end_ms: int, pane_ms: int) -> list[Pane]:
+    """The panes in [start, end), by start (the order sums are taken in)."""
+    if len(panes) * 4 < (end_ms - start_ms) // pane_ms:  # few panes: look them over
+        return [panes[s] for s in sorted(s for s in panes if start_ms <= s < end_ms)]
+    return [p for p in map(panes.get, range(start_ms, end_ms, pane_ms)) if p is not None]
 
 
 def _user_votes(votes: list[dict[int, int]]) -> tuple[int, int]:
@@ -579,6 +592,7 @@ def _mark_pending(
             at = bisect.bisect_left(pending, start)
             if at == len(pending) or pending[at] != start:
                 pending.insert(at, start)
+                state._earliest = None
 
 
 def add_mention(
@@ -658,21 +672,26 @@ def close_windows(
     for spec in cfg.specs:
         pending = state.pending.get(spec.key, [])
         n = bisect.bisect_right(pending, watermark_ms - spec.size_ms)
-        due.extend((start + spec.size_ms, spec.size_ms, spec, start) for start in pending[:n])
-        del pending[:n]
+        if n:
+            due.extend((start + spec.size_ms, spec.size_ms, spec, start) for start in pending[:n])
+            del pending[:n]
+            state._earliest = None
     due.sort(key=lambda d: (d[0], d[1], d[3]))
     closed: list[Closed] = []
     rule = cfg.rule
+    scored = cfg.detector_specs
+    # warmth changes only when a detector observes a window
+    warm = None if rule is None else detectors.is_warm(state.detectors, rule)
     for _, _, spec, start in due:
         result = window_result(state, symbol, spec, start, 0, cfg.pane_ms)
         state.emitted.setdefault(spec.key, {})[start] = 0
         verdict = None
         # a window left without messages (destroys, /sentiment scores only) is a gap to the
         # detectors, as it is in the evaluation (bench/evaluate.py), which sees messages only
-        if rule is not None and result.message_count and spec in cfg.detector_specs:
+        if rule is not None and result.message_count and spec in scored:
             verdict = detectors.observe(state.detectors, start, spec.size_ms,
                                         result.message_count, result.distinct_users, rule)
-        warm = None if rule is None else detectors.is_warm(state.detectors, rule)
+            warm = detectors.is_warm(state.detectors, rule)
         closed.append(Closed(result, verdict, warm))
     state.watermark_ms = max(state.watermark_ms, watermark_ms)
     _forget(state, cfg)
