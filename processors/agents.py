@@ -37,6 +37,7 @@ STAGE = "signals"
 BATCH_MAX, BATCH_WITHIN_S = 200, 0.05  # mention-batch records per agent batch
 # stall watchdog (processors/watchdog.py): checks while the agent has been idle this long
 STALL_CHECK_S, STALL_S, IDLE_BEFORE_CHECK_S = 5.0, 20.0, 10.0
+FLUSH_WAIT_S = 10.0  # one producer flush wait; repeated while records are still in flight
 CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
 OUTPUTS = (topics.VOLUME, topics.SENTIMENT, topics.SPIKES, topics.LATE_EVENTS,
            topics.DEAD_LETTER)
@@ -144,11 +145,23 @@ class Sink:
             await self._flush_producer()
 
     async def _flush_producer(self) -> None:
+        """Wait until every record sent so far is delivered. A broker outage only makes this
+        wait (a flush that times out is not a failure: librdkafka retries each record until
+        its ``delivery.timeout.ms``, 5 min by default, then reports it failed); a failed
+        delivery ends the stage and the batch is read again."""
         assert self.producer is not None
-        left = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
-        if left or self._errors:
-            errors, self._errors[:] = self._errors[:3], []
-            raise RuntimeError(f"{left} records unsent, delivery errors: {errors}")
+        loop = asyncio.get_running_loop()
+        waited_s = 0.0
+        while True:
+            left = await loop.run_in_executor(None, self.producer.flush, FLUSH_WAIT_S)
+            if self._errors:
+                errors, self._errors[:] = self._errors[:3], []
+                raise RuntimeError(f"{left} records unsent, delivery errors: {errors}")
+            if not left:
+                return
+            waited_s += FLUSH_WAIT_S
+            log.warning("%s: %d records not delivered after %.0f s (broker unreachable?): "
+                        "waiting; the batch is not acked before they are", STAGE, left, waited_s)
 
     @contextlib.asynccontextmanager
     async def fence(self, batch: list[Any], stream: Any) -> AsyncIterator[None]:

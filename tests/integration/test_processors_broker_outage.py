@@ -4,7 +4,8 @@ live-rate stream, both stages running, and started again ~45 s later.
 Neither stage exits; no window is closed while the broker is unreachable (the wall-clock close
 time rides on every volume record in the ``pulse.closed_at_ms`` header); and afterwards every
 message on the raw topic is counted in its 1m window, including those the writer held back
-during the outage and delivered late.
+during the outage and delivered late. A second test kills the broker for over a minute while
+the signals stage is busy with a backlog, so a batch's records wait for the broker.
 
 Stopping the shared broker would break every other test, so this one starts a private,
 throwaway broker through the embedded stack (``embedded/``) and uses the shared registry.
@@ -29,12 +30,19 @@ from confluent_kafka import Consumer
 from embedded.stack import LocalStack, free_ports
 from processors.agents import CLOSED_AT_HEADER
 from processors.app import prepare
-from processors.harness import RawWriter, WorkerProcess, message_event, read_records, wait_until
+from processors.harness import (
+    RawWriter,
+    WorkerProcess,
+    fanned_out,
+    message_event,
+    read_records,
+    wait_until,
+)
 from schemas import topics
 from schemas.serde import Serde
 from settings import Settings
 from tests.integration.test_processors_e2e import worker_settings
-from tests.integration.test_processors_recovery import ready
+from tests.integration.test_processors_recovery import events_in, ready, wait_windows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -183,3 +191,57 @@ def test_broker_killed_under_a_live_stream_closes_nothing_and_loses_nothing(
         f"{len(late)} late events; differ: "
         f"{ {k: (windows.get(k), n) for k, n in expected.items() if windows.get(k) != n} }")
     assert any(down_at <= start < back_at for _, start in windows), "no window in the outage"
+
+
+def caught_up(settings: Settings) -> bool:
+    try:
+        return fanned_out(settings)
+    except Exception:  # noqa: BLE001 - a fresh broker's coordinator may not be ready yet
+        return False
+
+
+# Before the fix in processors/agents.py (Sink._flush_producer) the signals stage took a flush
+# still waiting after 60 s for a failure and exited (70) with "15303 records unsent, delivery
+# errors: []", although librdkafka was still retrying them.
+def test_broker_killed_for_over_a_minute_while_signals_is_busy(
+    private_broker: tuple[LocalStack, Settings], tmp_path: Path
+) -> None:
+    stack, base = private_broker
+    s = worker_settings(base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
+                        surge_window="")
+    prepare(s)
+    writer = RawWriter(s)
+    t0, expected = 1_767_225_600_000, defaultdict(int)
+    for i in range(150_000):  # 50 minutes of event time, 60 symbols
+        t, symbol = t0 + i * 20, f"B{i % 60:02d}"
+        writer.send(topics.MESSAGES, message_event(i + 1, t, [symbol], i % 97))
+        expected[(symbol, t - t % M)] += 1
+    writer.flush()
+    fan_out = WorkerProcess(s, tmp_path / "fan-out.log", stage="fan-out").start()
+    signals_ = WorkerProcess(s, tmp_path / "signals.log", stage="signals")
+    stages = [fan_out, signals_]
+    try:
+        assert wait_until(lambda: caught_up(s), 180, interval_s=1), fan_out.log_tail()
+        signals_.start()
+
+        def busy() -> bool:
+            try:
+                return events_in(s.web_port) > 0
+            except OSError:
+                return False
+
+        assert wait_until(busy, 120, interval_s=0.1), signals_.log_tail()
+        kill_kafka(stack)  # the signals stage is mid-backlog: a batch's records wait
+        assert not wait_until(lambda: not all(p.alive() for p in stages), 70, interval_s=1), (
+            "\n".join(p.log_tail() for p in stages))
+        stack.up(timeout_s=120, registry=False)
+        got = wait_windows(s, len(expected), timeout_s=180)  # (a repeat is possible)
+        assert all(p.alive() for p in stages), "\n".join(p.log_tail() for p in stages)
+    finally:
+        for p in stages:
+            p.stop()
+    assert "records not delivered after" in signals_.log_path.read_text(errors="replace")
+    windows: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for v in got:
+        windows[(v["symbol"], v["window_start_ms"])].add(v["message_count"])
+    assert windows == {k: {n} for k, n in expected.items()}
