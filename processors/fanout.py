@@ -271,7 +271,8 @@ class FanOut:
         self.tracker = ReadingTracker(settings.raw_idle_ms, int(settings.idle_close_s * 1000))
         self.ledger = MarksLedger()
         self.raw_partitions = 0
-        self._fatal: Fatal | None = None  # from error_cb, raised by the loop
+        self._fatal: str | None = None  # from error_cb, raised by the loop
+        self._fatal_code = 1
         self._next: dict[RawPartition, int] = {}  # next offset to read, where known
         self._tps: dict[RawPartition, TopicPartition] = {}
         self._uncommitted: dict[RawPartition, int] = {}
@@ -295,7 +296,9 @@ class FanOut:
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback: fatal ones end the loop, the rest are logged."""
         if _fatal_of(err) is not None:
-            self._fatal = self._fatal or _fatal_error(err)
+            if self._fatal is None:
+                fatal = _fatal_error(err)
+                self._fatal, self._fatal_code = str(fatal), fatal.code
             return
         self._warn(f"kafka:{err.code()}", "kafka: %s (retrying)", err.str())
 
@@ -308,7 +311,7 @@ class FanOut:
 
     def _check_fatal(self) -> None:
         if self._fatal is not None:
-            raise self._fatal
+            raise Fatal(self._fatal, self._fatal_code)
 
     def _serve_callbacks(self) -> None:
         """Let librdkafka call ``error_cb``: it does so only from poll(), and a refused

@@ -82,3 +82,13 @@ def test_end_of_partition_is_not_an_error() -> None:
     errors = ReaderErrors("x")
     errors.on_error(KafkaError(KafkaError._PARTITION_EOF))
     assert errors.last_error == "" and errors.fatal is None
+
+
+@pytest.mark.parametrize(
+    "code", [KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED]
+)
+def test_a_refused_password_is_named_as_authentication_whatever_librdkafka_says(code: int) -> None:
+    errors = ReaderErrors("pulse tail")
+    errors.on_error(KafkaError(code, "Broker: refused"))
+    with pytest.raises(ReaderFailed, match="authentication failed: check PULSE_SECURITY_PROTOCOL"):
+        errors.check()
