@@ -3,6 +3,7 @@ per user (:func:`user_sentiment`: each user's labels in a window count once)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 
+@functools.lru_cache(maxsize=16_384)  # two per closed window, of small counts that repeat
 def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float] | None:
     """Wilson score interval of a proportion; None with no trials.
 

@@ -26,7 +26,7 @@ from processors import detectors
 from processors.detectors import DetectorRule, DetectorState
 from processors.mentions import Mention, MentionKind
 from processors.progress import NO_WATERMARK
-from processors.sentiment import UserSentiment, bullish_ratio, wilson_interval
+from processors.sentiment import bullish_ratio, wilson_interval
 
 SAMPLE_IDS = 5
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -288,6 +288,9 @@ class SymbolState:
     # every mention; only _mark_pending and close_windows change `pending`
     _earliest: tuple[tuple[WindowSpec, ...], int | None] | None = field(
         default=None, init=False, repr=False, compare=False)
+    # (row name, spec key) → (copy of the marks, their JSON): see _marks_json
+    _marks_cache: dict[tuple[str, str], tuple[dict[int, Any], dict[str, Any]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as one JSON-able dict (tests; see :meth:`meta_json` for rows)."""
@@ -303,18 +306,32 @@ class SymbolState:
         of a replay can open tens of thousands of them (a row that large is refused by Kafka).
         """
         return {
-            "emitted": {s: {str(k): v for k, v in e.items()} for s, e in self.emitted.items()},
+            "emitted": self._marks_json("emitted", self.emitted),
             "detectors": self.detectors.to_json(),
             "max_event_ms": self.max_event_ms,
             "watermark_ms": self.watermark_ms,
-            "emitted_by": {
-                k: {str(st): o for st, o in e.items()} for k, e in self.emitted_by.items()
-            },
-            "spikes_sent": {
-                k: {str(st): r for st, r in e.items()} for k, e in self.spikes_sent.items()
-            },
+            "emitted_by": self._marks_json("emitted_by", self.emitted_by),
+            "spikes_sent": self._marks_json("spikes_sent", self.spikes_sent),
             "last_offset": self.last_offset,
         }
+
+    def _marks_json(self, name: str, marks: dict[str, dict[int, Any]]) -> dict[str, Any]:
+        """Per spec key, the marks with string keys (JSON objects).
+
+        The row is rewritten after every batch that touches the symbol (``last_offset``),
+        but its marks change only when a window closes or is corrected: an unchanged spec's
+        dict is reused (comparing two dicts is cheaper than converting every key). Rows are
+        read-only, so sharing is safe.
+        """
+        cache = self._marks_cache
+        out = {}
+        for key, by_start in marks.items():
+            hit = cache.get((name, key))
+            if hit is None or hit[0] != by_start:
+                hit = cache[(name, key)] = (
+                    dict(by_start), {str(st): v for st, v in by_start.items()})
+            out[key] = hit[1]
+        return out
 
     @classmethod
     def from_json(cls, row: dict[str, Any], panes: dict[int, Pane] | None = None) -> SymbolState:
@@ -427,20 +444,18 @@ class WindowResult:
     def end_ms(self) -> int:
         return self.start_ms + self.spec.size_ms
 
-    def _window_fields(self) -> dict[str, Any]:
-        """The symbol and window of every output record: what downstream upserts on."""
-        return {
-            "symbol": self.symbol,
-            "window_start_ms": self.start_ms,
-            "window_end_ms": self.end_ms,
-            "window_size_ms": self.spec.size_ms,
-            "window_advance_ms": self.spec.advance_ms,
-        }
+    # Both records start with the symbol and window (what downstream upserts on), written out
+    # in each: they are built for every closed window, so no helper dict is merged in.
 
     def volume_record(self, emitted_at_ms: int) -> dict[str, Any]:
         """A ``WindowVolume`` (window_volume.avsc)."""
+        spec = self.spec
         return {
-            **self._window_fields(),
+            "symbol": self.symbol,
+            "window_start_ms": self.start_ms,
+            "window_end_ms": self.start_ms + spec.size_ms,
+            "window_size_ms": spec.size_ms,
+            "window_advance_ms": spec.advance_ms,
             "message_count": self.message_count,
             "distinct_users": self.distinct_users,
             "bullish": self.bullish,
@@ -455,13 +470,20 @@ class WindowResult:
 
         :param warm: whether the symbol's spike detectors are warm (the board's "cold").
         """
-        interval = wilson_interval(self.bullish, self.bullish + self.bearish)
-        per_user = UserSentiment.of_votes(self.user_bullish, self.user_bearish)
+        spec, bullish, bearish = self.spec, self.bullish, self.bearish
+        interval = wilson_interval(bullish, bullish + bearish)
+        users_bullish, users_bearish = self.user_bullish, self.user_bearish
+        # the fields of UserSentiment.record_fields, without building the dataclass
+        users = wilson_interval(users_bullish, users_bullish + users_bearish)
         return {
-            **self._window_fields(),
-            "bullish": self.bullish,
-            "bearish": self.bearish,
-            "bullish_ratio": bullish_ratio(self.bullish, self.bearish),
+            "symbol": self.symbol,
+            "window_start_ms": self.start_ms,
+            "window_end_ms": self.start_ms + spec.size_ms,
+            "window_size_ms": spec.size_ms,
+            "window_advance_ms": spec.advance_ms,
+            "bullish": bullish,
+            "bearish": bearish,
+            "bullish_ratio": bullish_ratio(bullish, bearish),
             "bullish_ratio_low": interval[0] if interval else None,
             "bullish_ratio_high": interval[1] if interval else None,
             "sentiment_score_mean": (
@@ -470,7 +492,11 @@ class WindowResult:
             "sentiment_score_count": self.score_count,
             "revision": self.revision,
             "emitted_at_ms": emitted_at_ms,
-            **per_user.record_fields(),
+            "user_bullish": users_bullish,
+            "user_bearish": users_bearish,
+            "user_bullish_ratio": bullish_ratio(users_bullish, users_bearish),
+            "user_bullish_ratio_low": users[0] if users else None,
+            "user_bullish_ratio_high": users[1] if users else None,
             "baseline_warm": warm,
         }
 
@@ -515,7 +541,11 @@ def window_result(
     pane_ms: int,
 ) -> WindowResult:
     """The window's tallies, merged from its panes' (see :class:`Pane`)."""
-    parts = _panes_of(state.panes, start_ms, start_ms + spec.size_ms, pane_ms)
+    if spec.size_ms == pane_ms:  # one pane (the 1 min windows)
+        pane = state.panes.get(start_ms)
+        parts = [] if pane is None else [pane]
+    else:
+        parts = _panes_of(state.panes, start_ms, start_ms + spec.size_ms, pane_ms)
     count = bullish = bearish = anon_bullish = anon_bearish = score_count = 0
     score_sum = 0.0
     for pane in parts:
@@ -611,7 +641,9 @@ def add_mention(
             return Applied()  # redelivered (a replay) after its window closed: counted then
         return Applied(late=True, lateness_ms=watermark_ms - t)
     state.max_event_ms = max(state.max_event_ms, t)
-    pane = state.panes.setdefault(pane_start, Pane())
+    pane = state.panes.get(pane_start)
+    if pane is None:  # (not setdefault: a Pane is not free to build and throw away)
+        pane = state.panes[pane_start] = Pane()
     # every mention of a pane falls in the same windows: mark them once, on its first one
     first_in_pane = not pane.messages and not pane.scores
     if mention.kind is MentionKind.MESSAGE:
@@ -645,7 +677,9 @@ def _retract(
     if pane_start + cfg.retain_ms <= watermark_ms:
         # its windows are past the revision horizon: report it, never correct silently
         return Applied(late=True, lateness_ms=watermark_ms - t)
-    pane = state.panes.setdefault(pane_start, Pane())
+    pane = state.panes.get(pane_start)
+    if pane is None:
+        pane = state.panes[pane_start] = Pane()
     if mention.message_id in pane.retracted:
         return Applied()  # a second destroy
     if not pane.retract(mention.message_id):

@@ -398,3 +398,13 @@ def test_pane_tallies_are_rebuilt_from_chunks_and_from_json() -> None:
                 other.users, other.votes, other.smallest, other.score_sum()) == (
             pane.bullish, pane.bearish, 0, 0, {1: 2, 2: 1, 3: 1, 4: 1}, {3: -1, 4: 1},
             [5, 6, 7, 9, 10], 0.5)
+
+
+@pytest.mark.parametrize("votes", [(0, 0), (3, 0), (0, 2), (5, 7)])
+def test_sentiment_record_per_user_fields_are_user_sentiments(votes: tuple[int, int]) -> None:
+    from processors.windows import WindowResult
+
+    r = WindowResult("AAPL", TUMBLE_1M, 0, 12, 9, 4, 5, 3, 0.0, 0, 0, (), *votes)
+    rec = r.sentiment_record(0)
+    assert {k: rec[k] for k in rec if k.startswith("user_")} == (
+        sentiment.UserSentiment.of_votes(*votes).record_fields())
