@@ -15,7 +15,7 @@ ADDED = {
     "spike.avsc": ["kind", "distinct_users", "scored", "scored_count", "span_ms"],
     "window_sentiment.avsc": [
         "user_bullish", "user_bearish", "user_bullish_ratio", "user_bullish_ratio_low",
-        "user_bullish_ratio_high",
+        "user_bullish_ratio_high", "baseline_warm",
     ],
 }
 V1_SPIKE = {
