@@ -339,8 +339,8 @@ def test_symbol_state_of_a_v1_row_starts_its_detectors_cold() -> None:
 
 def _naive(state: SymbolState, spec: WindowSpec, start_ms: int) -> tuple[object, ...]:
     """A window's tallies by walking every message of its panes (the definition)."""
-    msgs = {i: ul for s in range(start_ms, start_ms + spec.size_ms, M)
-            for i, ul in state.panes.get(s, Pane()).messages.items()}
+    msgs = {i: state.panes[s].user_label(i) for s in range(start_ms, start_ms + spec.size_ms, M)
+            if s in state.panes for i in state.panes[s].messages}
     scores = [v for s in range(start_ms, start_ms + spec.size_ms, M)
               for v in state.panes.get(s, Pane()).scores.values()]
     labels = [ul for ul in msgs.values() if ul[1] in ("Bullish", "Bearish")]
@@ -397,7 +397,7 @@ def test_pane_tallies_are_rebuilt_from_chunks_and_from_json() -> None:
         assert (other.bullish, other.bearish, other.anon_bullish, other.anon_bearish,
                 other.users, other.votes, other.smallest, other.score_sum()) == (
             pane.bullish, pane.bearish, 0, 0, {1: 2, 2: 1, 3: 1, 4: 1}, {3: -1, 4: 1},
-            [5, 6, 7, 9, 10], 0.5)
+            (5, 6, 7, 9, 10), 0.5)
 
 
 @pytest.mark.parametrize("votes", [(0, 0), (3, 0), (0, 2), (5, 7)])
@@ -408,3 +408,16 @@ def test_sentiment_record_per_user_fields_are_user_sentiments(votes: tuple[int, 
     rec = r.sentiment_record(0)
     assert {k: rec[k] for k in rec if k.startswith("user_")} == (
         sentiment.UserSentiment.of_votes(*votes).record_fields())
+
+
+@pytest.mark.parametrize("user", [None, 0, 1, 7, 2**40, -3])
+@pytest.mark.parametrize("label", [None, "Bullish", "Bearish", "Neutral"])
+def test_user_and_label_pack_into_one_int_and_back(user: int | None, label: str | None) -> None:
+    from processors.windows import pack_user_label, unpack_user_label
+
+    packed = pack_user_label(user, label)
+    assert isinstance(packed, int) == (label != "Neutral")
+    assert unpack_user_label(packed) == (user, label)
+    pane = Pane()
+    pane.add_message(5, user, label)
+    assert pane.user_label(5) == (user, label) and pane.take_chunk()["m"] == {"5": [user, label]}
