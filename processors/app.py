@@ -15,6 +15,7 @@ per-symbol state is plain JSON in a changelogged table and the watermark is ours
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import ssl
 import sys
@@ -170,6 +171,12 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
     # mode spells levels crit/error/warn/info/debug; anything else silently means "all"
     level = {"critical": "crit", "warning": "warn"}.get(loglevel.lower(), loglevel.lower())
     worker = faust.Worker(pipeline.app, loglevel=level, quiet=True)
+    # The engine keeps millions of long-lived objects (panes, tallies); the collector's full
+    # passes over them cost 30-40 % of engine time at default thresholds. Everything built at
+    # start-up is frozen out of collections, and young collections run less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
