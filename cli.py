@@ -15,7 +15,7 @@ from settings import Settings, SettingsError
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "produce": ("producers.cli", "main", "run a producer: firehose, sentiment, trending, chart, "
                 "rest, replay, synthetic"),
-    "worker": ("processors.app", "main", "run the processing stages (fan-out + faust signals)"),
+    "worker": ("processors.worker", "main", "run the processing stages (fan-out + faust signals)"),
     "tail": ("consumers.tail", "main", "print a topic decoded to JSON lines"),
     "alerts": ("consumers.alerts", "main", "POST every spike to webhooks"),
     "board": ("consumers.board", "main", "live terminal board of the output topics"),

@@ -61,7 +61,7 @@ from confluent_kafka.admin import (
 from fanout_bench import T0, bare_loop  # bench/ is this script's directory, so on sys.path
 
 from processors.agents import CLOSED_AT_HEADER
-from processors.app import prepare, window_config
+from processors.app import window_config
 from processors.batching import BatchBuilder, columns
 from processors.engine import Batch, PartitionEngine
 from processors.fanout import BATCH_SIZE
@@ -69,6 +69,7 @@ from processors.harness import RawWriter, WorkerProcess, message_event
 from processors.mentions import from_columns
 from processors.progress import ReadProgress
 from processors.windows import WindowSpec
+from processors.worker import prepare
 from schemas import topics
 from schemas.serde import Serde
 from settings import Settings

@@ -2,7 +2,7 @@
 
 import sys
 
-from processors.app import main
+from processors.worker import main
 from settings import Settings
 
 if __name__ == "__main__":

@@ -1,24 +1,17 @@
-"""``pulse worker``: the two processing stages, and the faust app of the signals stage.
+"""The faust app of the signals stage (``pulse worker --stage signals``).
 
-* ``--stage fan-out`` — :mod:`processors.fanout`: a plain confluent-kafka consumer group over
-  the raw topics, writing mention batches (scale up to the raw partition count).
-* ``--stage signals`` — the faust worker: windows, ratios, spikes (scale up to the symbol
-  partition count). ``build(settings)`` declares its app, topics and table.
-* no ``--stage`` (a laptop, the demo): both, as two child processes on separate cores,
-  stopped together and restarted when one crashes (:mod:`processors.supervisor`).
-
-Faust's own windowed tables are not used (their closes need a later event of the same key,
-hopping windows emit only the last step, windowed state does not survive every rebalance):
-per-symbol state is plain JSON in a changelogged table and the watermark is ours.
+``build(settings)`` declares its app, input topic and table and attaches the agent
+(:mod:`processors.agents`); ``run`` runs it. Faust's own windowed tables are not used (their
+closes need a later event of the same key, hopping windows emit only the last step, windowed
+state does not survive every rebalance): per-symbol state is plain JSON in a changelogged table
+and the watermark is ours. ``pulse worker`` itself is :mod:`processors.worker`.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import ssl
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +21,8 @@ import faust
 from processors import detectors
 from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
 from processors.metrics import Metrics
-from processors.supervisor import FATAL
 from processors.windows import WindowConfig, parse_windows
 from schemas import topics
-from schemas.admin import AuthenticationFailed, check_credentials, ensure_topics
 from schemas.serde import Serde
 from settings import Settings
 
@@ -39,9 +30,6 @@ log = logging.getLogger(__name__)
 
 GUARANTEES = {"at_least_once", "exactly_once"}
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
-STAGES = ("fan-out", "signals")
-OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
-           topics.LATE_EVENTS, topics.DEAD_LETTER)
 
 
 def window_config(settings: Settings) -> WindowConfig:
@@ -158,14 +146,6 @@ def build(settings: Settings) -> Pipeline:
     return pipeline
 
 
-def prepare(settings: Settings) -> None:
-    """Create the pipeline's topics and register the schemas the stages write and read."""
-    ensure_topics(settings)
-    serde = Serde(settings)
-    for spec in OUTPUTS:
-        serde.register(spec)
-
-
 def run(pipeline: Pipeline, loglevel: str = "info") -> int:
     """Run the signals worker until it is stopped (SIGTERM/SIGINT); returns its exit code."""
     # mode spells levels crit/error/warn/info/debug; anything else silently means "all"
@@ -182,48 +162,3 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
-
-
-def _preflight(settings: Settings, stage: str | None, *, create: bool) -> None:
-    """Topics and schemas (if ``create``); before faust starts, whether the cluster takes the
-    credentials at all.
-
-    :raises AuthenticationFailed: the cluster refused them.
-    """
-    if create:
-        prepare(settings)
-    if stage == "signals" and settings.security_protocol.upper() != "PLAINTEXT":
-        # faust reports refused credentials as a crash with a traceback (exit 1, which the
-        # supervisor would restart forever): ask the cluster first, in one short probe
-        check_credentials(settings)
-
-
-def main(settings: Settings, argv: list[str]) -> int:
-    """``pulse worker``: create topics, register schemas, run one stage or both."""
-    parser = argparse.ArgumentParser(
-        prog="pulse worker",
-        description="Run the processing stages: raw topics → fan-out → mention batches → "
-        "signals (windowed volume, sentiment, spikes, late events). Without --stage both run, "
-        "as two child processes. Configured by PULSE_* variables.",
-    )
-    parser.add_argument("--stage", choices=STAGES,
-                        help="run one stage in this process (deployments scale each on its own)")
-    parser.add_argument("--no-prepare", action="store_true",
-                        help="do not create topics / register schemas first")
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.stage != "fan-out":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    try:
-        _preflight(settings, args.stage, create=not args.no_prepare)
-    except AuthenticationFailed as exc:  # one line, and an exit the supervisor won't restart
-        print(f"pulse worker: {exc}", file=sys.stderr)
-        return FATAL
-    if args.stage == "fan-out":
-        from processors import fanout
-
-        return fanout.main(settings, rest)  # its own options: pulse worker --stage fan-out -h
-    if args.stage == "signals":
-        return run(build(settings), settings.log_level)
-    from processors.supervisor import supervise
-
-    return supervise([["--stage", stage, "--no-prepare"] for stage in STAGES])

@@ -120,9 +120,12 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        "queued.min.messages": 200_000,
+        # prefetch enough to keep 10k-record batches coming, bounded in memory (librdkafka's
+        # default lets the local queue hold 64 MB, most of the stage's RSS)
+        "fetch.max.bytes": 16 * 1024 * 1024,
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "queued.min.messages": 20_000,
+        "queued.max.messages.kbytes": 16 * 1024,
         "client.id": "stocktwits-pulse-fan-out",
         **extra,
     }

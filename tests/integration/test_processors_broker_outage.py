@@ -29,7 +29,6 @@ from confluent_kafka import Consumer
 
 from embedded.stack import LocalStack, free_ports
 from processors.agents import CLOSED_AT_HEADER
-from processors.app import prepare
 from processors.harness import (
     RawWriter,
     WorkerProcess,
@@ -38,6 +37,7 @@ from processors.harness import (
     read_records,
     wait_until,
 )
+from processors.worker import prepare
 from schemas import topics
 from schemas.serde import Serde
 from settings import Settings

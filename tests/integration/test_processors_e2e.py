@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from processors import detectors
-from processors.app import prepare
 from processors.harness import (
     RawWriter,
     WorkerProcess,
@@ -23,6 +22,7 @@ from processors.harness import (
     wait_fanned_out,
 )
 from processors.sentiment import wilson_interval
+from processors.worker import prepare
 from schemas import topics
 from settings import Settings
 

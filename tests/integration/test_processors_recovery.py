@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from processors.app import prepare
 from processors.harness import RawWriter, WorkerProcess, message_event, read_records, wait_until
+from processors.worker import prepare
 from schemas import topics
 from settings import Settings
 from tests.integration.test_processors_e2e import free_port, worker_settings
