@@ -126,6 +126,10 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "max.partition.fetch.bytes": 4 * 1024 * 1024,
         "queued.min.messages": 20_000,
         "queued.max.messages.kbytes": 16 * 1024,
+        # a dead instance's partitions (or our own after a broker restart) move on in ~10 s,
+        # not librdkafka's default 45 s
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 3_000,
         "client.id": "stocktwits-pulse-fan-out",
         **extra,
     }
