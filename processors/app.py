@@ -18,10 +18,9 @@ from typing import Any
 
 import faust
 
-from processors import detectors
 from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
 from processors.metrics import Metrics
-from processors.windows import WindowConfig, parse_windows
+from processors.windows import WindowConfig, window_config
 from schemas import topics
 from schemas.serde import Serde
 from settings import Settings
@@ -30,29 +29,6 @@ log = logging.getLogger(__name__)
 
 GUARANTEES = {"at_least_once", "exactly_once"}
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
-
-
-def window_config(settings: Settings) -> WindowConfig:
-    """Windows and the spike detectors (``spike_*``, ``surge_*``) from the settings.
-
-    :raises ValueError: a detector's window is not one of the tumbling ``windows``.
-    """
-    specs = parse_windows(settings.windows, settings.hopping_windows)
-    rule = detectors.rule_from_settings(settings)
-    tumbling = {s.size_ms for s in specs if not s.hopping}
-    scored = [*rule.burst_sizes_ms, *([rule.surge_size_ms] if rule.surge_size_ms else [])]
-    missing = [size for size in scored if size not in tumbling]
-    if missing:
-        raise ValueError(
-            f"spike windows {[f'{m // 1000}s' for m in missing]} (PULSE_SPIKE_WINDOWS, "
-            f"PULSE_SURGE_WINDOW) are not among the tumbling windows {settings.windows!r}"
-        )
-    return WindowConfig(
-        specs=specs,
-        grace_ms=settings.grace_ms,
-        revision_horizon_ms=settings.revision_horizon_ms,
-        rule=rule,
-    )
 
 
 def broker_credentials(settings: Settings) -> Any:

@@ -27,6 +27,7 @@ from processors.detectors import DetectorRule, DetectorState
 from processors.mentions import Mention, MentionKind
 from processors.progress import NO_WATERMARK
 from processors.sentiment import bullish_ratio, wilson_interval
+from settings import Settings
 
 SAMPLE_IDS = 5
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -794,3 +795,26 @@ def _forget(state: SymbolState, cfg: WindowConfig) -> None:
 def is_idle(state: SymbolState) -> bool:
     """Nothing open and nothing to correct: only the detector state is left in the row."""
     return not state.panes and not any(state.pending.values())
+
+
+def window_config(settings: Settings) -> WindowConfig:
+    """Windows and the spike detectors (``spike_*``, ``surge_*``) from the settings.
+
+    :raises ValueError: a detector's window is not one of the tumbling ``windows``.
+    """
+    specs = parse_windows(settings.windows, settings.hopping_windows)
+    rule = detectors.rule_from_settings(settings)
+    tumbling = {s.size_ms for s in specs if not s.hopping}
+    scored = [*rule.burst_sizes_ms, *([rule.surge_size_ms] if rule.surge_size_ms else [])]
+    missing = [size for size in scored if size not in tumbling]
+    if missing:
+        raise ValueError(
+            f"spike windows {[f'{m // 1000}s' for m in missing]} (PULSE_SPIKE_WINDOWS, "
+            f"PULSE_SURGE_WINDOW) are not among the tumbling windows {settings.windows!r}"
+        )
+    return WindowConfig(
+        specs=specs,
+        grace_ms=settings.grace_ms,
+        revision_horizon_ms=settings.revision_horizon_ms,
+        rule=rule,
+    )

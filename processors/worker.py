@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from processors.supervisor import FATAL
+from processors.windows import window_config
 from schemas import topics
 from schemas.admin import AuthenticationFailed, check_credentials, ensure_topics
 from schemas.serde import Serde
@@ -65,6 +66,11 @@ def main(settings: Settings, argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.stage != "fan-out":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        window_config(settings)  # a configuration no stage can run: say so once, exit 2
+    except ValueError as exc:
+        print(f"pulse worker: {exc}", file=sys.stderr)
+        return FATAL
     try:
         _preflight(settings, args.stage, create=not args.no_prepare)
     except AuthenticationFailed as exc:  # one line, and an exit the supervisor won't restart

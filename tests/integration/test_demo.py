@@ -52,6 +52,8 @@ def test_demo_runs_the_pipeline_shows_the_board_and_leaves_nothing_behind(
         "PULSE_SYMBOL_PARTITIONS": "2",
         "PULSE_WINDOWS": "1m",
         "PULSE_HOPPING_WINDOWS": "",
+        "PULSE_SURGE_WINDOW": "",  # the hour-scale detector needs 1h windows
+        "PULSE_FAN_OUT_PORT": str(free_port()),
         "PULSE_WEB_PORT": str(free_port()),
         "PULSE_METRICS_PORT": str(free_port()),
         "PULSE_LOCAL_HOME": str(tmp_path),

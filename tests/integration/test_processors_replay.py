@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,18 +95,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-
-
-@pytest.fixture
-def replay_settings(settings: Settings, tmp_path: Path) -> Settings:
-    return default_settings(settings, tmp_path)
-
-
-@pytest.fixture
-def worker(replay_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(replay_settings, tmp_path / "worker.log")
-    yield proc
-    stop(proc)
 
 
 def check_every_window(settings: Settings, expected: dict[Key, dict[str, int]],

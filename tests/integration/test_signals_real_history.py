@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,6 @@ from tests.integration.test_processors_replay import (
     PULSE,
     aal_messages,
     check_every_window,
-    default_settings,
-    start_worker,
-    stop,
     tally,
 )
 
@@ -66,18 +62,6 @@ def predicted(rule: detectors.DetectorRule) -> list[Alert]:
             assert size is not None
             alerts.append(alert_key(symbol, end - size, size, v.record_fields(), approx=True))
     return sorted(alerts, key=lambda a: (a[1], a[2], a[0]))
-
-
-@pytest.fixture
-def replay_settings(settings: Settings, tmp_path: Path) -> Settings:
-    return default_settings(settings, tmp_path)
-
-
-@pytest.fixture
-def worker(replay_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(replay_settings, tmp_path / "worker.log")
-    yield proc
-    stop(proc)
 
 
 def test_replayed_history_gives_the_spikes_the_evaluation_predicts(
