@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import uuid
@@ -72,6 +73,10 @@ def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
         }
     )
     tail = _Tail(args, spec.full_name(settings), Serde(settings).deserializer(spec), errors)
+    # Ctrl-C / SIGTERM end the loop at its next turn (≤ 0.5 s), wherever the signal lands
+    # (a KeyboardInterrupt raised inside a client callback can be lost)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, tail.request_stop)
     try:
         tail.run(consumer, out or sys.stdout)
     except ReaderFailed as exc:
@@ -99,11 +104,15 @@ class _Tail:
         self.args, self.topic, self.decode, self.errors = args, topic, decode, errors
         self.keys = set(args.key)
         self.printed = 0
+        self.stopping = False
+
+    def request_stop(self, *_: Any) -> None:
+        self.stopping = True
 
     def run(self, consumer: Consumer, out: TextIO) -> None:
         self._assign(consumer)
         last_seen = time.monotonic()
-        while not self.args.max or self.printed < self.args.max:
+        while not self.stopping and (not self.args.max or self.printed < self.args.max):
             self.errors.check()
             msg = consumer.poll(0.5)
             if msg is None:
@@ -121,6 +130,8 @@ class _Tail:
         """Every partition of the topic, at its start or its end; waits out a broker that is
         not reachable yet or a topic being created, up to the errors' limits."""
         while (parts := partitions_of(consumer, [self.topic], self.errors)) is None:
+            if self.stopping:
+                return
             self.errors.check()
             time.sleep(0.5)
         start = OFFSET_BEGINNING if self.args.from_beginning else OFFSET_END
