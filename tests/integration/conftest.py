@@ -1,14 +1,18 @@
-"""Fixtures of the replay tests: ``pulse worker`` with default settings, as a user runs it."""
+"""Fixtures shared by integration tests: a private broker, a webhook receiver, ``pulse worker``
+with default settings as a user runs it."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from embedded.stack import LocalStack, free_ports
 from settings import Settings
+from tests.integration.test_consumers import Webhook
 from tests.integration.test_processors_replay import default_settings, start_worker, stop
 
 
@@ -24,3 +28,32 @@ def worker(replay_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Pop
     proc = start_worker(replay_settings, tmp_path / "worker.log")
     yield proc
     stop(proc)
+
+
+@pytest.fixture
+def private_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[LocalStack, Settings]]:
+    """A throwaway broker of this test's own (the shared one must never be stopped), and
+    settings pointing at it; jars from the shared download cache."""
+    downloads = Settings.from_env().local_downloads_path
+    stack = LocalStack(tmp_path / "home", "private", free_ports(), downloads)
+    try:
+        endpoints = stack.up(timeout_s=240, registry=False)
+        yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
+    finally:
+        stack.destroy()
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[Webhook]:
+    """A local webhook receiver counting the spikes ``pulse alerts`` posts to it."""
+    hook = Webhook()
+    app = web.Application()
+    app.router.add_post("/hook/{token}", hook.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hook.url = f"http://127.0.0.1:{port}/hook/s3cret"
+    yield hook
+    await runner.cleanup()

@@ -8,7 +8,6 @@ import json
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,21 +106,6 @@ class Webhook:
             return web.Response(status=500)
         self.accepted[body["id"]] += 1
         return web.json_response({"ok": True})
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[Webhook]:
-    hook = Webhook()
-    app = web.Application()
-    app.router.add_post("/hook/{token}", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hook.url = f"http://127.0.0.1:{port}/hook/s3cret"
-    yield hook
-    await runner.cleanup()
 
 
 def alert_settings(settings: Settings) -> Settings:

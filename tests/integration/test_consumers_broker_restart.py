@@ -16,15 +16,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from consumers.board import BoardReader
-from embedded.stack import LocalStack, free_ports
+from embedded.stack import LocalStack
 from schemas import topics
 from schemas.admin import ensure_topics
 from settings import Settings
@@ -33,32 +31,6 @@ from tests.integration.test_consumers import M, Webhook, publish, spike, volume
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 DOWN_S = 15.0
-
-
-@pytest.fixture
-def private_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[LocalStack, Settings]]:
-    downloads = Settings.from_env().local_downloads_path  # the shared download cache
-    stack = LocalStack(tmp_path / "home", "restart", free_ports(), downloads)
-    try:
-        endpoints = stack.up(timeout_s=240, registry=False)
-        yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
-    finally:
-        stack.destroy()
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[Webhook]:
-    hook = Webhook()
-    app = web.Application()
-    app.router.add_post("/hook/{token}", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hook.url = f"http://127.0.0.1:{port}/hook/s3cret"
-    yield hook
-    await runner.cleanup()
 
 
 def pulse(argv: list[str], settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:

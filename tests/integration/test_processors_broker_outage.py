@@ -20,14 +20,13 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
 
-from embedded.stack import LocalStack, free_ports
+from embedded.stack import LocalStack
 from processors.agents import CLOSED_AT_HEADER
 from processors.harness import (
     RawWriter,
@@ -54,17 +53,6 @@ DOWN_S = 45.0  # longer than the idle close (10 s by default) and the grace (30 
 # is killed between these seconds of a minute, so no close is in flight at the kill and the
 # next minute's close moment falls inside the outage.
 KILL_AT_SECOND = (38, 50)
-
-
-@pytest.fixture
-def private_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[LocalStack, Settings]]:
-    downloads = Settings.from_env().local_downloads_path  # the shared download cache
-    stack = LocalStack(tmp_path / "home", "outage", free_ports(), downloads)
-    try:
-        endpoints = stack.up(timeout_s=240, registry=False)
-        yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
-    finally:
-        stack.destroy()
 
 
 def kill_kafka(stack: LocalStack) -> None:
