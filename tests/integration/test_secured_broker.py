@@ -37,7 +37,7 @@ from processors.harness import read_records, settings_env
 from schemas import topics
 from schemas.admin import ensure_topics
 from settings import Settings
-from tests.integration.test_consumers import M, Webhook, publish, spike, webhook  # noqa: F401
+from tests.integration.test_consumers import M, Webhook, publish, spike
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ async def wait_for(what: str, done: Any, timeout_s: float, procs: dict[str, Any]
 async def test_records_flow_end_to_end_over_sasl_ssl(
     secured: LocalStack,
     settings: Settings,
-    webhook: Webhook,  # noqa: F811 - the fixture imported above
+    webhook: Webhook,
     tmp_path: Path,
 ) -> None:
     s = own_settings(secured, settings, tmp_path)
