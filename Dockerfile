@@ -19,18 +19,17 @@ ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:/usr/local/cargo/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md settings.py cli.py demo.py ./
+COPY pyproject.toml README.md ./
+COPY pulse/ pulse/
 COPY schemas/ schemas/
 COPY producers/ producers/
 COPY processors/ processors/
-COPY consumers/ consumers/
-COPY embedded/ embedded/
 COPY native/ native/
 # not editable: the runtime stage gets a self-contained venv; rocksdb for PULSE_STORE=rocksdb
 RUN pip install --upgrade pip \
  && pip install ".[rocksdb]" \
  && if [ "$PULSE_NATIVE" != 0 ]; then pip install ./native && python -c "import pulse_native"; fi \
- && python -c "import cli, demo, consumers.alerts, producers.cli, schemas.serde"
+ && python -c "import pulse.cli, pulse.consumers.alerts, pulse.producers.cli, pulse.schemas.serde"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="stocktwits-pulse" \

@@ -27,11 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processors import detectors
-from processors.detectors import DetectorRule, Kind, Scored, Verdict
-from producers import parse
-from producers.replay import _symbol_of
-from settings import Settings
+from pulse.processors import detectors
+from pulse.processors.detectors import DetectorRule, Kind, Scored, Verdict
+from pulse.producers import parse
+from pulse.producers.replay import _symbol_of
+
+from pulse.settings import Settings
 
 HISTORY = (
     Path(__file__).resolve().parents[2]

@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Consumer  # noqa: E402
+from pulse.processors.fanout import FanOut  # noqa: E402
+from pulse.processors.harness import RawWriter, message_event  # noqa: E402
+from pulse.schemas import topics  # noqa: E402
+from pulse.schemas.admin import ensure_topics  # noqa: E402
+from pulse.schemas.serde import Serde  # noqa: E402
 
-from processors.fanout import FanOut  # noqa: E402
-from processors.harness import RawWriter, message_event  # noqa: E402
-from schemas import topics  # noqa: E402
-from schemas.admin import ensure_topics  # noqa: E402
-from schemas.serde import Serde  # noqa: E402
-from settings import Settings  # noqa: E402
+from pulse.settings import Settings  # noqa: E402
 
 T0 = 1_767_225_600_000
 

@@ -59,20 +59,20 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 from fanout_bench import T0, bare_loop  # bench/ is this script's directory, so on sys.path
+from pulse.processors.agents import CLOSED_AT_HEADER
+from pulse.processors.app import window_config
+from pulse.processors.batching import BatchBuilder, columns
+from pulse.processors.engine import Batch, PartitionEngine
+from pulse.processors.fanout import BATCH_SIZE
+from pulse.processors.harness import RawWriter, WorkerProcess, message_event
+from pulse.processors.mentions import from_columns
+from pulse.processors.progress import ReadProgress
+from pulse.processors.windows import WindowSpec
+from pulse.processors.worker import prepare
+from pulse.schemas import topics
+from pulse.schemas.serde import Serde
 
-from processors.agents import CLOSED_AT_HEADER
-from processors.app import window_config
-from processors.batching import BatchBuilder, columns
-from processors.engine import Batch, PartitionEngine
-from processors.fanout import BATCH_SIZE
-from processors.harness import RawWriter, WorkerProcess, message_event
-from processors.mentions import from_columns
-from processors.progress import ReadProgress
-from processors.windows import WindowSpec
-from processors.worker import prepare
-from schemas import topics
-from schemas.serde import Serde
-from settings import Settings
+from pulse.settings import Settings
 
 DAY_S = 86_400
 Event = tuple[int, int, list[str], int, str | None]  # id, created_at_ms, symbols, user, label

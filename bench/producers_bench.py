@@ -24,14 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from producers import native, parse
-from producers.firehose import STREAM, FirehoseClient
-from producers.publish import Publisher
-from producers.sse import SseEvent
-from producers.synthetic import Config, Generator, envelopes
-from schemas.admin import ensure_topics
-from schemas.topics import DEAD_LETTER, MESSAGES
-from settings import Settings
+from pulse.producers import native, parse
+from pulse.producers.firehose import STREAM, FirehoseClient
+from pulse.producers.publish import Publisher
+from pulse.producers.sse import SseEvent
+from pulse.producers.synthetic import Config, Generator, envelopes
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES
+
+from pulse.settings import Settings
 
 
 def rate(label: str, n: int, nbytes: int, seconds: float) -> float:

@@ -24,14 +24,13 @@ from typing import Any, NoReturn
 import faust
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
-
-from processors.engine import Batch, Outputs, PartitionEngine, partition_of_row_key
-from processors.mentions import from_columns, symbol_partition
-from processors.progress import ReadProgress
-from processors.watchdog import Offsets, Partition, ReadingOrder, StallWatch, Verdict
-from processors.windows import split_row_key
-from schemas import deadletter, topics
-from schemas.deadletter import Reason
+from pulse.processors.engine import Batch, Outputs, PartitionEngine, partition_of_row_key
+from pulse.processors.mentions import from_columns, symbol_partition
+from pulse.processors.progress import ReadProgress
+from pulse.processors.watchdog import Offsets, Partition, ReadingOrder, StallWatch, Verdict
+from pulse.processors.windows import split_row_key
+from pulse.schemas import deadletter, topics
+from pulse.schemas.deadletter import Reason
 
 STAGE = "signals"
 BATCH_MAX, BATCH_WITHIN_S = 200, 0.05  # mention-batch records per agent batch

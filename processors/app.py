@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from pulse.processors.faust_fixes import (
+    gaps_exclude_the_record_read,
+    keep_queues_on_redundant_resume,
+)
+from pulse.processors.metrics import Metrics
+from pulse.processors.windows import WindowConfig, window_config
+from pulse.schemas import topics
+from pulse.schemas.serde import Serde
 
-from processors.faust_fixes import gaps_exclude_the_record_read, keep_queues_on_redundant_resume
-from processors.metrics import Metrics
-from processors.windows import WindowConfig, window_config
-from schemas import topics
-from schemas.serde import Serde
-from settings import Settings
+from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def build(settings: Settings) -> Pipeline:
         ),
         symbols=app.Table("symbols", key_type=str, partitions=settings.symbol_partitions),
     )
-    from processors import agents  # attaches the agent, timers and pages to this app
+    from pulse.processors import agents  # attaches the agent, timers and pages to this app
 
     agents.attach(pipeline)
     return pipeline

@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.mentions import (
+from pulse.processors.mentions import (
     ANY_SYMBOL,
     COLUMNS,
     MentionKind,
     distinct_symbols,
     symbol_partition,
 )
-from processors.progress import ReadProgress
+from pulse.processors.progress import ReadProgress
 
 # A record stays well under Kafka's default 1 MB limit: a mention takes ~25-40 bytes encoded.
 MAX_MENTIONS_PER_RECORD = 16_384

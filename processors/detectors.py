@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from processors import spikes, surges
-from processors.spikes import Severity
+from pulse.processors import spikes, surges
+from pulse.processors.spikes import Severity
 
 
 class Kind(StrEnum):
@@ -221,7 +221,7 @@ def rule_from_settings(settings: Any) -> DetectorRule:
 
     :raises ValueError: a surge window not dividing a day, a span not a multiple of it.
     """
-    from processors.windows import parse_duration_ms
+    from pulse.processors.windows import parse_duration_ms
 
     bursts = tuple(
         parse_duration_ms(s) for s in settings.spike_windows.split(",") if s.strip()

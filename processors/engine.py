@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors import detectors
-from processors.mentions import ANY_SYMBOL, Mention, MentionKind
-from processors.progress import ReadProgress, Watermark
-from processors.windows import (
+from pulse.processors import detectors
+from pulse.processors.mentions import ANY_SYMBOL, Mention, MentionKind
+from pulse.processors.progress import ReadProgress, Watermark
+from pulse.processors.windows import (
     Closed,
     SymbolState,
     WindowConfig,

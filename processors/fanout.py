@@ -15,7 +15,7 @@ partition is caught up only when the broker has just confirmed it. Fatal errors 
 authentication, a fenced or fatally failed producer, missing topics) exit non-zero with what
 to do. SIGTERM/SIGINT finish the batch, flush, commit, close and exit 0.
 
-``pulse worker --stage fan-out`` or ``python -m processors.fanout``.
+``pulse worker --stage fan-out`` or ``python -m pulse.processors.fanout``.
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+from pulse.processors.batching import BatchBuilder, MarksLedger, partition_records
+from pulse.processors.progress import RawPartition, ReadingTracker
+from pulse.schemas import deadletter, topics
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.serde import Serde
 
-from processors.batching import BatchBuilder, MarksLedger, partition_records
-from processors.progress import RawPartition, ReadingTracker
-from schemas import deadletter, topics
-from schemas.deadletter import Reason
-from schemas.serde import Serde
-from settings import Settings
+from pulse.settings import Settings
 
-log = logging.getLogger("processors.fanout")
+log = logging.getLogger("pulse.processors.fanout")
 
 STAGE = "fan-out"
 BATCH_SIZE = 10_000  # records per consume(): large batches keep per-batch costs negligible

@@ -1,7 +1,7 @@
 """Drive a real worker from outside: raw records in, output records out.
 
 Used by the processor integration tests and ``bench/processors_bench.py``; it talks to the
-real broker and registry and runs the worker as a child process (``python -m processors``),
+real broker and registry and runs the worker as a child process (``python -m pulse.processors``),
 exactly as ``pulse worker`` would.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from pulse.schemas import topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import TopicSpec
 
-from schemas import topics
-from schemas.serde import Serde
-from schemas.topics import TopicSpec
-from settings import PREFIX, Settings
+from pulse.settings import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """One ``python -m processors`` child with its log in a file: both stages (as
+    """One ``python -m pulse.processors`` child with its log in a file: both stages (as
     ``pulse worker`` runs them), or one (``stage="fan-out"`` / ``"signals"``)."""
 
     def __init__(self, settings: Settings, log_path: Path, stage: str | None = None) -> None:
@@ -49,7 +49,7 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "processors", "--no-prepare",
+            [sys.executable, "-m", "pulse.processors", "--no-prepare",
              *(["--stage", self.stage] if self.stage else [])],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -203,7 +203,7 @@ def read_records(
 
 def fanned_out(settings: Settings) -> bool:
     """The fan-out has read, written and committed every raw record written so far."""
-    from processors.fanout import group_id
+    from pulse.processors.fanout import group_id
 
     consumer = Consumer({**settings.kafka_config(), "group.id": group_id(settings),
                          "enable.auto.commit": False})

@@ -32,7 +32,7 @@ def _die_with_parent() -> None:
 
 
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "processors", *args],
+    return subprocess.Popen([sys.executable, "-m", "pulse.processors", *args],
                             preexec_fn=_die_with_parent)
 
 
@@ -51,7 +51,7 @@ def _stop_all(children: dict[int, subprocess.Popen[bytes]]) -> None:
 
 
 def supervise(commands: list[list[str]]) -> int:
-    """Run ``python -m processors <args>`` for each of ``commands`` until stopped."""
+    """Run ``python -m pulse.processors <args>`` for each of ``commands`` until stopped."""
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

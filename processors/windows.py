@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from functools import cached_property, reduce
 from typing import Any
 
-from processors import detectors
-from processors.detectors import DetectorRule, DetectorState
-from processors.mentions import Mention, MentionKind
-from processors.progress import NO_WATERMARK
-from processors.sentiment import bullish_ratio, wilson_interval
-from settings import Settings
+from pulse.processors import detectors
+from pulse.processors.detectors import DetectorRule, DetectorState
+from pulse.processors.mentions import Mention, MentionKind
+from pulse.processors.progress import NO_WATERMARK
+from pulse.processors.sentiment import bullish_ratio, wilson_interval
+
+from pulse.settings import Settings
 
 SAMPLE_IDS = 5
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from processors.supervisor import FATAL
-from processors.windows import window_config
-from schemas import topics
-from schemas.admin import AuthenticationFailed, check_credentials, ensure_topics
-from schemas.serde import Serde
-from settings import Settings
+from pulse.processors.supervisor import FATAL
+from pulse.processors.windows import window_config
+from pulse.schemas import topics
+from pulse.schemas.admin import AuthenticationFailed, check_credentials, ensure_topics
+from pulse.schemas.serde import Serde
+
+from pulse.settings import Settings
 
 STAGES = ("fan-out", "signals")
 OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
@@ -77,13 +78,13 @@ def main(settings: Settings, argv: list[str]) -> int:
         print(f"pulse worker: {exc}", file=sys.stderr)
         return FATAL
     if args.stage == "fan-out":
-        from processors import fanout
+        from pulse.processors import fanout
 
         return fanout.main(settings, rest)  # its own options: pulse worker --stage fan-out -h
     if args.stage == "signals":
-        from processors.app import build, run
+        from pulse.processors.app import build, run
 
         return run(build(settings), settings.log_level)
-    from processors.supervisor import supervise
+    from pulse.processors.supervisor import supervise
 
     return supervise([["--stage", stage, "--no-prepare"] for stage in STAGES])

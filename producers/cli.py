@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from settings import PREFIX, Settings
+from pulse.settings import PREFIX, Settings
 
 # kind -> (module, function, summary); every function is `main(settings, argv) -> int`
 KINDS: dict[str, tuple[str, str, str]] = {

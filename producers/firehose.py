@@ -22,12 +22,11 @@ from typing import Any
 
 import aiohttp
 import confluent_kafka as ck
-
-from producers import metrics, native, parse
-from producers.backoff import Backoff
-from producers.httpbody import read_body
-from producers.parse import Parsed, ParseError
-from producers.publish import (
+from pulse.producers import metrics, native, parse
+from pulse.producers.backoff import Backoff
+from pulse.producers.httpbody import read_body
+from pulse.producers.parse import Parsed, ParseError
+from pulse.producers.publish import (
     Publisher,
     now_ms,
     offsets_at,
@@ -35,11 +34,11 @@ from producers.publish import (
     read_consumer,
     read_to_end,
 )
-from producers.resume import SeqTracker, seq_after
-from producers.sse import MAX_EVENT_BYTES, SseDecoder, SseEvent
-from schemas.deadletter import Reason
-from schemas.serde import Serde
-from schemas.topics import (
+from pulse.producers.resume import SeqTracker, seq_after
+from pulse.producers.sse import MAX_EVENT_BYTES, SseDecoder, SseEvent
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import (
     CHECKPOINTS,
     DEAD_LETTER,
     LIKES,
@@ -48,7 +47,8 @@ from schemas.topics import (
     SOCIAL,
     TopicSpec,
 )
-from settings import Settings, redact_url
+
+from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
     if problem := userinfo_error("PULSE_FIREHOSE_URL", settings.firehose_url):
         print(f"pulse produce: {problem}", file=sys.stderr)
         return 2
-    from schemas.admin import ensure_topics
+    from pulse.schemas.admin import ensure_topics
 
     ensure_topics(settings, (*stream.topics, CHECKPOINTS, DEAD_LETTER))
     publisher = Publisher(settings, stream.source)

@@ -13,9 +13,8 @@ import zlib
 from collections.abc import Callable
 
 import aiohttp
-
-from producers.parse import MAX_PAYLOAD_BYTES, ParseError
-from schemas.deadletter import Reason
+from pulse.producers.parse import MAX_PAYLOAD_BYTES, ParseError
+from pulse.schemas.deadletter import Reason
 
 CHUNK_BYTES = 64 * 1024
 # what we can inflate; asking for exactly these keeps brotli or zstd bodies away

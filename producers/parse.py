@@ -24,9 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-
-from schemas.deadletter import Reason
-from schemas.topics import (
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.topics import (
     LIKES,
     MESSAGES,
     SENTIMENT_CHART,

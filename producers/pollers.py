@@ -21,13 +21,12 @@ from typing import Any
 
 import aiohttp
 import confluent_kafka as ck
-
-from producers import metrics, parse
-from producers.backoff import Backoff, retry_after_s, throttle_s
-from producers.firehose import FatalUpstreamError, userinfo_error
-from producers.httpbody import ACCEPT_ENCODING, BodyTooLarge, read_body
-from producers.parse import MAX_PAYLOAD_BYTES, ParseError, Rejected
-from producers.publish import (
+from pulse.producers import metrics, parse
+from pulse.producers.backoff import Backoff, retry_after_s, throttle_s
+from pulse.producers.firehose import FatalUpstreamError, userinfo_error
+from pulse.producers.httpbody import ACCEPT_ENCODING, BodyTooLarge, read_body
+from pulse.producers.parse import MAX_PAYLOAD_BYTES, ParseError, Rejected
+from pulse.producers.publish import (
     Publisher,
     now_ms,
     offsets_at,
@@ -35,8 +34,9 @@ from producers.publish import (
     read_consumer,
     read_to_end,
 )
-from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
-from settings import Settings, redact_url
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
+
+from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 ERROR_BODY_BYTES = 4096  # of a non-200 answer: enough for its message
@@ -412,7 +412,7 @@ def _serve(
     body: Callable[[Publisher, Http, asyncio.Event], Awaitable[None]],
 ) -> int:
     """Topics, publisher, HTTP session, metrics, signals, flush: the frame every poller shares."""
-    from schemas.admin import ensure_topics
+    from pulse.schemas.admin import ensure_topics
 
     ensure_topics(settings, (TRENDING, SENTIMENT_CHART, MESSAGES, DEAD_LETTER))
     publisher = Publisher(settings, source)

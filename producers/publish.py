@@ -20,14 +20,14 @@ from typing import Any
 
 import confluent_kafka as ck
 import orjson
+from pulse.producers import metrics
+from pulse.producers.parse import Parsed, ParseError
+from pulse.schemas import deadletter
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import DEAD_LETTER, TopicSpec
 
-from producers import metrics
-from producers.parse import Parsed, ParseError
-from schemas import deadletter
-from schemas.deadletter import Reason
-from schemas.serde import Serde
-from schemas.topics import DEAD_LETTER, TopicSpec
-from settings import Settings
+from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from producers import metrics, parse
-from producers.parse import Parsed, ParseError
-from producers.publish import Publisher, Stop, handle_signals
-from schemas.topics import DEAD_LETTER, MESSAGES
-from settings import Settings
+from pulse.producers import metrics, parse
+from pulse.producers.parse import Parsed, ParseError
+from pulse.producers.publish import Publisher, Stop, handle_signals
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES
+
+from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
     args = p.parse_args(argv)
-    from schemas.admin import ensure_topics
+    from pulse.schemas.admin import ensure_topics
 
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:

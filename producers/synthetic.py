@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import metrics, parse
-from producers.publish import Publisher, Stop, handle_signals, now_ms
-from schemas.topics import DEAD_LETTER, MESSAGES
-from settings import Settings
+from pulse.producers import metrics, parse
+from pulse.producers.publish import Publisher, Stop, handle_signals, now_ms
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES
+
+from pulse.settings import Settings
 
 HEAD = [
     "AAPL",
@@ -219,7 +220,7 @@ def main(settings: Settings, argv: list[str]) -> int:
             for line in envelopes(messages):
                 out.write(line + b"\n")
         return 0
-    from schemas.admin import ensure_topics
+    from pulse.schemas.admin import ensure_topics
 
     ensure_topics(settings, (MESSAGES, DEAD_LETTER))
     publisher = Publisher(settings, "synthetic")

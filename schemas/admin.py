@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
+from pulse.schemas import topics
+from pulse.schemas.topics import TopicSpec
 
-from schemas import topics
-from schemas.topics import TopicSpec
-from settings import Settings
+from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
+from pulse.producers import parse
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
 
-from producers import parse
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from settings import Settings
+from pulse.settings import Settings
 
 
 @dataclass

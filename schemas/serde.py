@@ -29,10 +29,10 @@ from confluent_kafka.schema_registry import (
     Schema,
     SchemaRegistryClient,
 )
+from pulse.schemas import avro_writer
+from pulse.schemas.topics import TopicSpec
 
-from schemas import avro_writer
-from schemas.topics import TopicSpec
-from settings import Settings, redact_url
+from pulse.settings import Settings, redact_url
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 COMPATIBILITY = "BACKWARD"

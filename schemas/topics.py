@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from settings import Settings
+from pulse.settings import Settings
 
 DAY_MS = 86_400_000
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import TopicSpec
 
-from schemas.serde import Serde
-from schemas.topics import TopicSpec
-from settings import Settings
+from pulse.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_DATA = SHARED / "data" / "stocktwits-real"
@@ -48,7 +48,7 @@ def stack_endpoints() -> Iterator[tuple[str, str]]:
     if _docker_answers():
         yield from _containers()
         return
-    from embedded.stack import LocalStack
+    from pulse.local.stack import LocalStack
 
     home = Settings.from_env().local_home_path
     stack = LocalStack(home, name=f"test-{os.getpid()}")
@@ -66,7 +66,7 @@ def _containers() -> Iterator[tuple[str, str]]:
     from testcontainers.core.waiting_utils import wait_for_logs
     from testcontainers.kafka import KafkaContainer
 
-    from embedded.stack import APICURIO_VERSION, KAFKA_VERSION
+    from pulse.local.stack import APICURIO_VERSION, KAFKA_VERSION
 
     with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as kafka:
         registry = DockerContainer(f"apicurio/apicurio-registry:{APICURIO_VERSION}")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from settings import PREFIX, Settings
+from pulse.settings import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -178,7 +178,7 @@ def test_every_profiles_required_variables_are_set_or_documented_with_a_start_up
 ) -> None:
     """What each service needs (the producers' own table) is set in .env.example, or marked
     required there, and then the service says which variable is missing and exits 2."""
-    from producers import cli as produce
+    from pulse.producers import cli as produce
 
     example = env_example()
     checked = 0
@@ -202,13 +202,13 @@ def test_every_profiles_required_variables_are_set_or_documented_with_a_start_up
         if command[1] == "chart":
             assert settings.chart_symbols, f"{name}: PULSE_CHART_SYMBOLS is empty"
     assert checked >= 3  # firehose, sentiment, trending, chart with the example as shipped
-    assert documented_required("PULSE_ALERT_WEBHOOK_URLS")  # consumers/alerts.py exits 2
+    assert documented_required("PULSE_ALERT_WEBHOOK_URLS")  # pulse/consumers/alerts.py exits 2
 
 
 def test_upstream_services_stop_retrying_a_missing_credential(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
         command = svc.get("command") or []
-        from producers.cli import REQUIRED
+        from pulse.producers.cli import REQUIRED
 
         if command[:1] == ["alerts"] or (command[:1] == ["produce"] and command[1] in REQUIRED):
             assert svc["restart"].startswith("on-failure:"), name

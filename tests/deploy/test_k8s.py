@@ -18,10 +18,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pulse.producers.cli import REQUIRED
+from pulse.schemas import topics
 
-from producers.cli import REQUIRED
-from schemas import topics
-from settings import PREFIX, Settings
+from pulse.settings import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -104,7 +104,7 @@ def required_settings(container: Obj) -> set[str]:
             needed.add("PULSE_CHART_SYMBOLS")  # chart_main refuses to start without symbols
         return needed
     if args[0] == "alerts":
-        return {"PULSE_ALERT_WEBHOOK_URLS"}  # consumers/alerts.py: exit 2 without one
+        return {"PULSE_ALERT_WEBHOOK_URLS"}  # pulse/consumers/alerts.py: exit 2 without one
     return set()
 
 
@@ -263,7 +263,7 @@ def test_probes_point_at_the_ports_and_paths_the_app_serves(rendered: list[Obj])
     "source, paths",
     [
         ("producers/metrics.py", ["/healthz", "/metrics"]),
-        ("consumers/alerts.py", ["/healthz", "/metrics"]),
+        ("pulse/consumers/alerts.py", ["/healthz", "/metrics"]),
         ("processors/agents.py", ["/healthz", "/readyz"]),
         ("processors/fanout.py", ["/healthz", "/metrics"]),
     ],

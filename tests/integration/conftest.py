@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from embedded.stack import LocalStack, free_ports
-from settings import Settings
+from pulse.local.stack import LocalStack, free_ports
+from pulse.settings import Settings
 from tests.integration.test_consumers import Webhook
 from tests.integration.test_processors_replay import default_settings, start_worker, stop
 

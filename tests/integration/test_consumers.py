@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from confluent_kafka import Consumer, Producer, TopicPartition
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
 
-from consumers import tail
-from consumers.alerts import AlertConsumer
-from schemas import topics
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from settings import Settings
+from pulse.consumers import tail
+from pulse.consumers.alerts import AlertConsumer
+from pulse.settings import Settings
 from tests.conftest import consume
 
 pytestmark = pytest.mark.integration

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
 
-from consumers.board import BoardReader
-from embedded.stack import LocalStack
-from schemas import topics
-from schemas.admin import ensure_topics
-from settings import Settings
+from pulse.consumers.board import BoardReader
+from pulse.local.stack import LocalStack
+from pulse.settings import Settings
 from tests.integration.test_consumers import M, Webhook, publish, spike, volume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,7 +43,7 @@ def pulse(argv: list[str], settings: Settings, log: Path, **env: str) -> subproc
         **env,
     }
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT, env=environ,
+        return subprocess.Popen([sys.executable, "-m", "pulse.cli", *argv], cwd=ROOT, env=environ,
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 

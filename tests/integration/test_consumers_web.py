@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.board import SENTIMENT, SPIKES, VOLUME, Board, fold, snapshot
-from consumers.web import serve_in_thread
-from embedded.stack import free_port
+from pulse.consumers.board import SENTIMENT, SPIKES, VOLUME, Board, fold, snapshot
+from pulse.consumers.web import serve_in_thread
+from pulse.local.stack import free_port
 
 pytestmark = pytest.mark.integration
 M = 60_000

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from pulse.producers import parse
+from pulse.producers.publish import Publisher
+from pulse.producers.synthetic import Config, Generator, envelopes
+from pulse.schemas import deadletter
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.roundtrip import load_file, roundtrip
+from pulse.schemas.serde import Serde, schema_str
+from pulse.schemas.topics import DEAD_LETTER
 
-from producers import parse
-from producers.publish import Publisher
-from producers.synthetic import Config, Generator, envelopes
-from schemas import deadletter
-from schemas.deadletter import Reason
-from schemas.roundtrip import load_file, roundtrip
-from schemas.serde import Serde, schema_str
-from schemas.topics import DEAD_LETTER
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import REAL_DATA, SEEDS
 from tests.unit.producers.test_parse import clean_json, envelope, rest_seed_responses, seed_sample
 

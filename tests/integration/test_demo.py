@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from embedded.stack import free_port
-from settings import PREFIX, Settings
+from pulse.local.stack import free_port
+from pulse.settings import PREFIX, Settings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,8 @@ def test_demo_runs_the_pipeline_shows_the_board_and_leaves_nothing_behind(
         "COLUMNS": "160",
     }
     # stream time ×60: a 1-minute window closes every wall second
-    cmd = [sys.executable, "-m", "cli", "demo", "--no-stack", "--speed", "60", "--duration", "45"]
+    cmd = [sys.executable, "-m", "pulse.cli", "demo", "--no-stack",
+           "--speed", "60", "--duration", "45"]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
@@ -118,7 +119,7 @@ def test_pulse_demo_from_a_fresh_home_as_the_readme_runs_it(tmp_path: Path) -> N
         "COLUMNS": "200",
     })  # fmt: skip
     # stream time ×10: the first burst (PLTR, 420 s in) comes 42 s after the producer starts
-    cmd = [sys.executable, "-m", "cli", "demo", "--speed", "10", "--duration", "100"]
+    cmd = [sys.executable, "-m", "pulse.cli", "demo", "--speed", "10", "--duration", "100"]
     started = time.monotonic()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     took = time.monotonic() - started

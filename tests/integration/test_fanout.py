@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-
-from processors.harness import (
+from pulse.processors.harness import (
     RawWriter,
     message_event,
     sentiment_event,
@@ -32,7 +31,7 @@ from processors.harness import (
     wait_fanned_out,
     wait_until,
 )
-from processors.mentions import (
+from pulse.processors.mentions import (
     ANY_SYMBOL,
     Mention,
     from_columns,
@@ -40,10 +39,11 @@ from processors.mentions import (
     mentions_of_sentiment,
     symbol_partition,
 )
-from schemas import topics
-from schemas.admin import ensure_topics
-from schemas.serde import Serde, frame_header
-from settings import Settings
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde, frame_header
+
+from pulse.settings import Settings
 from tests.conftest import consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,14 +54,14 @@ T0 = 1_767_225_600_000
 
 
 class FanOutProcess:
-    """``python -m processors.fanout`` as a child, its log in a file."""
+    """``python -m pulse.processors.fanout`` as a child, its log in a file."""
 
     def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "processors.fanout", "--port", "-1", *args],
+                [sys.executable, "-m", "pulse.processors.fanout", "--port", "-1", *args],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -309,7 +309,7 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
 def private_broker(settings: Settings) -> Iterator[tuple[Any, Settings]]:
     """A throwaway broker of this test's own (stopping the shared one would break every
     other test); the shared registry."""
-    from embedded.stack import LocalStack, free_ports
+    from pulse.local.stack import LocalStack, free_ports
 
     stack = LocalStack(settings.local_home_path, name=f"fanout-{os.getpid()}",
                        ports=free_ports())

@@ -15,11 +15,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde, schema_str
 
-from schemas import topics
-from schemas.admin import ensure_topics
-from schemas.serde import Serde, schema_str
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import consume, create_topic
 
 pytestmark = pytest.mark.integration

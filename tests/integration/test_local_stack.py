@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from embedded import stack
-from embedded.stack import LocalStack, free_ports
-from settings import Settings
+from pulse.local import stack
+from pulse.local.stack import LocalStack, free_ports
+from pulse.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,10 +25,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
-
-from embedded.stack import LocalStack
-from processors.agents import CLOSED_AT_HEADER
-from processors.harness import (
+from pulse.processors.agents import CLOSED_AT_HEADER
+from pulse.processors.harness import (
     RawWriter,
     WorkerProcess,
     fanned_out,
@@ -36,10 +34,12 @@ from processors.harness import (
     read_records,
     wait_until,
 )
-from processors.worker import prepare
-from schemas import topics
-from schemas.serde import Serde
-from settings import Settings
+from pulse.processors.worker import prepare
+from pulse.schemas import topics
+from pulse.schemas.serde import Serde
+
+from pulse.local.stack import LocalStack
+from pulse.settings import Settings
 from tests.integration.test_processors_e2e import worker_settings
 from tests.integration.test_processors_recovery import events_in, ready, wait_windows
 

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from processors import detectors
-from processors.harness import (
+from pulse.processors import detectors
+from pulse.processors.harness import (
     RawWriter,
     WorkerProcess,
     message_event,
@@ -21,10 +20,11 @@ from processors.harness import (
     sentiment_event,
     wait_fanned_out,
 )
-from processors.sentiment import wilson_interval
-from processors.worker import prepare
-from schemas import topics
-from settings import Settings
+from pulse.processors.sentiment import wilson_interval
+from pulse.processors.worker import prepare
+from pulse.schemas import topics
+
+from pulse.settings import Settings
 
 pytestmark = pytest.mark.integration
 

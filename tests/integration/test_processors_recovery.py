@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulse.processors.harness import (
+    RawWriter,
+    WorkerProcess,
+    message_event,
+    read_records,
+    wait_until,
+)
+from pulse.processors.worker import prepare
+from pulse.schemas import topics
 
-from processors.harness import RawWriter, WorkerProcess, message_event, read_records, wait_until
-from processors.worker import prepare
-from schemas import topics
-from settings import Settings
+from pulse.settings import Settings
 from tests.integration.test_processors_e2e import free_port, worker_settings
 
 pytestmark = pytest.mark.integration

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulse.processors.harness import RawWriter, message_event, read_records, settings_env
+from pulse.processors.windows import WindowSpec, window_starts
+from pulse.producers.parse import cashtags
+from pulse.schemas import topics
 
-from processors.harness import RawWriter, message_event, read_records, settings_env
-from processors.windows import WindowSpec, window_starts
-from producers.parse import cashtags
-from schemas import topics
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import REAL_DATA
 from tests.integration.test_processors_e2e import free_port
 

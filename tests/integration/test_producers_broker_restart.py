@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from pulse.producers.firehose import STREAM, FirehoseClient, Resume
+from pulse.producers.publish import Publisher
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SOCIAL
 
-from embedded.stack import LocalStack, free_ports
-from producers.firehose import STREAM, FirehoseClient, Resume
-from producers.publish import Publisher
-from schemas.admin import ensure_topics
-from schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SOCIAL
-from settings import Settings
+from pulse.local.stack import LocalStack, free_ports
+from pulse.settings import Settings
 from tests.conftest import consume
 from tests.fakes.stocktwits_server import FakeStocktwits, message_events
 from tests.integration.test_producers_firehose import fake_settings, fast_backoff

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 
-from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import consume
 from tests.fakes.stocktwits_server import FakeStocktwits, message, message_events
 
@@ -87,7 +87,7 @@ def environment(settings: Settings, url: str) -> dict[str, str]:
 
 async def run(env: dict[str, str], *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "produce", *args,
+        sys.executable, "-m", "pulse.cli", "produce", *args,
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 120)

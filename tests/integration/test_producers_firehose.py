@@ -15,9 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from producers.backoff import Backoff
-from producers.firehose import (
+from pulse.producers.backoff import Backoff
+from pulse.producers.firehose import (
     SENTIMENT,
     SEQ_HEADER,
     STREAM,
@@ -25,11 +24,12 @@ from producers.firehose import (
     FirehoseClient,
     recover,
 )
-from producers.publish import Publisher
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SENTIMENT_EVENTS, SOCIAL
-from settings import Settings
+from pulse.producers.publish import Publisher
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SENTIMENT_EVENTS, SOCIAL
+
+from pulse.settings import Settings
 from tests.conftest import consume
 from tests.fakes.stocktwits_server import FakeStocktwits, envelope, message, message_events
 
@@ -214,7 +214,8 @@ def producer_env(settings: Settings, url: str, password: str = "secret") -> dict
 async def spawn(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "cli.py"),
+        "-m",
+        "pulse.cli",
         "produce",
         "firehose",
         *args,

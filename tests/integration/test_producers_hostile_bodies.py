@@ -11,15 +11,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pulse.producers.backoff import Backoff
+from pulse.producers.parse import MAX_PAYLOAD_BYTES
+from pulse.producers.pollers import ChartPoller, Http, RestPoller, TrendingPoller
+from pulse.producers.publish import Publisher
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 
-from producers.backoff import Backoff
-from producers.parse import MAX_PAYLOAD_BYTES
-from producers.pollers import ChartPoller, Http, RestPoller, TrendingPoller
-from producers.publish import Publisher
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import consume
 from tests.fakes.stocktwits_server import BOMB_INFLATED_BYTES, FakeStocktwits, message
 

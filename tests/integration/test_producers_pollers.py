@@ -10,16 +10,23 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pulse.producers.backoff import Backoff
+from pulse.producers.firehose import FatalUpstreamError
+from pulse.producers.parse import chart_key
+from pulse.producers.pollers import (
+    ChartPoller,
+    Http,
+    RestPoller,
+    SeenIds,
+    TrendingPoller,
+    written_keys,
+)
+from pulse.producers.publish import Publisher
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 
-from producers.backoff import Backoff
-from producers.firehose import FatalUpstreamError
-from producers.parse import chart_key
-from producers.pollers import ChartPoller, Http, RestPoller, SeenIds, TrendingPoller, written_keys
-from producers.publish import Publisher
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import REAL_DATA, consume
 from tests.fakes.stocktwits_server import FakeStocktwits, message
 

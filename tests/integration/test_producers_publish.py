@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+from pulse.producers import parse
+from pulse.producers.publish import Publisher
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES
 
-from producers import parse
-from producers.publish import Publisher
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from schemas.topics import DEAD_LETTER, MESSAGES
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import consume
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE, envelope
 

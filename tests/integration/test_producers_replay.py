@@ -11,13 +11,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pulse.producers.publish import Publisher
+from pulse.producers.replay import load, replay
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES
 
-from producers.publish import Publisher
-from producers.replay import load, replay
-from schemas.admin import ensure_topics
-from schemas.serde import Serde
-from schemas.topics import DEAD_LETTER, MESSAGES
-from settings import Settings
+from pulse.settings import Settings
 from tests.conftest import REAL_DATA, consume
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def pulse(settings: Settings, *args: str, timeout: float = 120) -> subprocess.Co
         "PULSE_METRICS_PORT": "-1",
     }
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "produce", *args],
+        [sys.executable, "-m", "pulse.cli", "produce", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -95,7 +95,7 @@ def test_synthetic_command(settings: Settings) -> None:
 
 
 def test_health_and_metrics_endpoints() -> None:
-    from producers.metrics import EVENTS, start_health_server
+    from pulse.producers.metrics import EVENTS, start_health_server
 
     EVENTS.labels("test", "t").inc()
     state = {"healthy": True}

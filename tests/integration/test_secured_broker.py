@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulse.processors.harness import read_records, settings_env
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
 
-from embedded import tls
-from embedded.stack import LocalStack, SaslSsl, free_port, free_ports
-from processors.harness import read_records, settings_env
-from schemas import topics
-from schemas.admin import ensure_topics
-from settings import Settings
+from pulse.local import tls
+from pulse.local.stack import LocalStack, SaslSsl, free_port, free_ports
+from pulse.settings import Settings
 from tests.integration.test_consumers import M, Webhook, publish, spike
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -82,7 +82,7 @@ def pulse(argv: list[str], settings: Settings, log: Path, **env: str) -> subproc
     own, so a supervisor and its stages can be stopped together."""
     environ = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **env}
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT, env=environ,
+        return subprocess.Popen([sys.executable, "-m", "pulse.cli", *argv], cwd=ROOT, env=environ,
                                 stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
 

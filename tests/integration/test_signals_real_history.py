@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulse.processors import detectors
+from pulse.processors.harness import read_records, settings_env
+from pulse.schemas import topics
 
-from processors import detectors
-from processors.harness import read_records, settings_env
-from schemas import topics
-from settings import Settings
+from pulse.settings import Settings
 from tests.integration.test_processors_replay import (
     AAL,
     PULSE,

@@ -27,7 +27,7 @@ def test_engine_closes_exactly_the_expected_windows(bench: ModuleType, rate: flo
 
 
 def test_windows_with_data_counts_every_window_holding_a_pane(bench: ModuleType) -> None:
-    from processors.windows import WindowSpec
+    from pulse.processors.windows import WindowSpec
 
     minute, hour = 60_000, 3_600_000
     specs = (WindowSpec(minute, minute), WindowSpec(hour, 5 * minute))

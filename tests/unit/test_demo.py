@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from demo import (
+from pulse.cli.demo import (
     DEMO_BURSTS,
     DEMO_DEFAULTS,
     DEMO_SPEED,
@@ -17,7 +17,7 @@ from demo import (
     producer_command,
     spawn,
 )
-from settings import PREFIX, Settings
+from pulse.settings import PREFIX, Settings
 
 SYNTHETIC = ["produce", "synthetic", "--speed", "4.0"]
 
@@ -46,7 +46,7 @@ def test_producer_command(
 
 
 def test_demo_bursts_parse_and_start_within_minutes_of_demo_time() -> None:
-    from producers.synthetic import Burst, symbol_names
+    from pulse.producers.synthetic import Burst, symbol_names
 
     bursts = [Burst.parse(b) for b in DEMO_BURSTS]
     assert {b.symbol for b in bursts} <= set(symbol_names(500))
@@ -116,8 +116,7 @@ def test_spawn_runs_pulse_with_its_output_in_a_log(tmp_path: Path) -> None:
 def test_pulse_hands_leading_options_to_the_delegated_command(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import cli
-
+    from pulse import cli
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 0
@@ -125,8 +124,8 @@ def test_pulse_hands_leading_options_to_the_delegated_command(
 
 
 def test_the_summary_says_how_many_windows_were_read_and_which_symbols_spiked() -> None:
-    from consumers.board import SPIKES, VOLUME, Board, fold
-    from demo import summary
+    from pulse.cli.demo import summary
+    from pulse.consumers.board import SPIKES, VOLUME, Board, fold
 
     m = 60_000
     board = Board(window_ms=m)

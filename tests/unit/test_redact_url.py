@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from pulse.schemas.serde import HTTP_LOGGERS, RedactUrls
 
-from schemas.serde import HTTP_LOGGERS, RedactUrls
-from settings import Settings, redact_url
+from pulse.settings import Settings, redact_url
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import Settings, SettingsError, markdown_table
+from pulse.settings import Settings, SettingsError, markdown_table
 
 
 def test_env_variables_with_prefix_set_fields_with_their_types() -> None:
@@ -47,4 +47,4 @@ def test_topic_prefix_applies_to_names() -> None:
 
 def test_readme_config_table_is_the_generated_one() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert markdown_table() in readme, "README config table is stale: python -m settings"
+    assert markdown_table() in readme, "README config table is stale: python -m pulse.settings"

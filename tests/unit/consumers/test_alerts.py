@@ -5,8 +5,9 @@ import random
 from typing import Any
 
 import pytest
+from pulse.producers.backoff import Backoff
 
-from consumers.alerts import (
+from pulse.consumers.alerts import (
     Verdict,
     alert_id,
     alert_payload,
@@ -22,8 +23,7 @@ from consumers.alerts import (
     url_problem,
     webhook_urls,
 )
-from producers.backoff import Backoff
-from settings import Settings
+from pulse.settings import Settings
 
 SPIKE: dict[str, Any] = {
     "symbol": "GME", "window_start_ms": 1_700_000_040_000, "window_end_ms": 1_700_000_100_000,
@@ -114,7 +114,7 @@ def test_url_problem_says_why_without_the_url(url: str, problem: str | None) -> 
 def test_pulse_alerts_refuses_an_invalid_webhook_in_one_line_without_its_token(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from consumers import alerts
+    from pulse.consumers import alerts
 
     code = alerts.main(Settings(alert_webhook_urls="http://h:99999/T0/s3cret"), [])
     err = capsys.readouterr().err
@@ -192,7 +192,7 @@ def test_liveness_budget_covers_the_whole_retry_budget(settings: Settings) -> No
 
 
 def test_a_slow_webhook_is_healthy_a_silent_loop_is_not() -> None:
-    from consumers.alerts import AlertConsumer
+    from pulse.consumers.alerts import AlertConsumer
 
     alerts = AlertConsumer.__new__(AlertConsumer)  # the health rule only, no clients
     alerts.liveness_s = liveness_budget_s(Settings())

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from consumers.board import (
+from pulse.consumers.board import (
     CONNECTING,
     OFFSETS,
     READING,
@@ -195,7 +195,7 @@ def test_history_keeps_the_newest_windows_per_symbol_in_order() -> None:
 def test_snapshot_is_json_with_rows_spikes_and_series_of_the_shown_symbols() -> None:
     import json
 
-    from consumers.board import snapshot
+    from pulse.consumers.board import snapshot
 
     board = fold_all(Board(window_ms=M), [
         (VOLUME, vol("AAPL", 9 * M, 10)), (VOLUME, vol("AAPL", 10 * M, 12)),

@@ -7,7 +7,7 @@ import logging
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from consumers.kafka_errors import ReaderErrors, ReaderFailed, is_fatal
+from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed, is_fatal
 
 
 class Clock:

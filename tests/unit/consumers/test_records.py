@@ -5,7 +5,7 @@ from enum import Enum
 
 import pytest
 
-from consumers.records import Meta, json_line, jsonable, key_text
+from pulse.consumers.records import Meta, json_line, jsonable, key_text
 
 
 class Color(Enum):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pulse.processors.app import window_config
+from pulse.processors.detectors import Scored
+from pulse.processors.windows import WindowSpec
 
-from processors.app import window_config
-from processors.detectors import Scored
-from processors.windows import WindowSpec
-from settings import Settings
+from pulse.settings import Settings
 
 M, H = 60_000, 3_600_000
 

@@ -5,9 +5,8 @@ from typing import Any
 
 import fastavro
 import pytest
-
-from processors.batching import BatchBuilder, MarksLedger, columns, partition_records
-from processors.mentions import (
+from pulse.processors.batching import BatchBuilder, MarksLedger, columns, partition_records
+from pulse.processors.mentions import (
     ANY_SYMBOL,
     from_columns,
     mentions_of_message,
@@ -15,8 +14,8 @@ from processors.mentions import (
     message_event_time_ms,
     symbol_partition,
 )
-from processors.progress import ReadProgress
-from schemas.serde import load_schema
+from pulse.processors.progress import ReadProgress
+from pulse.schemas.serde import load_schema
 
 SYMS = ["AAPL", "TSLA", "SPY", "NVDA", "BTC.X", "GME", "AMC", "F", "QQQ"]
 

@@ -8,9 +8,8 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
-
-from processors import detectors, surges
-from processors.detectors import DetectorRule, DetectorState, Kind, Scored, Verdict
+from pulse.processors import detectors, surges
+from pulse.processors.detectors import DetectorRule, DetectorState, Kind, Scored, Verdict
 
 FIVE_MIN, HOUR, DAY = 300_000, 3_600_000, 86_400_000
 T0 = 1_640_995_200_000  # 2022-01-01T00:00Z, a Saturday

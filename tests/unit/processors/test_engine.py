@@ -6,12 +6,11 @@ import random
 from typing import Any
 
 import pytest
-
-from processors import detectors
-from processors.engine import Batch, Outputs, PartitionEngine
-from processors.mentions import ANY_SYMBOL, Mention, MentionKind
-from processors.progress import ReadProgress
-from processors.windows import SymbolState, WindowConfig, WindowSpec
+from pulse.processors import detectors
+from pulse.processors.engine import Batch, Outputs, PartitionEngine
+from pulse.processors.mentions import ANY_SYMBOL, Mention, MentionKind
+from pulse.processors.progress import ReadProgress
+from pulse.processors.windows import SymbolState, WindowConfig, WindowSpec
 
 M = 60_000
 CFG = WindowConfig(specs=(WindowSpec(M, M),), grace_ms=5_000, revision_horizon_ms=M)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError
-
-from processors.fanout import CONFIG_ERROR, _fatal_error, _fatal_of
-from processors.supervisor import FATAL
+from pulse.processors.fanout import CONFIG_ERROR, _fatal_error, _fatal_of
+from pulse.processors.supervisor import FATAL
 
 
 def test_the_configuration_exit_code_is_the_one_the_supervisor_does_not_restart() -> None:

@@ -8,9 +8,8 @@ import faust
 import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
-
-from processors import faust_fixes
-from processors.faust_fixes import keep_queues_on_redundant_resume
+from pulse.processors import faust_fixes
+from pulse.processors.faust_fixes import keep_queues_on_redundant_resume
 
 
 def queue_with_records(app: faust.App) -> object:

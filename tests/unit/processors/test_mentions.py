@@ -3,8 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from processors.mentions import (
+from pulse.processors.mentions import (
     ANY_SYMBOL,
     Mention,
     MentionKind,

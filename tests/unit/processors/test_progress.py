@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import pytest
-
-from processors.progress import NO_WATERMARK, ReadingTracker, ReadProgress, Watermark
+from pulse.processors.progress import NO_WATERMARK, ReadingTracker, ReadProgress, Watermark
 
 M = ("stocktwits.messages", 0)
 S = ("stocktwits.sentiment", 0)

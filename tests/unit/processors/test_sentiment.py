@@ -3,8 +3,13 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from processors.sentiment import Z95, bullish_ratio, user_sentiment, user_votes, wilson_interval
+from pulse.processors.sentiment import (
+    Z95,
+    bullish_ratio,
+    user_sentiment,
+    user_votes,
+    wilson_interval,
+)
 
 
 def quadratic_bounds(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -4,8 +4,7 @@ import math
 import random
 
 import pytest
-
-from processors.spikes import Baseline, Severity, SpikeRule, observe, poisson_sf
+from pulse.processors.spikes import Baseline, Severity, SpikeRule, observe, poisson_sf
 
 W = 300_000
 RULE = SpikeRule()  # the shipped defaults

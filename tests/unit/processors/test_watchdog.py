@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from processors.watchdog import (
+from pulse.processors.watchdog import (
     Offsets,
     ReadingOrder,
     StallWatch,

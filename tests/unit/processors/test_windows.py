@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import pytest
-
-from processors import detectors, sentiment
-from processors.detectors import DetectorRule, DetectorState
-from processors.mentions import Mention, MentionKind
-from processors.sentiment import wilson_interval
-from processors.spikes import SpikeRule
-from processors.windows import (
+from pulse.processors import detectors, sentiment
+from pulse.processors.detectors import DetectorRule, DetectorState
+from pulse.processors.mentions import Mention, MentionKind
+from pulse.processors.sentiment import wilson_interval
+from pulse.processors.spikes import SpikeRule
+from pulse.processors.windows import (
     Pane,
     SymbolState,
     WindowConfig,
@@ -319,8 +318,7 @@ def _round_trip(schema_file: str, record: dict[str, object]) -> dict[str, object
     import io
 
     import fastavro
-
-    from schemas.serde import load_schema, wire_encoder
+    from pulse.schemas.serde import load_schema, wire_encoder
 
     schema = load_schema(schema_file)
     data = wire_encoder(1, schema)(record)  # type: ignore[arg-type]
@@ -354,7 +352,7 @@ def _naive(state: SymbolState, spec: WindowSpec, start_ms: int) -> tuple[object,
 def test_window_tallies_merged_from_panes_equal_a_walk_over_every_message(seed: int) -> None:
     import random
 
-    from processors.windows import window_result
+    from pulse.processors.windows import window_result
 
     rng = random.Random(seed)
     state, c = SymbolState(), cfg(specs=(TUMBLE_1M, HOP_1H_5M))
@@ -402,7 +400,7 @@ def test_pane_tallies_are_rebuilt_from_chunks_and_from_json() -> None:
 
 @pytest.mark.parametrize("votes", [(0, 0), (3, 0), (0, 2), (5, 7)])
 def test_sentiment_record_per_user_fields_are_user_sentiments(votes: tuple[int, int]) -> None:
-    from processors.windows import WindowResult
+    from pulse.processors.windows import WindowResult
 
     r = WindowResult("AAPL", TUMBLE_1M, 0, 12, 9, 4, 5, 3, 0.0, 0, 0, (), *votes)
     rec = r.sentiment_record(0)
@@ -413,7 +411,7 @@ def test_sentiment_record_per_user_fields_are_user_sentiments(votes: tuple[int, 
 @pytest.mark.parametrize("user", [None, 0, 1, 7, 2**40, -3])
 @pytest.mark.parametrize("label", [None, "Bullish", "Bearish", "Neutral"])
 def test_user_and_label_pack_into_one_int_and_back(user: int | None, label: str | None) -> None:
-    from processors.windows import pack_user_label, unpack_user_label
+    from pulse.processors.windows import pack_user_label, unpack_user_label
 
     packed = pack_user_label(user, label)
     assert isinstance(packed, int) == (label != "Neutral")

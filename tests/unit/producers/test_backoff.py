@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from producers.backoff import Backoff, retry_after_s, throttle_s
+from pulse.producers.backoff import Backoff, retry_after_s, throttle_s
 
 
 def test_backoff_grows_caps_and_resets() -> None:

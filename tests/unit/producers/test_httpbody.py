@@ -6,9 +6,8 @@ import gzip
 import zlib
 
 import pytest
-
-from producers.httpbody import BodyTooLarge, BoundedBody, inflater
-from producers.parse import ParseError
+from pulse.producers.httpbody import BodyTooLarge, BoundedBody, inflater
+from pulse.producers.parse import ParseError
 
 
 def chunks(data: bytes, size: int = 1000) -> list[bytes]:

@@ -12,12 +12,11 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.validation import validate
-
-from producers import parse
-from producers.parse import ParseError
-from schemas.deadletter import Reason
-from schemas.serde import load_schema
-from schemas.topics import (
+from pulse.producers import parse
+from pulse.producers.parse import ParseError
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.serde import load_schema
+from pulse.schemas.topics import (
     LIKES,
     MESSAGES,
     SENTIMENT_CHART,

@@ -12,8 +12,8 @@ import re
 
 import orjson
 import pytest
+from pulse.producers import parse
 
-from producers import parse
 from tests.conftest import REAL_DATA
 from tests.unit.producers.test_native import HOSTILE_SYMBOLS, PLAIN_SYMBOLS
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from producers.pollers import ChartPoller, SeenIds, stream_path
+from pulse.producers.pollers import ChartPoller, SeenIds, stream_path
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from producers.resume import SeqTracker, seq_after
+from pulse.producers.resume import SeqTracker, seq_after
 
 
 @pytest.mark.parametrize(

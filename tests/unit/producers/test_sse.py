@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from producers.sse import SseDecoder, SseEvent
+from pulse.producers.sse import SseDecoder, SseEvent
 
 
 def feed_all(chunks: list[bytes], **kw: int) -> tuple[list[SseEvent], SseDecoder]:

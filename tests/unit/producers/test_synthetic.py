@@ -8,11 +8,10 @@ from collections import Counter
 import fastavro
 import pytest
 from fastavro.validation import validate
-
-from producers import parse
-from producers.synthetic import Burst, Config, Generator, daily_factor, envelopes
-from schemas.serde import load_schema
-from schemas.topics import MESSAGES
+from pulse.producers import parse
+from pulse.producers.synthetic import Burst, Config, Generator, daily_factor, envelopes
+from pulse.schemas.serde import load_schema
+from pulse.schemas.topics import MESSAGES
 
 START = 1_656_460_800_000  # 2022-06-29T00:00:00Z
 

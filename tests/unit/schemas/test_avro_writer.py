@@ -9,14 +9,14 @@ from typing import Any
 
 import fastavro
 import pytest
+from pulse.producers import parse
+from pulse.producers.synthetic import Config, Generator, envelopes
+from pulse.schemas import deadletter, topics
+from pulse.schemas.avro_writer import Mismatch, compile_writer, varint
+from pulse.schemas.deadletter import Reason
+from pulse.schemas.serde import load_schema, wire_encoder
+from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, MESSAGES, SENTIMENT_EVENTS, TRENDING
 
-from producers import parse
-from producers.synthetic import Config, Generator, envelopes
-from schemas import deadletter, topics
-from schemas.avro_writer import Mismatch, compile_writer, varint
-from schemas.deadletter import Reason
-from schemas.serde import load_schema, wire_encoder
-from schemas.topics import CHECKPOINTS, DEAD_LETTER, MESSAGES, SENTIMENT_EVENTS, TRENDING
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE, envelope
 
 

@@ -7,9 +7,8 @@ from typing import Any
 
 import fastavro
 import pytest
-
-from schemas import topics
-from schemas.serde import SCHEMA_DIR, load_schema
+from pulse.schemas import topics
+from pulse.schemas.serde import SCHEMA_DIR, load_schema
 
 
 def _unions_with_null(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:

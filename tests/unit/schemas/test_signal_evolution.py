@@ -7,8 +7,7 @@ from typing import Any
 
 import fastavro
 import pytest
-
-from schemas.serde import load_schema
+from pulse.schemas.serde import load_schema
 
 # what v2 added; dropping them must give back the v1 contract readers already know
 ADDED = {

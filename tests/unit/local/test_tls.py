@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedded import tls
+from pulse.local import tls
 
 
 def openssl(*args: str) -> str:

@@ -1,7 +1,7 @@
 """The one configuration object of stocktwits-pulse, read from ``PULSE_*`` environment variables.
 
 Producers, processors, the CLI and the embedded stack all take a :class:`Settings`;
-nothing else reads ``os.environ``. ``python -m settings`` prints the README table.
+nothing else reads ``os.environ``. ``python -m pulse.settings`` prints the README table.
 """
 
 from __future__ import annotations

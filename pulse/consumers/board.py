@@ -25,10 +25,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
-from consumers.records import printable
-from schemas import topics
-from settings import Settings
+from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
+from pulse.consumers.records import printable
+from pulse.schemas import topics
+from pulse.settings import Settings
 
 Record = Mapping[str, Any]
 VOLUME, SENTIMENT, SPIKES = "volume", "sentiment", "spikes"
@@ -396,7 +396,7 @@ class BoardReader:
     ) -> None:
         from confluent_kafka import Consumer
 
-        from schemas.serde import Serde
+        from pulse.schemas.serde import Serde
 
         self.board = Board(window_ms=window_ms)
         self.errors = errors or ReaderErrors("pulse board")
@@ -560,14 +560,14 @@ def run(
     :param web_port: also serve the board as a web page on this port (consumers/web.py).
     :raises ReaderFailed: on an error waiting will not fix (credentials, missing topics).
     """
-    from consumers.records import quiet_http_logs
+    from pulse.consumers.records import quiet_http_logs
 
     quiet_http_logs()  # log lines would tear through the live display
     stop = stop or threading.Event()
     reader = BoardReader(settings, window_ms or default_window_ms(settings.windows), lookback_s)
     stop_web = None
     if web_port is not None:
-        from consumers.web import serve_in_thread
+        from pulse.consumers.web import serve_in_thread
 
         _, stop_web = serve_in_thread(
             lambda: reader.board, web_port, web_host, top, get_waiting=reader.waiting

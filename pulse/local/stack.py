@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from embedded import tls
-from settings import Settings
+from pulse.local import tls
+from pulse.settings import Settings
 
 KAFKA_VERSION = "4.3.1"
 APICURIO_VERSION = "3.3.3"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from consumers.board import Board, snapshot
+from pulse.consumers.board import Board, snapshot
 
 PAGE = (Path(__file__).resolve().parent / "board.html").read_text()
 

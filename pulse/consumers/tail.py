@@ -12,11 +12,11 @@ from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
-from consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
-from consumers.records import Meta, json_line, key_text, quiet_http_logs
-from schemas.serde import Serde
-from schemas.topics import ALL, by_name
-from settings import Settings
+from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
+from pulse.consumers.records import Meta, json_line, key_text, quiet_http_logs
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import ALL, by_name
+from pulse.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:

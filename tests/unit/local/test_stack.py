@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from embedded import stack, tls
-from embedded.stack import LocalStack, Ports
-from settings import Settings
+from pulse.local import stack, tls
+from pulse.local.stack import LocalStack, Ports
+from pulse.settings import Settings
 
 
 def test_cluster_id_is_22_url_safe_base64_chars_of_16_bytes_never_starting_with_a_dash() -> None:
@@ -96,7 +96,7 @@ def test_a_half_written_state_file_reads_as_no_state(tmp_path: Path) -> None:
 
 
 def test_downloads_may_live_apart_from_the_home(tmp_path: Path) -> None:
-    from settings import Settings
+    from pulse.settings import Settings
 
     s = LocalStack.from_settings(
         Settings(local_home=str(tmp_path / "home"), local_downloads=str(tmp_path / "cache"))

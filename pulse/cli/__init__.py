@@ -9,22 +9,23 @@ import logging
 import sys
 from collections.abc import Callable
 
-from settings import Settings, SettingsError
+from pulse.settings import Settings, SettingsError
 
 # subcommands implemented elsewhere: name -> (module, function, one-line help)
 DELEGATED: dict[str, tuple[str, str, str]] = {
-    "produce": ("producers.cli", "main", "run a producer: firehose, sentiment, trending, chart, "
-                "rest, replay, synthetic"),
-    "worker": ("processors.worker", "main", "run the processing stages (fan-out + faust signals)"),
-    "tail": ("consumers.tail", "main", "print a topic decoded to JSON lines"),
-    "alerts": ("consumers.alerts", "main", "POST every spike to webhooks"),
-    "board": ("consumers.board", "main", "live terminal board of the output topics"),
-    "demo": ("demo", "main", "the whole pipeline locally, with a live view"),
+    "produce": ("pulse.producers.cli", "main",
+                "run a producer: firehose, sentiment, trending, chart, rest, replay, synthetic"),
+    "worker": ("pulse.processors.worker", "main",
+               "run the processing stages (fan-out + faust signals)"),
+    "tail": ("pulse.consumers.tail", "main", "print a topic decoded to JSON lines"),
+    "alerts": ("pulse.consumers.alerts", "main", "POST every spike to webhooks"),
+    "board": ("pulse.consumers.board", "main", "live terminal board of the output topics"),
+    "demo": ("pulse.cli.demo", "main", "the whole pipeline locally, with a live view"),
 }  # fmt: skip
 
 
 def _local(settings: Settings, args: argparse.Namespace) -> int:
-    from embedded.stack import LocalStack, StackError
+    from pulse.local.stack import LocalStack, StackError
 
     stack = LocalStack.from_settings(settings, name=args.instance)
     try:
@@ -52,9 +53,9 @@ def _local(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> int:
-    from schemas.admin import ensure_topics
-    from schemas.serde import Serde
-    from schemas.topics import ALL
+    from pulse.schemas.admin import ensure_topics
+    from pulse.schemas.serde import Serde
+    from pulse.schemas.topics import ALL
 
     created = ensure_topics(settings)
     print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
@@ -66,7 +67,7 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _roundtrip(settings: Settings, args: argparse.Namespace) -> int:
-    from schemas.roundtrip import run
+    from pulse.schemas.roundtrip import run
 
     return run(settings, args.files)
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from schemas.admin import AuthenticationFailed
+    from pulse.schemas.admin import AuthenticationFailed
 
     try:
         return _run(args, settings)

@@ -24,11 +24,11 @@ from typing import IO, TYPE_CHECKING
 from rich.console import Console
 from rich.text import Text
 
-from settings import Settings
+from pulse.settings import Settings
 
 if TYPE_CHECKING:
-    from consumers.board import Board
-    from embedded.stack import Endpoints, LocalStack
+    from pulse.consumers.board import Board
+    from pulse.local.stack import Endpoints, LocalStack
 
 STOP_TIMEOUT_S = {"producer": 15.0, "worker": 30.0}  # then SIGKILL
 
@@ -118,7 +118,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Chi
     out: IO[bytes] = log_path.open("wb")
     # own process group: the terminal's Ctrl-C reaches only us, and we stop children in order
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", *argv],
+        [sys.executable, "-m", "pulse.cli", *argv],
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -186,7 +186,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     code = 0
     try:
         if not args.no_stack:
-            from embedded.stack import LocalStack, StackError
+            from pulse.local.stack import LocalStack, StackError
 
             stack = LocalStack.from_settings(settings, name=args.instance)
             # decided before up(): a start that fails half-way must not leave a JVM behind
@@ -200,7 +200,7 @@ def main(settings: Settings, argv: list[str]) -> int:
                 bootstrap_servers=endpoints.bootstrap_servers,
                 schema_registry_url=endpoints.schema_registry_url,
             )
-        from schemas.admin import ensure_topics
+        from pulse.schemas.admin import ensure_topics
 
         settings = demo_settings(settings, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
         created = ensure_topics(settings)
@@ -218,8 +218,8 @@ def main(settings: Settings, argv: list[str]) -> int:
         console.print(f"worker and `pulse {' '.join(produce)}` started; logs in {log_dir}")
         watcher = threading.Thread(target=_watch, args=(children, stop, args.duration), daemon=True)
         watcher.start()
-        from consumers.board import default_window_ms, duration_ms, run
-        from consumers.kafka_errors import ReaderFailed
+        from pulse.consumers.board import default_window_ms, duration_ms, run
+        from pulse.consumers.kafka_errors import ReaderFailed
 
         window = duration_ms(args.window) if args.window else default_window_ms(settings.windows)
         # until Ctrl-C or stop
@@ -288,7 +288,7 @@ class FirstArrivals:
     def __init__(self, settings: Settings, started: float) -> None:
         from confluent_kafka import Consumer
 
-        from schemas import topics
+        from pulse.schemas import topics
 
         self.started = started
         self.at: dict[str, float] = {}
@@ -319,8 +319,8 @@ class FirstArrivals:
 
 def summary(board: Board) -> Text:
     """One line on what the run showed: closed windows read and spikes, by symbol."""
-    from consumers.board import SENTIMENT, VOLUME
-    from consumers.records import printable
+    from pulse.consumers.board import SENTIMENT, VOLUME
+    from pulse.consumers.records import printable
 
     symbols = ", ".join(dict.fromkeys(f"${printable(s['symbol'])}" for s in board.spikes))
     return Text(

@@ -29,13 +29,13 @@ from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from consumers.kafka_errors import ReaderErrors, ReaderFailed
-from consumers.records import jsonable, printable
-from producers.backoff import Backoff, retry_after_s
-from schemas import topics
-from schemas.deadletter import Reason, dead_letter, headers
-from schemas.serde import Serde
-from settings import Settings, redact_url
+from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed
+from pulse.consumers.records import jsonable, printable
+from pulse.producers.backoff import Backoff, retry_after_s
+from pulse.schemas import topics
+from pulse.schemas.deadletter import Reason, dead_letter, headers
+from pulse.schemas.serde import Serde
+from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 STAGE = "alerts"
