@@ -1,0 +1,1 @@
+"""What the tests share: child-process harness, fake Stocktwits server, data paths, tools."""
