@@ -46,6 +46,8 @@ from typing import Any
 from pulse.processors import spikes, surges
 from pulse.processors.spikes import Severity
 
+from pulse.durations import parse_duration_ms, parse_durations_ms
+
 
 class Kind(StrEnum):
     BURST = "BURST"
@@ -221,13 +223,9 @@ def rule_from_settings(settings: Any) -> DetectorRule:
 
     :raises ValueError: a surge window not dividing a day, a span not a multiple of it.
     """
-    from pulse.processors.windows import parse_duration_ms
-
-    bursts = tuple(
-        parse_duration_ms(s) for s in settings.spike_windows.split(",") if s.strip()
-    )
+    bursts = tuple(parse_durations_ms(settings.spike_windows))
     surge_size = parse_duration_ms(settings.surge_window) if settings.surge_window else None
-    span_ms = [parse_duration_ms(s) for s in settings.surge_spans.split(",") if s.strip()]
+    span_ms = parse_durations_ms(settings.surge_spans)
     if surge_size is not None and (
         surges.DAY_MS % surge_size or any(ms <= 0 or ms % surge_size for ms in span_ms)
     ):

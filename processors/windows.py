@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-import re
 from dataclasses import dataclass, field
 from functools import cached_property, reduce
 from typing import Any
@@ -28,18 +27,10 @@ from pulse.processors.mentions import Mention, MentionKind
 from pulse.processors.progress import NO_WATERMARK
 from pulse.processors.sentiment import bullish_ratio, wilson_interval
 
+from pulse.durations import parse_duration_ms
 from pulse.settings import Settings
 
 SAMPLE_IDS = 5
-_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_duration_ms(text: str) -> int:
-    """``"30s"``, ``"5m"``, ``"1h"``, ``"1d"`` or plain milliseconds → ms."""
-    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)?\s*", text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2) or "ms"]
 
 
 @dataclass(frozen=True, order=True)

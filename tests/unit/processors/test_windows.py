@@ -14,7 +14,6 @@ from pulse.processors.windows import (
     add_mention,
     close_windows,
     pane_size_ms,
-    parse_duration_ms,
     parse_windows,
     spike_record,
     window_start_ms,
@@ -25,13 +24,6 @@ M = 60_000
 H = 3_600_000
 TUMBLE_1M = WindowSpec(M, M)
 HOP_1H_5M = WindowSpec(H, 5 * M)
-
-
-@pytest.mark.parametrize(
-    "text, ms", [("30s", 30_000), ("1m", M), ("5m", 5 * M), ("1h", H), ("1d", 24 * H), ("250", 250)]
-)
-def test_parse_duration_ms(text: str, ms: int) -> None:
-    assert parse_duration_ms(text) == ms
 
 
 def test_parse_windows_sorted_and_deduplicated() -> None:
