@@ -13,7 +13,6 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +26,7 @@ from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, TopicSpec
 
+from pulse import kafka
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,25 +39,6 @@ DEAD_LETTER_RAW_MAX = 256 * 1024
 # Long-running producers also poll on their own clock (the Firehose client every second,
 # before each checkpoint); flush() serves whatever is left.
 POLL_EVERY = 32
-
-
-def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """librdkafka settings: no loss, no duplicates from retries, and batches worth sending."""
-    return {
-        **settings.kafka_config(),
-        "enable.idempotence": True,  # implies acks=all, retries, in-order per partition
-        "acks": "all",
-        "compression.type": "lz4",
-        "linger.ms": 20,
-        "batch.size": 1_000_000,
-        "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 500_000,
-        "queue.buffering.max.kbytes": 512 * 1024,
-        # keep retrying through a broker restart; only after 5 min is a record dead-lettered
-        "delivery.timeout.ms": 300_000,
-        "client.id": "stocktwits-pulse-producer",
-        **overrides,
-    }
 
 
 class Publisher:
@@ -78,7 +59,11 @@ class Publisher:
         self.settings = settings
         self.source = source
         self.serde = serde or Serde(settings)
-        self.producer = producer or ck.Producer(producer_config(settings, **(config or {})))
+        # a long-lived producer of a continuous stream: idempotent, acks=all, batches worth
+        # sending, 5 min of retries before a record is dead-lettered (pulse.kafka says why)
+        self.producer = producer or kafka.producer(
+            kafka.producer_config(settings, batching=kafka.STREAM, overrides=config)
+        )
         self.produced = self.delivered = self.failed = self.dead_lettered = 0
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._topics: dict[str, str] = {}
@@ -427,14 +412,9 @@ def now_ms() -> int:
 
 
 def read_consumer(settings: Settings) -> ck.Consumer:
-    """A consumer for reading back what producers wrote (resume points, dedup keys)."""
-    return ck.Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": f"pulse-readback-{uuid.uuid4().hex}",  # never commits: assign() only
-            "enable.auto.commit": False,
-        }
-    )
+    """A consumer for reading back what producers wrote (resume points, dedup keys); it
+    assigns partitions itself and never commits."""
+    return kafka.consumer(kafka.reader_config(settings, "pulse-readback"))
 
 
 def watermarks(consumer: ck.Consumer, tp: ck.TopicPartition) -> tuple[int, int]:
