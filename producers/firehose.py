@@ -443,7 +443,7 @@ def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
         max_events=args.max_events,
     )
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
-    server = metrics.start_health_server(port, client.health, settings.bind_host)
+    server = metrics.serve(settings, port, client.health)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()

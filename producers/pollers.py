@@ -427,7 +427,7 @@ def _serve(
         }
 
     port = settings.metrics_port if argv_port is None else argv_port
-    server = metrics.start_health_server(port, health, settings.bind_host)
+    server = metrics.serve(settings, port, health)
 
     async def go() -> None:
         stop = asyncio.Event()

@@ -218,7 +218,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     ensure_topics(settings, (*specs, DEAD_LETTER))
     publisher = Publisher(settings, "replay")
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
-    server = metrics.start_health_server(port, lambda: {"healthy": True, **publisher.stats()})
+    server = metrics.serve(settings, port, lambda: {"healthy": True, **publisher.stats()})
     stop = Stop()
     with handle_signals(stop):
         started = time.monotonic()

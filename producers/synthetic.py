@@ -225,7 +225,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     ensure_topics(settings, (MESSAGES, DEAD_LETTER))
     publisher = Publisher(settings, "synthetic")
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
-    server = metrics.start_health_server(port, lambda: {"healthy": True, **publisher.stats()})
+    server = metrics.serve(settings, port, lambda: {"healthy": True, **publisher.stats()})
     stop = Stop()
     wall0 = time.monotonic()
     n = 0

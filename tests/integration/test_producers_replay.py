@@ -94,12 +94,12 @@ def test_synthetic_command(settings: Settings) -> None:
     assert {r["origin"] for r in recs} == {"synthetic"}
 
 
-def test_health_and_metrics_endpoints() -> None:
-    from pulse.producers.metrics import EVENTS, start_health_server
+def test_health_and_metrics_endpoints(settings: Settings) -> None:
+    from pulse.producers.metrics import EVENTS, serve
 
     EVENTS.labels("test", "t").inc()
     state = {"healthy": True}
-    server = start_health_server(0, lambda: dict(state))
+    server = serve(settings, 0, lambda: dict(state))
     assert server is not None
     try:
         base = f"http://127.0.0.1:{server.port}"
