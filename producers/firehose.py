@@ -23,7 +23,6 @@ from typing import Any
 import aiohttp
 import confluent_kafka as ck
 from pulse.producers import metrics, native, parse
-from pulse.producers.backoff import Backoff
 from pulse.producers.httpbody import read_body
 from pulse.producers.parse import Parsed, ParseError
 from pulse.producers.publish import (
@@ -36,6 +35,7 @@ from pulse.producers.publish import (
 )
 from pulse.producers.resume import SeqTracker, seq_after
 from pulse.producers.sse import MAX_EVENT_BYTES, SseDecoder, SseEvent
+from pulse.producers.upstream import FatalUpstreamError, userinfo_error
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import (
@@ -48,6 +48,7 @@ from pulse.schemas.topics import (
     TopicSpec,
 )
 
+from pulse.backoff import Backoff
 from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,6 @@ SEQ_HEADER = "firehose.seq_id"
 STREAM_HEADER = "firehose.stream"  # /stream and /sentiment seq_ids are separate sequences
 RESUME_LIMIT_MS = 24 * 3_600_000  # upstream keeps resume positions this long
 SCAN_SLACK_MS = 60_000  # clock skew allowed between checkpoint time and Kafka record timestamps
-
-
-class FatalUpstreamError(RuntimeError):
-    """The upstream refused us for a reason a retry cannot fix (401, 406)."""
 
 
 @dataclass(frozen=True)
@@ -402,21 +399,6 @@ def _parser(stream: Stream) -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
     return p
-
-
-def userinfo_error(variable: str, url: str) -> str | None:
-    """Why ``url`` cannot be used with basic auth from the settings, or None if it can.
-
-    aiohttp refuses a request with both an Authorization header and ``user:password@`` in the
-    URL; say so at start, naming the variable, instead of a traceback on the first request.
-    """
-    authority = url.partition("://")[2].split("/", 1)[0]
-    if "@" not in authority:
-        return None
-    return (
-        f"{variable} ({redact_url(url)}) holds user info; put the credentials in "
-        "PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD instead"
-    )
 
 
 def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:

@@ -22,8 +22,6 @@ from typing import Any
 import aiohttp
 import confluent_kafka as ck
 from pulse.producers import metrics, parse
-from pulse.producers.backoff import Backoff, retry_after_s, throttle_s
-from pulse.producers.firehose import FatalUpstreamError, userinfo_error
 from pulse.producers.httpbody import ACCEPT_ENCODING, BodyTooLarge, read_body
 from pulse.producers.parse import MAX_PAYLOAD_BYTES, ParseError, Rejected
 from pulse.producers.publish import (
@@ -34,8 +32,10 @@ from pulse.producers.publish import (
     read_consumer,
     read_to_end,
 )
+from pulse.producers.upstream import FatalUpstreamError, userinfo_error
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
 
+from pulse.backoff import Backoff, retry_after_s, throttle_s
 from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)

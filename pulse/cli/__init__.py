@@ -67,7 +67,7 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _roundtrip(settings: Settings, args: argparse.Namespace) -> int:
-    from pulse.schemas.roundtrip import run
+    from pulse.producers.roundtrip import run
 
     return run(settings, args.files)
 

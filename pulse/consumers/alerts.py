@@ -8,14 +8,12 @@ the ``Idempotency-Key`` header). Records are handled one at a time, in partition
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
 import logging
 import random
 import re
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,9 +27,11 @@ from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
+from pulse.backoff import Backoff, retry_after_s
 from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed
 from pulse.consumers.records import jsonable, printable
-from pulse.producers.backoff import Backoff, retry_after_s
+from pulse.durations import format_duration_ms
+from pulse.lifecycle import stop_on_signals
 from pulse.schemas import topics
 from pulse.schemas.deadletter import Reason, dead_letter, headers
 from pulse.schemas.serde import Serde
@@ -122,13 +122,6 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _size(ms: int) -> str:
-    for unit, n in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % n == 0:
-            return f"{ms // n}{unit}"
-    return f"{ms}ms"
-
-
 def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body POSTed for a spike: the record itself plus id, ISO times and a text line.
 
@@ -140,7 +133,7 @@ def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
     severity = chat_escape(printable(spike["severity"], 12))
     symbol = chat_escape(printable(spike["symbol"]))
     text = (
-        f"${symbol}: {spike['count']} messages in {_size(spike['window_size_ms'])} "
+        f"${symbol}: {spike['count']} messages in {format_duration_ms(spike['window_size_ms'])} "
         f"from {_iso(spike['window_start_ms'])} — {spike['ratio']:.1f}× the expected "
         f"{spike['expected_count']:.1f} (z={spike['score']:.1f}, {severity})"
     )
@@ -416,38 +409,14 @@ async def start_health(alerts: AlertConsumer, port: int) -> web.AppRunner | None
     return runner
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse alerts",
-        description="POST every spike of pulse.spikes as JSON to webhooks (at least once).",
-    )
-    p.add_argument(
-        "--webhook",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="webhook URL (repeatable); added to PULSE_ALERT_WEBHOOK_URLS",
-    )
-    p.add_argument(
-        "--health-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="port of /healthz and /metrics (default PULSE_METRICS_PORT; <0: off)",
-    )
-    return p  # fmt: skip
-
-
 async def serve(settings: Settings, urls: list[str], health_port: int) -> int:
     alerts = AlertConsumer(settings, urls)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     runner = await start_health(alerts, health_port)
     log.info("alerts: %s → %s", alerts.topic, ", ".join(redact(u) for u in urls))
     try:
-        await alerts.run(stop)
+        with stop_on_signals(stop.set, loop=asyncio.get_running_loop()):
+            await alerts.run(stop)
     except ReaderFailed as exc:
         log.error("%s", exc)
         return 1
@@ -458,9 +427,13 @@ async def serve(settings: Settings, urls: list[str], health_port: int) -> int:
     return 0
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    urls = webhook_urls(settings, args.webhook)
+def run(settings: Settings, webhooks: list[str], health_port: int | None = None) -> int:
+    """``pulse alerts``: POST every spike to ``webhooks`` and the configured URLs until
+    stopped; the exit code (2: no or an invalid URL).
+
+    :param health_port: of /healthz and /metrics (None: ``PULSE_METRICS_PORT``; <0: off).
+    """
+    urls = webhook_urls(settings, webhooks)
     if not urls:
         print("pulse alerts: no webhook URL (PULSE_ALERT_WEBHOOK_URLS or --webhook)")
         return 2
@@ -469,5 +442,5 @@ def main(settings: Settings, argv: list[str]) -> int:
             print(f"pulse alerts: webhook URL {redact(url)} is invalid ({problem}): fix "
                   "PULSE_ALERT_WEBHOOK_URLS or --webhook", file=sys.stderr)  # fmt: skip
             return 2
-    port = settings.metrics_port if args.health_port is None else args.health_port
+    port = settings.metrics_port if health_port is None else health_port
     return asyncio.run(serve(settings, urls, port))

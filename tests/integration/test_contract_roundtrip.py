@@ -11,10 +11,10 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pulse.producers import parse
 from pulse.producers.publish import Publisher
+from pulse.producers.roundtrip import load_file, roundtrip
 from pulse.producers.synthetic import Config, Generator, envelopes
 from pulse.schemas import deadletter
 from pulse.schemas.deadletter import Reason
-from pulse.schemas.roundtrip import load_file, roundtrip
 from pulse.schemas.serde import Serde, schema_str
 from pulse.schemas.topics import DEAD_LETTER
 

@@ -15,20 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pulse.producers.backoff import Backoff
 from pulse.producers.firehose import (
     SENTIMENT,
     SEQ_HEADER,
     STREAM,
-    FatalUpstreamError,
     FirehoseClient,
     recover,
 )
 from pulse.producers.publish import Publisher
+from pulse.producers.upstream import FatalUpstreamError
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SENTIMENT_EVENTS, SOCIAL
 
+from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.fakes.stocktwits_server import FakeStocktwits, envelope, message, message_events

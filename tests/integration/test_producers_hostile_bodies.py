@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pulse.producers.backoff import Backoff
 from pulse.producers.parse import MAX_PAYLOAD_BYTES
 from pulse.producers.pollers import ChartPoller, Http, RestPoller, TrendingPoller
 from pulse.producers.publish import Publisher
@@ -19,6 +18,7 @@ from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 
+from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.fakes.stocktwits_server import BOMB_INFLATED_BYTES, FakeStocktwits, message

@@ -10,8 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pulse.producers.backoff import Backoff
-from pulse.producers.firehose import FatalUpstreamError
 from pulse.producers.parse import chart_key
 from pulse.producers.pollers import (
     ChartPoller,
@@ -22,10 +20,12 @@ from pulse.producers.pollers import (
     written_keys,
 )
 from pulse.producers.publish import Publisher
+from pulse.producers.upstream import FatalUpstreamError
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 
+from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import REAL_DATA, consume
 from tests.fakes.stocktwits_server import FakeStocktwits, message

@@ -5,8 +5,8 @@ import random
 from typing import Any
 
 import pytest
-from pulse.producers.backoff import Backoff
 
+from pulse.backoff import Backoff
 from pulse.consumers.alerts import (
     Verdict,
     alert_id,

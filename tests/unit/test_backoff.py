@@ -1,11 +1,12 @@
-"""producers.backoff: delays grow, are capped, jittered, and follow rate-limit headers."""
+"""pulse.backoff: delays grow, are capped, jittered, and follow rate-limit headers."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from pulse.producers.backoff import Backoff, retry_after_s, throttle_s
+
+from pulse.backoff import Backoff, retry_after_s, throttle_s
 
 
 def test_backoff_grows_caps_and_resets() -> None:
