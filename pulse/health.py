@@ -148,7 +148,7 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
-        log.info("health and metrics on %s:%d (/healthz, /readyz, /metrics)", self.host, self.port)
+        log.info("metrics and health on %s:%d (/metrics, /healthz, /readyz)", self.host, self.port)
         return self
 
     def stop(self) -> None:
@@ -179,7 +179,7 @@ def start(
     try:
         return HealthServer(settings.bind_host, port, metrics, live=live, ready=ready).start()
     except OSError as exc:
-        log.warning("health and metrics on %s:%d unavailable: %s", settings.bind_host, port, exc)
+        log.warning("metrics and health on %s:%d unavailable: %s", settings.bind_host, port, exc)
         return None
 
 

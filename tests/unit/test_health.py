@@ -145,6 +145,12 @@ def test_other_paths_are_404(serve: Any) -> None:
     assert get(server, "/healthzz")[0] == 404
 
 
+def test_the_log_says_where_it_serves(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="pulse.health")
+    with HealthServer("127.0.0.1", 0, Demo()) as server:  # tests find a port 0 server by it
+        assert f"metrics and health on 127.0.0.1:{server.port} " in caplog.text
+
+
 def test_port_minus_one_is_off() -> None:
     assert health.start(LOCAL, -1, Demo()) is None
 
