@@ -21,7 +21,6 @@ to do. SIGTERM/SIGINT finish the batch, flush, commit, close and exit 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import socket
@@ -31,26 +30,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import confluent_kafka as ck
 from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
 from pulse.processors.batching import BatchBuilder, MarksLedger, partition_records
 from pulse.processors.progress import RawPartition, ReadingTracker
 from pulse.schemas import deadletter, topics
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
 
+from pulse import health
 from pulse.settings import Settings
 
 log = logging.getLogger("pulse.processors.fanout")
@@ -156,62 +148,26 @@ def producer_config(settings: Settings, txn_id: str | None, **extra: Any) -> dic
 # --- metrics and health ----------------------------------------------------------------------
 
 
-class FanOutMetrics:
+class FanOutMetrics(health.Metrics):
     """Prometheus metrics of one fan-out process (a registry of its own)."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.events_in = Counter("pulse_fanout_events_in", "Raw records read, by topic.",
-                                 ["topic"], registry=r)
-        self.mentions = Counter("pulse_fanout_mentions", "Mentions written, by kind.",
-                                ["kind"], registry=r)
-        self.batches = Counter("pulse_fanout_batches_written",
-                               "MentionBatch records written.", registry=r)
-        self.dead_letters = Counter("pulse_fanout_dead_letters",
-                                    "Raw records sent to the dead-letter topic, by reason.",
-                                    ["reason"], registry=r)
-        self.retries = Counter("pulse_fanout_retries", "Batches retried after an "
-                               "infrastructure error, by cause.", ["cause"], registry=r)
-        self.lag = Gauge("pulse_fanout_lag", "Raw records waiting in the assigned partitions "
-                         "(cached high watermarks).", registry=r)
-        self.read_event_ms = Gauge("pulse_fanout_read_event_time_ms", "Highest event time "
-                                   "read per raw partition.", ["topic", "partition"],
-                                   registry=r)
-
-
-class HealthServer:
-    """``GET /metrics`` and ``GET /healthz`` (200 healthy, 503 not) on a thread of its own."""
-
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 health: Callable[[], dict[str, Any]]) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-                elif self.path.startswith("/healthz"):
-                    status = health()
-                    self._send(200 if status["healthy"] else 503, "application/json",
-                               json.dumps(status).encode())
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # a scrape every few seconds would drown the log
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
+        self.events_in = self.counter("pulse_fanout_events_in", "Raw records read, by topic.",
+                                      ["topic"])
+        self.mentions = self.counter("pulse_fanout_mentions", "Mentions written, by kind.",
+                                     ["kind"])
+        self.batches = self.counter("pulse_fanout_batches_written",
+                                    "MentionBatch records written.")
+        self.dead_letters = self.counter("pulse_fanout_dead_letters",
+                                         "Raw records sent to the dead-letter topic, by reason.",
+                                         ["reason"])
+        self.retries = self.counter("pulse_fanout_retries", "Batches retried after an "
+                                    "infrastructure error, by cause.", ["cause"])
+        self.lag = self.gauge("pulse_fanout_lag", "Raw records waiting in the assigned "
+                              "partitions (cached high watermarks).")
+        self.read_event_ms = self.gauge("pulse_fanout_read_event_time_ms", "Highest event "
+                                        "time read per raw partition.", ["topic", "partition"])
 
 
 # --- one batch -------------------------------------------------------------------------------
@@ -885,14 +841,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     except KafkaException as exc:
         log.error("fan-out: bad Kafka configuration: %s", exc)
         return 2
-    server = None
-    if args.port >= 0:
-        try:
-            server = HealthServer(settings.bind_host, args.port, fan.metrics.registry,
-                                  fan.health)
-            log.info("metrics and health on %s:%d", settings.bind_host, server.port)
-        except OSError as exc:
-            log.warning("metrics endpoint on :%d unavailable: %s", args.port, exc)
+    server = health.start(settings, args.port, fan.metrics, live=fan.health)
     try:
         code = fan.run(stop)
     except Fatal as exc:
