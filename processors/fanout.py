@@ -42,7 +42,7 @@ from pulse.schemas import deadletter, topics
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
 
-from pulse import health
+from pulse import health, kafka
 from pulse.settings import Settings
 
 log = logging.getLogger("pulse.processors.fanout")
@@ -104,45 +104,24 @@ def transactional_id(settings: Settings, instance_id: str) -> str:
     return f"{settings.app_id}-fan-out-{instance_id}"
 
 
-def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
-    return {
-        **settings.kafka_config(),
-        "group.id": group_id(settings),
-        "enable.auto.commit": False,  # offsets go with the batch's records, never before
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        # prefetch enough to keep 10k-record batches coming, bounded in memory (librdkafka's
-        # default lets the local queue hold 64 MB, most of the stage's RSS)
-        "fetch.max.bytes": 16 * 1024 * 1024,
-        "max.partition.fetch.bytes": 4 * 1024 * 1024,
-        "queued.min.messages": 20_000,
-        "queued.max.messages.kbytes": 16 * 1024,
-        # a dead instance's partitions (or our own after a broker restart) move on in ~10 s,
-        # not librdkafka's default 45 s
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 3_000,
-        "client.id": "stocktwits-pulse-fan-out",
-        **extra,
-    }
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """A member of the fan-out group: commits by hand with the batch's records, reads
+    committed, bounded prefetch, fails over in ~10 s (pulse.kafka says why)."""
+    return kafka.group_consumer_config(settings, group_id(settings), role=STAGE)
 
 
-def producer_config(settings: Settings, txn_id: str | None, **extra: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        **settings.kafka_config(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "compression.type": "lz4",
-        "linger.ms": 5,  # flush() sends at once; this only groups a batch's records
-        "delivery.timeout.ms": 120_000,
-        "client.id": "stocktwits-pulse-fan-out",
-        **extra,
-    }
+def producer_config(settings: Settings, txn_id: str | None) -> dict[str, Any]:
+    """exactly_once: a transactional producer (records and raw offsets commit together);
+    at_least_once: an idempotent one. Either is flushed at the end of every batch."""
     if txn_id is not None:
-        cfg["transactional.id"] = txn_id
-        cfg["transaction.timeout.ms"] = 60_000
-        cfg["delivery.timeout.ms"] = 60_000  # librdkafka: at most the transaction timeout
-    return cfg
+        return kafka.transactional_producer_config(settings, txn_id, role=STAGE)
+    # librdkafka gives up on a record after 2 min (not 5): the loop produces it again and
+    # never commits past it, so nothing is lost by giving up sooner
+    return kafka.producer_config(settings, role=STAGE, delivery_timeout_ms=120_000)
+
+
+def admin_client(settings: Settings, on_error: kafka.ErrorCb) -> AdminClient:
+    return kafka.admin(kafka.admin_config(settings, role=STAGE), error_cb=on_error)
 
 
 # --- metrics and health ----------------------------------------------------------------------
@@ -249,10 +228,10 @@ class FanOut:
         self._lag = 0
         self._decoders: dict[str, Callable[[bytes], dict[str, Any]]] = {}
         self._adders: dict[str, Callable[[dict[str, Any]], int]] = {}
-        self.consumer = ck.Consumer(consumer_config(settings, error_cb=self._on_error))
+        self.consumer = kafka.consumer(consumer_config(settings), error_cb=self._on_error)
         txn = transactional_id(settings, instance_id) if self.eos else None
-        self.producer = ck.Producer(producer_config(settings, txn, error_cb=self._on_error))
-        self.admin = AdminClient({**settings.kafka_config(), "error_cb": self._on_error})
+        self.producer = kafka.producer(producer_config(settings, txn), error_cb=self._on_error)
+        self.admin = admin_client(settings, self._on_error)
 
     # --- errors -------------------------------------------------------------------------
 
@@ -548,7 +527,7 @@ class FanOut:
         self._reachable = False
         # after a broker restart the admin client keeps asking with the leader epochs it
         # knew (FENCED_LEADER_EPOCH, forever): a new one starts from fresh metadata
-        self.admin = AdminClient({**self.settings.kafka_config(), "error_cb": self._on_error})
+        self.admin = admin_client(self.settings, self._on_error)
         self._warn("unreachable", "broker not answering (%s): no partition counts as caught "
                    "up until it does", exc)
 
