@@ -23,10 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
+from pulse import health
 from pulse.backoff import Backoff, retry_after_s
 from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed
 from pulse.consumers.records import jsonable, printable
@@ -40,12 +39,27 @@ from pulse.settings import Settings, redact_url
 log = logging.getLogger(__name__)
 STAGE = "alerts"
 
-DELIVERED = Counter("pulse_alerts_delivered_total", "Spikes a webhook accepted.", ["webhook"])
-ATTEMPTS = Counter("pulse_alerts_attempts_total", "Webhook requests made.", ["webhook"])
-DEAD_LETTERED = Counter(
-    "pulse_alerts_dead_lettered_total", "Spikes sent to the dead-letter topic.", ["reason"]
-)
-COMMITTED = Gauge("pulse_alerts_last_commit_timestamp_seconds", "Wall clock of the last commit.")
+
+class AlertMetrics(health.Metrics):
+    """What ``pulse alerts`` counts (one set per process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delivered = self.counter(
+            "pulse_alerts_delivered_total", "Spikes a webhook accepted.", ["webhook"]
+        )
+        self.attempts = self.counter(
+            "pulse_alerts_attempts_total", "Webhook requests made.", ["webhook"]
+        )
+        self.dead_lettered = self.counter(
+            "pulse_alerts_dead_lettered_total", "Spikes sent to the dead-letter topic.", ["reason"]
+        )
+        self.committed = self.gauge(
+            "pulse_alerts_last_commit_timestamp_seconds", "Wall clock of the last commit."
+        )
+
+
+METRICS = AlertMetrics()
 
 
 # --- pure ------------------------------------------------------------------------------------
@@ -202,7 +216,7 @@ async def post_with_retries(
     hdrs = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(payload["id"])}
     error = ""
     for attempt in range(1, max_attempts + 1):
-        ATTEMPTS.labels(redact(url)).inc()
+        METRICS.attempts.labels(redact(url)).inc()
         answer_headers: Mapping[str, str] | None = None
         try:
             async with session.post(url, data=body, headers=hdrs) as resp:
@@ -295,7 +309,7 @@ class AlertConsumer:
     async def _commit(self, msg: Message) -> None:
         try:
             await asyncio.to_thread(self.consumer.commit, message=msg, asynchronous=False)
-            COMMITTED.set_to_current_time()
+            METRICS.committed.set_to_current_time()
         except KafkaException as exc:
             # the partition moved during delivery (rebalance), or the broker is away: the
             # next commit covers this one, or the partition's new owner redelivers from the
@@ -334,7 +348,7 @@ class AlertConsumer:
         )  # fmt: skip
         for d in results:
             if d.ok:
-                DELIVERED.labels(redact(d.url)).inc()
+                METRICS.delivered.labels(redact(d.url)).inc()
                 self.delivered += 1
             else:
                 error = f"webhook {redact(d.url)}: {d.error} after {d.attempts} attempt(s)"
@@ -378,7 +392,7 @@ class AlertConsumer:
             self.errors.check()
             if sleep is not None:
                 await sleep(1.0)
-        DEAD_LETTERED.labels(reason.value).inc()
+        METRICS.dead_lettered.labels(reason.value).inc()
         self.dead_lettered += 1
 
     def healthy(self, now: float | None = None) -> bool:
@@ -388,31 +402,11 @@ class AlertConsumer:
         return now - self.last_poll < self.liveness_s
 
 
-async def start_health(alerts: AlertConsumer, port: int) -> web.AppRunner | None:
-    """``/healthz`` (the poll loop is alive) and ``/metrics`` on ``port``; <0 disables."""
-    if port < 0:
-        return None
-
-    async def healthz(_: web.Request) -> web.Response:
-        ok = alerts.healthy()
-        return web.json_response({"healthy": ok}, status=200 if ok else 503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, alerts.settings.bind_host, port).start()
-    return runner
-
-
 async def serve(settings: Settings, urls: list[str], health_port: int) -> int:
     alerts = AlertConsumer(settings, urls)
     stop = asyncio.Event()
-    runner = await start_health(alerts, health_port)
+    # /healthz: the poll loop is alive (AlertConsumer.healthy reads one float the loop writes)
+    server = health.start(settings, health_port, METRICS, live=alerts.healthy)
     log.info("alerts: %s → %s", alerts.topic, ", ".join(redact(u) for u in urls))
     try:
         with stop_on_signals(stop.set, loop=asyncio.get_running_loop()):
@@ -421,8 +415,8 @@ async def serve(settings: Settings, urls: list[str], health_port: int) -> int:
         log.error("%s", exc)
         return 1
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            server.stop()
     log.info("alerts: %d delivered, %d dead-lettered", alerts.delivered, alerts.dead_lettered)
     return 0
 
