@@ -1,10 +1,12 @@
-"""``python -m pulse.processors``: the same as ``pulse worker``."""
+"""``python -m pulse.processors ARGS``: the same as ``pulse worker ARGS``.
 
+Kept for what starts stages this way (the processor tests' harness, the benchmarks). The
+process becomes ``python -m pulse.cli worker ARGS`` (same pid, so signals still reach it);
+the stages never import the CLI.
+"""
+
+import os
 import sys
 
-from pulse.processors.worker import main
-
-from pulse.settings import Settings
-
 if __name__ == "__main__":
-    sys.exit(main(Settings.from_env(), sys.argv[1:]))
+    os.execv(sys.executable, [sys.executable, "-m", "pulse.cli", "worker", *sys.argv[1:]])

@@ -20,11 +20,8 @@ to do. SIGTERM/SIGINT finish the batch, flush, commit, close and exit 0.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +40,7 @@ from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
 
 from pulse import health, kafka
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.settings import Settings
 
 log = logging.getLogger("pulse.processors.fanout")
@@ -789,40 +787,38 @@ def _names(keys: list[RawPartition]) -> str:
 # --- entry point -----------------------------------------------------------------------------
 
 
-def parser(settings: Settings) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="pulse worker --stage fan-out",
-        description="Read the raw topics, write one mention batch per symbol partition per "
-        "batch, with the reading progress of every raw partition (processors/fanout.py).",
-    )
-    ap.add_argument("--instance-id", default=socket.gethostname(),
-                    help="stable name of this instance, unique among running fan-outs; "
-                    "exactly_once derives the transactional id from it (default: host name)")
-    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                    help="records per consume() (default %(default)s)")
-    ap.add_argument("--port", type=int, default=settings.fan_out_port,
-                    help="/metrics and /healthz port; 0 picks one, -1 none "
-                    "(default PULSE_FAN_OUT_PORT=%(default)s)")
-    return ap
+def run(
+    settings: Settings,
+    *,
+    instance_id: str | None = None,
+    batch_size: int | None = None,
+    port: int | None = None,
+) -> int:
+    """Run the fan-out stage until SIGTERM/SIGINT; the exit code.
 
-
-def main(settings: Settings, argv: list[str]) -> int:
-    """Run the fan-out stage until SIGTERM/SIGINT; the exit code."""
-    args = parser(settings).parse_args(argv)
-    if not logging.getLogger().handlers:  # run on its own (the supervisor's child, -m)
+    :param instance_id: stable name, unique among running fan-outs; exactly_once derives the
+        transactional id from it (None: the host name).
+    :param batch_size: records per consume() (None: :data:`BATCH_SIZE`).
+    :param port: /metrics and /healthz (None: ``PULSE_FAN_OUT_PORT``; 0 picks one; -1 none).
+    """
+    if not logging.getLogger().handlers:  # run on its own, not under the pulse command
         logging.basicConfig(level=settings.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = Stop()
+    with stop_on_signals(stop):  # from the start: a SIGTERM while connecting is a clean stop
+        return _run(settings, stop, instance_id or socket.gethostname(), batch_size or BATCH_SIZE,
+                    settings.fan_out_port if port is None else port)
+
+
+def _run(settings: Settings, stop: Stop, instance_id: str, batch_size: int, port: int) -> int:
     try:
-        fan = FanOut(settings, instance_id=args.instance_id, batch_size=args.batch_size)
+        fan = FanOut(settings, instance_id=instance_id, batch_size=batch_size)
     except KafkaException as exc:
         log.error("fan-out: bad Kafka configuration: %s", exc)
         return 2
-    server = health.start(settings, args.port, fan.metrics, live=fan.health)
+    server = health.start(settings, port, fan.metrics, live=fan.health)
     try:
-        code = fan.run(stop)
+        code = fan.run(stop.event)
     except Fatal as exc:
         log.error("fan-out stopped: %s", exc)
         code = exc.code
@@ -832,7 +828,3 @@ def main(settings: Settings, argv: list[str]) -> int:
             server.stop()
     log.info("fan-out exited (%d)", code)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main(Settings.from_env(), sys.argv[1:]))

@@ -12,8 +12,8 @@ Nothing heavy is imported here: the supervisor and the fan-out never load faust.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
 from pulse.processors.supervisor import FATAL
 from pulse.processors.windows import window_config
@@ -36,8 +36,6 @@ def prepare(settings: Settings) -> None:
         serde.register(spec)
 
 
-
-
 def _preflight(settings: Settings, stage: str | None, *, create: bool) -> None:
     """Topics and schemas (if ``create``); before faust starts, whether the cluster takes the
     credentials at all.
@@ -52,39 +50,56 @@ def _preflight(settings: Settings, stage: str | None, *, create: bool) -> None:
         check_credentials(settings)
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    """``pulse worker``: create topics, register schemas, run one stage or both."""
-    parser = argparse.ArgumentParser(
-        prog="pulse worker",
-        description="Run the processing stages: raw topics → fan-out → mention batches → "
-        "signals (windowed volume, sentiment, spikes, late events). Without --stage both run, "
-        "as two child processes. Configured by PULSE_* variables.",
-    )
-    parser.add_argument("--stage", choices=STAGES,
-                        help="run one stage in this process (deployments scale each on its own)")
-    parser.add_argument("--no-prepare", action="store_true",
-                        help="do not create topics / register schemas first")
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.stage != "fan-out":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+@dataclass(frozen=True)
+class FanOutOptions:
+    """The fan-out stage's own options (``pulse worker --stage fan-out``).
+
+    :param instance_id: stable name, unique among running fan-outs (None: the host name).
+    :param batch_size: records per consume() (None: :data:`processors.fanout.BATCH_SIZE`).
+    :param port: /metrics and /healthz (None: ``PULSE_FAN_OUT_PORT``; 0 picks one; -1 none).
+    """
+
+    instance_id: str | None = None
+    batch_size: int | None = None
+    port: int | None = None
+
+
+def stage_command(stage: str) -> list[str]:
+    """How the supervisor starts one stage: ``pulse worker --stage STAGE --no-prepare``."""
+    return [sys.executable, "-m", "pulse.cli", "worker", "--stage", stage, "--no-prepare"]
+
+
+def run(
+    settings: Settings,
+    stage: str | None = None,
+    *,
+    prepare_first: bool = True,
+    fan_out: FanOutOptions = FanOutOptions(),
+) -> int:
+    """``pulse worker``: create topics, register schemas, run one stage or both (as two
+    supervised child processes); the exit code (:data:`FATAL`: cannot run as configured).
+
+    :param prepare_first: create the topics and register the schemas first.
+    """
     try:
         window_config(settings)  # a configuration no stage can run: say so once, exit 2
     except ValueError as exc:
         print(f"pulse worker: {exc}", file=sys.stderr)
         return FATAL
     try:
-        _preflight(settings, args.stage, create=not args.no_prepare)
+        _preflight(settings, stage, create=prepare_first)
     except AuthenticationFailed as exc:  # one line, and an exit the supervisor won't restart
         print(f"pulse worker: {exc}", file=sys.stderr)
         return FATAL
-    if args.stage == "fan-out":
+    if stage == "fan-out":
         from pulse.processors import fanout
 
-        return fanout.main(settings, rest)  # its own options: pulse worker --stage fan-out -h
-    if args.stage == "signals":
+        return fanout.run(settings, instance_id=fan_out.instance_id,
+                          batch_size=fan_out.batch_size, port=fan_out.port)  # fmt: skip
+    if stage == "signals":
         from pulse.processors.app import build, run
 
         return run(build(settings), settings.log_level)
     from pulse.processors.supervisor import supervise
 
-    return supervise([["--stage", stage, "--no-prepare"] for stage in STAGES])
+    return supervise({name: stage_command(name) for name in STAGES})

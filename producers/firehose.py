@@ -10,10 +10,8 @@ were written just before a crash, so a restart neither skips nor repeats an even
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +47,7 @@ from pulse.schemas.topics import (
 )
 
 from pulse.backoff import Backoff
+from pulse.lifecycle import stop_on_signals
 from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -380,29 +379,24 @@ class FirehoseClient:
 # --- entry points ---------------------------------------------------------------------------
 
 
-def _parser(stream: Stream) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=f"pulse produce {'firehose' if stream is STREAM else 'sentiment'}",
-        description=f"Stream Firehose /{stream.path} into Kafka "
-        f"({', '.join(s.name for s in stream.topics)}), resuming from the checkpoint in Kafka. "
-        "Credentials: PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD.",
-    )
-    p.add_argument("--from-seq-id", help="resume after this seq_id instead of the checkpoint")
-    p.add_argument("--no-resume", action="store_true", help="ignore the checkpoint: live edge")
-    p.add_argument("--max-events", type=int, help="stop after this many events (demos, tests)")
-    p.add_argument(
-        "--checkpoint-interval",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="seconds between checkpoint writes (default 1)",
-    )
-    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
-    return p
+def run_stream(
+    settings: Settings,
+    stream: Stream,
+    *,
+    from_seq_id: str | None = None,
+    no_resume: bool = False,
+    max_events: int | None = None,
+    checkpoint_interval_s: float = 1.0,
+    metrics_port: int | None = None,
+) -> int:
+    """``pulse produce firehose`` (``STREAM``) or ``sentiment`` (``SENTIMENT``): the stream
+    into Kafka until stopped; the exit code.
 
-
-def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
-    args = _parser(stream).parse_args(argv)
+    :param from_seq_id: resume after this seq_id instead of the checkpoint.
+    :param no_resume: ignore the checkpoint: start at the live edge.
+    :param max_events: stop after this many events (None: never).
+    :param metrics_port: None: ``PULSE_METRICS_PORT``; -1: none.
+    """
     if problem := userinfo_error("PULSE_FIREHOSE_URL", settings.firehose_url):
         print(f"pulse produce: {problem}", file=sys.stderr)
         return 2
@@ -410,10 +404,10 @@ def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
 
     ensure_topics(settings, (*stream.topics, CHECKPOINTS, DEAD_LETTER))
     publisher = Publisher(settings, stream.source)
-    if args.no_resume:
+    if no_resume:
         resume = Resume()
-    elif args.from_seq_id:
-        resume = Resume(args.from_seq_id)
+    elif from_seq_id:
+        resume = Resume(from_seq_id)
     else:
         resume = recover(settings, stream, publisher.serde)
     client = FirehoseClient(
@@ -421,17 +415,15 @@ def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
         stream,
         publisher,
         resume=resume,
-        checkpoint_interval_s=args.checkpoint_interval,
-        max_events=args.max_events,
+        checkpoint_interval_s=checkpoint_interval_s,
+        max_events=max_events,
     )
-    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    port = settings.metrics_port if metrics_port is None else metrics_port
     server = metrics.serve(settings, port, client.health)
 
     async def go() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, client.stop)
-        await client.run()
+        with stop_on_signals(client.stop, loop=asyncio.get_running_loop()):
+            await client.run()
 
     try:
         asyncio.run(go())
@@ -443,13 +435,3 @@ def run_stream(settings: Settings, stream: Stream, argv: list[str]) -> int:
             server.stop()
     log.info("/%s stopped: %s", stream.path, client.health())
     return 0 if publisher.failed == 0 else 1
-
-
-def main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce firehose``: Firehose /stream → messages, likes, social topics."""
-    return run_stream(settings, STREAM, argv)
-
-
-def sentiment_main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce sentiment``: Firehose /sentiment → stocktwits.sentiment."""
-    return run_stream(settings, SENTIMENT, argv)

@@ -9,10 +9,8 @@ What was already written is read back from Kafka at start, so a restart does not
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections import OrderedDict
@@ -36,6 +34,7 @@ from pulse.producers.upstream import FatalUpstreamError, userinfo_error
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
 
 from pulse.backoff import Backoff, retry_after_s, throttle_s
+from pulse.lifecycle import stop_on_signals
 from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -400,15 +399,10 @@ class RestPoller:
 # --- entry points ---------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--once", action="store_true", help="one round, then exit")
-    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
-
-
 def _serve(
     settings: Settings,
     source: str,
-    argv_port: int | None,
+    metrics_port: int | None,
     body: Callable[[Publisher, Http, asyncio.Event], Awaitable[None]],
 ) -> int:
     """Topics, publisher, HTTP session, metrics, signals, flush: the frame every poller shares."""
@@ -426,17 +420,15 @@ def _serve(
             **publisher.stats(),
         }
 
-    port = settings.metrics_port if argv_port is None else argv_port
+    port = settings.metrics_port if metrics_port is None else metrics_port
     server = metrics.serve(settings, port, health)
 
     async def go() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         timeout = aiohttp.ClientTimeout(total=60, sock_read=45)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            await body(publisher, Http(session, source, stop, reject=publisher.reject), stop)
+        with stop_on_signals(stop.set, loop=asyncio.get_running_loop()):
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                await body(publisher, Http(session, source, stop, reject=publisher.reject), stop)
 
     try:
         asyncio.run(go())
@@ -451,59 +443,63 @@ def _serve(
     return 0 if publisher.failed == 0 else 1
 
 
-def trending_main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce trending``: trending-symbols snapshots → stocktwits.trending."""
-    p = argparse.ArgumentParser(
-        prog="pulse produce trending",
-        description="Poll the trending-symbols API (X-API-Key from "
-        "PULSE_TRENDING_API_KEY) into stocktwits.trending.",
-    )
-    p.add_argument(
-        "--class", dest="asset_class", default="all", choices=["all", "equity", "crypto"]
-    )
-    p.add_argument("--region", choices=["US", "CA", "X"])
-    p.add_argument("--limit", type=int, default=30, help="rows per page, at most 30")
-    p.add_argument("--interval", type=float, help="seconds, default PULSE_TRENDING_INTERVAL_S")
-    _common(p)
-    args = p.parse_args(argv)
+def run_trending(
+    settings: Settings,
+    *,
+    asset_class: str = "all",
+    region: str | None = None,
+    limit: int = 30,
+    interval_s: float | None = None,
+    once: bool = False,
+    metrics_port: int | None = None,
+) -> int:
+    """``pulse produce trending``: trending-symbols snapshots → stocktwits.trending.
+
+    :param interval_s: between rounds (None: ``PULSE_TRENDING_INTERVAL_S``).
+    :param once: one round, then return.
+    :param metrics_port: None: ``PULSE_METRICS_PORT``; -1: none.
+    """
 
     async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
         poller = TrendingPoller(
-            settings,
-            publisher,
-            http,
-            asset_class=args.asset_class,
-            region=args.region,
-            limit=args.limit,
+            settings, publisher, http, asset_class=asset_class, region=region, limit=limit
         )
-        if args.once:
+        if once:
             await poller.poll_once()
         else:
-            await _run_every(args.interval or settings.trending_interval_s, stop, poller.poll_once)
+            await _run_every(interval_s or settings.trending_interval_s, stop, poller.poll_once)
 
-    return _serve(settings, "trending", args.metrics_port, body)
+    return _serve(settings, "trending", metrics_port, body)
 
 
-def chart_main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce chart``: sentiment-chart v2 points → stocktwits.sentiment-chart."""
-    p = argparse.ArgumentParser(
-        prog="pulse produce chart",
-        description="Poll the sentiment-chart v2 API (basic auth: "
-        "PULSE_FIREHOSE_USERNAME / PULSE_FIREHOSE_PASSWORD); only points "
-        "newer than those already in Kafka are written.",
-    )
-    p.add_argument("--symbols", help="comma-separated; default PULSE_CHART_SYMBOLS")
-    p.add_argument("--zoom", choices=["1D", "1W", "1M", "3M", "6M", "1Y", "ALL"])
-    p.add_argument("--interval", type=float, default=300.0, help="seconds (default 300)")
-    _common(p)
-    args = p.parse_args(argv)
-    symbols = [s.strip() for s in (args.symbols or settings.chart_symbols).split(",") if s.strip()]
-    if not symbols:
-        p.error("no symbols: pass --symbols or set PULSE_CHART_SYMBOLS")
+def _refused(kind: str, problem: str) -> int:
+    """A configuration this poller cannot start with: one line, exit 2."""
+    print(f"pulse produce {kind}: {problem}", file=sys.stderr)
+    return 2
+
+
+def run_chart(
+    settings: Settings,
+    *,
+    symbols: str | None = None,
+    zoom: str | None = None,
+    interval_s: float = 300.0,
+    once: bool = False,
+    metrics_port: int | None = None,
+) -> int:
+    """``pulse produce chart``: sentiment-chart v2 points → stocktwits.sentiment-chart.
+
+    :param symbols: comma-separated (None: ``PULSE_CHART_SYMBOLS``).
+    :param zoom: chart range (None: ``PULSE_CHART_ZOOM``).
+    """
+    wanted = [s.strip() for s in (symbols or settings.chart_symbols).split(",") if s.strip()]
+    if not wanted:
+        return _refused("chart", "no symbols: pass --symbols or set PULSE_CHART_SYMBOLS")
     if problem := userinfo_error("PULSE_CHART_URL", settings.chart_url):
-        p.error(problem)
-    if bad := [s for s in symbols if not parse.valid_symbol(s)]:
-        p.error(f"not a symbol: {', '.join(repr(s[:40]) for s in bad)} (see producers/parse.py)")
+        return _refused("chart", problem)
+    if bad := [s for s in wanted if not parse.valid_symbol(s)]:
+        names = ", ".join(repr(s[:40]) for s in bad)
+        return _refused("chart", f"not a symbol: {names} (see producers/parse.py)")
 
     async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
         keys = await asyncio.to_thread(written_keys, settings, SENTIMENT_CHART)
@@ -511,61 +507,53 @@ def chart_main(settings: Settings, argv: list[str]) -> int:
             settings,
             publisher,
             http,
-            symbols,
-            args.zoom or settings.chart_zoom,
+            wanted,
+            zoom or settings.chart_zoom,
             latest=ChartPoller.latest_from_keys(keys),
         )
-        if args.once:
+        if once:
             await poller.poll_once()
         else:
-            await _run_every(args.interval, stop, poller.poll_once)
+            await _run_every(interval_s, stop, poller.poll_once)
 
-    return _serve(settings, "chart", args.metrics_port, body)
+    return _serve(settings, "chart", metrics_port, body)
 
 
-def rest_main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce rest``: REST API v2 streams → stocktwits.messages (origin rest)."""
-    p = argparse.ArgumentParser(
-        prog="pulse produce rest",
-        description="Poll REST API v2 streams into stocktwits.messages, "
-        "the same records as the Firehose; ids already on the topic are "
-        "skipped. Optional bearer token: PULSE_REST_TOKEN.",
-    )
-    p.add_argument("--streams", help="e.g. trending,all,symbol:AAPL; default PULSE_REST_STREAMS")
-    p.add_argument(
-        "--min-interval",
-        type=float,
-        help="least seconds between requests (default 18, 9 with a token: the "
-        "hourly limits of 200 / 400 requests)",
-    )
-    p.add_argument(
-        "--dedup-window",
-        type=float,
-        default=3600.0,
-        help="seconds of the messages topic read back at start for ids already "
-        "written (default 3600)",
-    )
-    _common(p)
-    args = p.parse_args(argv)
-    streams = (args.streams or settings.rest_streams).split(",")
-    for spec in streams:  # `symbol:X` becomes a URL path segment
+def run_rest(
+    settings: Settings,
+    *,
+    streams: str | None = None,
+    min_interval_s: float | None = None,
+    dedup_window_s: float = 3600.0,
+    once: bool = False,
+    metrics_port: int | None = None,
+) -> int:
+    """``pulse produce rest``: REST API v2 streams → stocktwits.messages (origin rest).
+
+    :param streams: e.g. ``trending,all,symbol:AAPL`` (None: ``PULSE_REST_STREAMS``).
+    :param min_interval_s: least seconds between requests (None: 18, 9 with a token).
+    :param dedup_window_s: seconds of the messages topic read back at start for ids
+        already written.
+    """
+    names = (streams or settings.rest_streams).split(",")
+    for spec in names:  # `symbol:X` becomes a URL path segment
         arg = spec.strip().partition(":")[2]
         if arg and not parse.valid_symbol(arg):
-            p.error(f"{spec.strip()[:60]!r}: not a symbol (see producers/parse.py)")
-    interval = args.min_interval  # 0 is a valid choice (a fake upstream), not "unset"
+            return _refused("rest", f"{spec.strip()[:60]!r}: not a symbol (see producers/parse.py)")
+    interval = min_interval_s  # 0 is a valid choice (a fake upstream), not "unset"
     if interval is None:
         interval = 9.0 if settings.rest_token else 18.0
 
     async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
         seen = SeenIds()
-        since_ms = now_ms() - int(args.dedup_window * 1000)
+        since_ms = now_ms() - int(dedup_window_s * 1000)
         for key in await asyncio.to_thread(written_keys, settings, MESSAGES, since_ms):
             if key.isdigit():
                 seen.add(int(key))
-        poller = RestPoller(settings, publisher, http, streams, seen=seen, min_interval_s=interval)
-        if args.once:
+        poller = RestPoller(settings, publisher, http, names, seen=seen, min_interval_s=interval)
+        if once:
             await poller.poll_once()
         else:
             await _run_every(0.0, stop, poller.poll_once)
 
-    return _serve(settings, "rest", args.metrics_port, body)
+    return _serve(settings, "rest", metrics_port, body)

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import confluent_kafka as ck
@@ -372,36 +369,6 @@ class Publisher:
             "dead_lettered": self.dead_lettered,
             "queued": len(self.producer),
         }
-
-
-class Stop:
-    """Set by SIGTERM/SIGINT; long-running loops check it and then flush and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __bool__(self) -> bool:
-        return self.event.is_set()
-
-    def set(self, *_: Any) -> None:
-        if not self.event.is_set():
-            log.info("stop requested: finishing in-flight records")
-        self.event.set()
-
-    def sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; True if stopped."""
-        return self.event.wait(max(0.0, seconds))
-
-
-@contextmanager
-def handle_signals(stop: Stop) -> Iterator[Stop]:
-    """Route SIGTERM and SIGINT to ``stop`` for the duration (main thread only)."""
-    previous = {s: signal.signal(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def now_ms() -> int:

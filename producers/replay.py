@@ -12,7 +12,6 @@ time with the original gaps. Formats are recognised by content:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -24,9 +23,10 @@ from pathlib import Path
 
 from pulse.producers import metrics, parse
 from pulse.producers.parse import Parsed, ParseError
-from pulse.producers.publish import Publisher, Stop, handle_signals
+from pulse.producers.publish import Publisher
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
 
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -191,40 +191,31 @@ def replay(
     return published
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce replay FILE…``: captured files → the raw topics."""
-    p = argparse.ArgumentParser(
-        prog="pulse produce replay",
-        description="Replay Firehose JSONL captures, REST API JSON responses and history CSV "
-        "files (optionally .gz) into Kafka, in event-time order, duplicates removed.",
-    )
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument(
-        "--speed",
-        type=float,
-        default=0.0,
-        help="×N real time, keeping the gaps between events; 0 = as fast as possible",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
-    args = p.parse_args(argv)
+def run(
+    settings: Settings,
+    files: list[Path],
+    *,
+    speed: float = 0.0,
+    progress: bool = True,
+    metrics_port: int | None = None,
+) -> int:
+    """``pulse produce replay FILE…``: captured files → the raw topics; the exit code.
+
+    :param speed: ×N real time; 0 publishes as fast as the producer takes them.
+    :param metrics_port: None: ``PULSE_METRICS_PORT``; -1: none.
+    """
     from pulse.schemas.admin import ensure_topics
 
-    missing = [str(f) for f in args.files if not f.is_file()]
-    if missing:
-        p.error(f"no such file: {', '.join(missing)}")
-    items, duplicates = load(args.files)
+    items, duplicates = load(files)
     specs = {i.parsed.spec for i in items if i.parsed is not None}
     ensure_topics(settings, (*specs, DEAD_LETTER))
     publisher = Publisher(settings, "replay")
-    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    port = settings.metrics_port if metrics_port is None else metrics_port
     server = metrics.serve(settings, port, lambda: {"healthy": True, **publisher.stats()})
     stop = Stop()
-    with handle_signals(stop):
+    with stop_on_signals(stop):
         started = time.monotonic()
-        published = replay(
-            publisher, items, speed=args.speed, stop=stop, progress=not args.no_progress
-        )
+        published = replay(publisher, items, speed=speed, stop=stop, progress=progress)
         left = publisher.flush(120)
     if server is not None:
         server.stop()
@@ -233,7 +224,7 @@ def main(settings: Settings, argv: list[str]) -> int:
         "replayed %d record(s) from %d file(s) in %.1fs (%d duplicate(s) dropped, %d dead "
         "letter(s))",
         published,
-        len(args.files),
+        len(files),
         took,
         duplicates,
         publisher.dead_lettered,

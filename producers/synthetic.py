@@ -9,7 +9,6 @@ Messages are shaped like upstream JSON and go through :mod:`producers.parse` lik
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import itertools
 import math
@@ -21,9 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pulse.producers import metrics, parse
-from pulse.producers.publish import Publisher, Stop, handle_signals, now_ms
+from pulse.producers.publish import Publisher, now_ms
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
 
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.settings import Settings
 
 HEAD = [
@@ -180,43 +180,29 @@ def envelopes(messages: Iterator[dict[str, Any]], first_seq: int = 10**20) -> It
         )
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    """``pulse produce synthetic``: a generated message stream → stocktwits.messages."""
-    p = argparse.ArgumentParser(
-        prog="pulse produce synthetic",
-        description="Generate Stocktwits-like messages (Zipf popularity, daily rhythm, bursts, "
-        "labelled sentiment, multi-symbol messages) into stocktwits.messages, origin synthetic.",
-    )
-    p.add_argument("--count", type=int, help="stop after this many messages (default: forever)")
-    p.add_argument("--rate", type=float, default=20.0, help="messages/s of stream time, daily avg")
-    p.add_argument(
-        "--speed", type=float, default=1.0, help="stream time ×N wall time; 0 = as fast as possible"
-    )
-    p.add_argument("--symbols", type=int, default=500)
-    p.add_argument(
-        "--burst",
-        action="append",
-        default=[],
-        metavar="SYM@START+DURxMULT",
-        help="e.g. GME@600+300x20: GME from 600 s for 300 s at ×20 (repeatable)",
-    )
-    p.add_argument("--start", help="stream start, ISO-8601 UTC (default: now)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--jsonl", metavar="FILE", help="write Firehose JSON lines here, not Kafka")
-    p.add_argument("--metrics-port", type=int, help="default PULSE_METRICS_PORT; -1 disables")
-    args = p.parse_args(argv)
-    start_ms = parse.timestamp_ms(args.start) if args.start else now_ms()
-    config = Config(
-        symbols=args.symbols,
-        rate_per_s=args.rate,
-        seed=args.seed,
-        bursts=tuple(Burst.parse(b) for b in args.burst),
-    )
+def run(
+    settings: Settings,
+    config: Config,
+    *,
+    count: int | None = None,
+    speed: float = 1.0,
+    start: str | None = None,
+    jsonl: str | None = None,
+    metrics_port: int | None = None,
+) -> int:
+    """``pulse produce synthetic``: a generated message stream → stocktwits.messages (or
+    Firehose JSON lines in the file ``jsonl``); the exit code.
+
+    :param count: stop after this many messages (None: never).
+    :param speed: stream time ×N wall time; 0 = as fast as possible.
+    :param start: stream start, ISO-8601 UTC (None: now).
+    """
+    start_ms = parse.timestamp_ms(start) if start else now_ms()
     messages = iter(Generator(config, start_ms))
-    if args.count is not None:
-        messages = itertools.islice(messages, args.count)
-    if args.jsonl:
-        with open(args.jsonl, "wb") as out:
+    if count is not None:
+        messages = itertools.islice(messages, count)
+    if jsonl:
+        with open(jsonl, "wb") as out:
             for line in envelopes(messages):
                 out.write(line + b"\n")
         return 0
@@ -224,15 +210,15 @@ def main(settings: Settings, argv: list[str]) -> int:
 
     ensure_topics(settings, (MESSAGES, DEAD_LETTER))
     publisher = Publisher(settings, "synthetic")
-    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    port = settings.metrics_port if metrics_port is None else metrics_port
     server = metrics.serve(settings, port, lambda: {"healthy": True, **publisher.stats()})
     stop = Stop()
     wall0 = time.monotonic()
     n = 0
-    with handle_signals(stop):
+    with stop_on_signals(stop):
         for n, m in enumerate(messages, 1):  # noqa: B007 - n is the count afterwards
-            if args.speed > 0:
-                due = wall0 + (parse.timestamp_ms(m["created_at"]) - start_ms) / 1000 / args.speed
+            if speed > 0:
+                due = wall0 + (parse.timestamp_ms(m["created_at"]) - start_ms) / 1000 / speed
                 if stop.sleep(due - time.monotonic()):
                     break
             if stop:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.text import Text
 
+from pulse.cli.common import Subcommands, command
+from pulse.cli.consume import window_ms
+from pulse.lifecycle import Child, Stop, signals_ignored, stop_on_signals
 from pulse.settings import Settings
 
 if TYPE_CHECKING:
@@ -78,186 +80,157 @@ def child_env(base: dict[str, str], settings: Settings) -> dict[str, str]:
     }
 
 
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout_s: float) -> int:
-        """SIGTERM to the child's process group, SIGKILL after ``timeout_s``; returns its code."""
-        if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        _signal_group(self.proc.pid, signal.SIGKILL)  # anything it started and left behind
-        return int(self.proc.returncode)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Child:
     """Run ``pulse ARGV…`` in its own process group, output to ``log_dir/NAME.log``."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    out: IO[bytes] = log_path.open("wb")
     # own process group: the terminal's Ctrl-C reaches only us, and we stop children in order
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pulse.cli", *argv],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    out.close()
-    return Child(name, proc, log_path)
+    return Child(name, [sys.executable, "-m", "pulse.cli", *argv], env=env,
+                 log_path=log_dir / f"{name}.log", own_group=True).start()  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse demo",
+def register(sub: Subcommands) -> None:
+    p = command(
+        sub, "demo", _demo, summary="the whole pipeline locally, with a live view",
         description="Embedded Kafka + registry, topics, the worker, a producer and the "
         "live board, in one command. Ctrl-C stops everything.",
-    )
-    p.add_argument(
-        "--replay",
-        nargs="+",
-        metavar="PATH",
-        default=[],
-        help="replay captured files instead of the synthetic generator",
-    )
-    p.add_argument(
-        "--keep-stack", action="store_true", help="leave Kafka and the registry running afterwards"
-    )
-    p.add_argument(
-        "--no-stack",
-        action="store_true",
-        help="use the cluster of PULSE_BOOTSTRAP_SERVERS instead of the embedded one",
-    )
-    p.add_argument(
-        "--instance", default="default", help="embedded stack instance (default: default)"
-    )
-    p.add_argument(
-        "--speed",
-        type=float,
-        metavar="N",
-        help=f"synthetic or replayed stream time ×N (synthetic default {DEMO_SPEED:g})",
-    )
-    p.add_argument("--window", help="window size on the board, e.g. 1m (default: smallest)")
-    p.add_argument(
-        "--web", type=int, metavar="PORT", help="also serve the board as a web page on this port"
-    )
-    p.add_argument(
-        "--duration",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="stop by itself after S seconds (default: run until Ctrl-C)",
-    )
-    return p  # fmt: skip
+    )  # fmt: skip
+    p.add_argument("--replay", nargs="+", metavar="PATH", default=[],
+                   help="replay captured files instead of the synthetic generator")
+    p.add_argument("--keep-stack", action="store_true",
+                   help="leave Kafka and the registry running afterwards")
+    p.add_argument("--no-stack", action="store_true",
+                   help="use the cluster of PULSE_BOOTSTRAP_SERVERS instead of the embedded one")
+    p.add_argument("--instance", default="default",
+                   help="embedded stack instance (default: default)")
+    p.add_argument("--speed", type=float, metavar="N",
+                   help=f"synthetic or replayed stream time ×N (synthetic default {DEMO_SPEED:g})")
+    p.add_argument("--window", type=window_ms, metavar="DURATION",
+                   help="window size on the board, e.g. 1m (default: smallest)")
+    p.add_argument("--web", type=int, metavar="PORT",
+                   help="also serve the board as a web page on this port")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S",
+                   help="stop by itself after S seconds (default: run until Ctrl-C)")
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``pulse demo`` runs (its options, parsed)."""
+
+    replay: tuple[str, ...] = ()
+    keep_stack: bool = False
+    no_stack: bool = False
+    instance: str = "default"
+    speed: float | None = None
+    window_ms: int | None = None  # None: the smallest of PULSE_WINDOWS
+    web_port: int | None = None
+    duration_s: float = 0.0  # 0: until Ctrl-C
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    options = DemoOptions(replay=tuple(args.replay), keep_stack=args.keep_stack,
+                          no_stack=args.no_stack, instance=args.instance, speed=args.speed,
+                          window_ms=args.window, web_port=args.web,
+                          duration_s=args.duration)  # fmt: skip
+    return run(settings, options)
+
+
+def run(settings: Settings, options: DemoOptions) -> int:
+    """``pulse demo``: until Ctrl-C, SIGTERM, ``duration_s`` or a failed child; the exit code.
+    Whatever it started is stopped before it returns."""
     console = Console()
-    stop = threading.Event()
-    # SIGTERM stops like Ctrl-C; the board loop checks `stop` four times a second
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    started = time.monotonic()
-    stack = None
+    stop = Stop()
+    stack: LocalStack | None = None
     stop_stack = False
     children: list[Child] = []
-    code = 0
-    try:
-        if not args.no_stack:
-            from pulse.local.stack import LocalStack, StackError
-
-            stack = LocalStack.from_settings(settings, name=args.instance)
-            # decided before up(): a start that fails half-way must not leave a JVM behind
-            stop_stack = not args.keep_stack and not any(stack.running().values())
-            try:
-                endpoints = _start_stack(stack, console, args.instance)
-            except StackError as exc:
-                console.print(Text(f"pulse demo: {exc}", style="red"))
-                return 1
-            settings = settings.replace(
-                bootstrap_servers=endpoints.bootstrap_servers,
-                schema_registry_url=endpoints.schema_registry_url,
-            )
-        from pulse.schemas.admin import ensure_topics
-
-        settings = demo_settings(settings, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
-        created = ensure_topics(settings)
-        console.print(
-            f"Kafka {settings.bootstrap_servers} · registry {settings.schema_registry_url}"
-            f" · topics {settings.topic('*')}: {len(created)} created"
-        )
-        arrivals = FirstArrivals(settings, started)
-        threading.Thread(target=arrivals.run, args=(stop,), daemon=True).start()
-        env = child_env(dict(os.environ), settings)
-        log_dir = settings.local_home_path / "demo-logs"
-        children.append(spawn("worker", ["worker"], env, log_dir))
-        produce = producer_command(settings, args.replay, args.speed)
-        children.append(spawn("producer", produce, env, log_dir))
-        console.print(f"worker and `pulse {' '.join(produce)}` started; logs in {log_dir}")
-        watcher = threading.Thread(target=_watch, args=(children, stop, args.duration), daemon=True)
-        watcher.start()
-        from pulse.consumers.board import default_window_ms, duration_ms, run
-        from pulse.consumers.kafka_errors import ReaderFailed
-
-        window = duration_ms(args.window) if args.window else default_window_ms(settings.windows)
-        # until Ctrl-C or stop
+    started = time.monotonic()
+    # SIGTERM stops like Ctrl-C (a KeyboardInterrupt, which also cuts a stack start short);
+    # the board loop checks `stop` four times a second
+    with stop_on_signals(stop, signals=(signal.SIGTERM,)):
         try:
-            board = run(settings, window_ms=window, stop=stop, console=console,
-                        web_port=args.web)  # fmt: skip
-        except ReaderFailed as exc:
-            console.print(Text(f"pulse demo: {exc}", style="red"))
-            return 1
-        if not console.is_terminal:
-            console.line()  # the board's last frame, printed as text, ends mid-line
-        console.print(summary(board))
-        console.print(arrivals.line())
-        failed = [c for c in children if c.proc.poll() not in (None, 0)]
-        for c in failed:
-            # log lines are text: "[…]" in them must not be read as markup
-            console.print(Text(f"{c.name} exited with {c.proc.returncode}", style="red"),
-                          Text(f"; last lines of {c.log_path}:\n{c.tail()}"))  # fmt: skip
-        code = 1 if failed else 0
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop.set()
-        # a second Ctrl-C must not cut the clean-up short and leave a JVM or a child behind
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for child in reversed(children):  # producer first: the worker drains what it sent
-            rc = child.stop(STOP_TIMEOUT_S[child.name])
-            console.print(f"stopped {child.name} ({rc})")
-        if stack is not None and stop_stack:
-            stack.down()
-            console.print("stopped embedded Kafka + registry")
-        elif stack is not None:
-            console.print(
-                f"Kafka + registry still running: pulse local down --instance {args.instance}"
-            )
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-    return code
+            if not options.no_stack:
+                from pulse.local.stack import LocalStack, StackError
+
+                stack = LocalStack.from_settings(settings, name=options.instance)
+                # decided before up(): a start that fails half-way must not leave a JVM behind
+                stop_stack = not options.keep_stack and not any(stack.running().values())
+                try:
+                    endpoints = _start_stack(stack, console, options.instance)
+                except StackError as exc:
+                    console.print(Text(f"pulse demo: {exc}", style="red"))
+                    return 1
+                settings = settings.replace(
+                    bootstrap_servers=endpoints.bootstrap_servers,
+                    schema_registry_url=endpoints.schema_registry_url,
+                )
+            return _pipeline(settings, options, console, stop, children, started)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            stop.set()
+            # a second Ctrl-C must not cut the clean-up short and leave a JVM or a child behind
+            with signals_ignored():
+                _clean_up(children, stack if stop_stack else None, console)
+                if stack is not None and not stop_stack:
+                    console.print("Kafka + registry still running: "
+                                  f"pulse local down --instance {options.instance}")  # fmt: skip
+
+
+def _pipeline(
+    settings: Settings,
+    options: DemoOptions,
+    console: Console,
+    stop: Stop,
+    children: list[Child],
+    started: float,
+) -> int:
+    """Topics, the worker and a producer (into ``children``), the board until ``stop``, the
+    summary; 1 if a child failed."""
+    from pulse.consumers.board import default_window_ms
+    from pulse.consumers.board import run as board
+    from pulse.consumers.kafka_errors import ReaderFailed
+    from pulse.schemas.admin import ensure_topics
+
+    settings = demo_settings(settings, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    created = ensure_topics(settings)
+    console.print(
+        f"Kafka {settings.bootstrap_servers} · registry {settings.schema_registry_url}"
+        f" · topics {settings.topic('*')}: {len(created)} created"
+    )
+    arrivals = FirstArrivals(settings, started)
+    threading.Thread(target=arrivals.run, args=(stop.event,), daemon=True).start()
+    env = child_env(dict(os.environ), settings)
+    log_dir = settings.local_home_path / "demo-logs"
+    children.append(spawn("worker", ["worker"], env, log_dir))
+    produce = producer_command(settings, list(options.replay), options.speed)
+    children.append(spawn("producer", produce, env, log_dir))
+    console.print(f"worker and `pulse {' '.join(produce)}` started; logs in {log_dir}")
+    threading.Thread(target=_watch, args=(children, stop, options.duration_s), daemon=True).start()
+    window = options.window_ms or default_window_ms(settings.windows)
+    try:  # until Ctrl-C or stop
+        shown = board(settings, window_ms=window, stop=stop.event, console=console,
+                      web_port=options.web_port)  # fmt: skip
+    except ReaderFailed as exc:
+        console.print(Text(f"pulse demo: {exc}", style="red"))
+        return 1
+    if not console.is_terminal:
+        console.line()  # the board's last frame, printed as text, ends mid-line
+    console.print(summary(shown))
+    console.print(arrivals.line())
+    failed = [c for c in children if c.returncode not in (None, 0)]
+    for c in failed:
+        # log lines are text: "[…]" in them must not be read as markup
+        console.print(Text(f"{c.name} exited with {c.returncode}", style="red"),
+                      Text(f"; last lines of {c.log_path}:\n{c.tail()}"))  # fmt: skip
+    return 1 if failed else 0
+
+
+def _clean_up(children: list[Child], stack: LocalStack | None, console: Console) -> None:
+    """Stop the children (producer first: the worker drains what it sent), then ``stack``."""
+    for child in reversed(children):
+        rc = child.stop(STOP_TIMEOUT_S[child.name])
+        console.print(f"stopped {child.name} ({rc})")
+    if stack is not None:
+        stack.down()
+        console.print("stopped embedded Kafka + registry")
 
 
 def _start_stack(stack: LocalStack, console: Console, instance: str) -> Endpoints:
@@ -330,12 +303,12 @@ def summary(board: Board) -> Text:
     )
 
 
-def _watch(children: list[Child], stop: threading.Event, duration_s: float) -> None:
+def _watch(children: list[Child], stop: Stop, duration_s: float) -> None:
     """Stop the demo when a child fails (a producer that finished a replay is fine)."""
     deadline = time.monotonic() + duration_s if duration_s else None
     while not stop.wait(0.5):
         if deadline is not None and time.monotonic() >= deadline:
             stop.set()
         for c in children:
-            if c.proc.poll() not in (None, 0) or (c.name == "worker" and c.proc.poll() == 0):
+            if c.returncode not in (None, 0) or (c.name == "worker" and c.returncode == 0):
                 stop.set()

@@ -8,10 +8,7 @@ pulse.volume, pulse.sentiment and pulse.spikes and redraws once a second with ``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import re
-import sys
 import threading
 import time
 import uuid
@@ -25,27 +22,19 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
+from pulse.consumers.kafka_errors import ReaderErrors, partitions_of
 from pulse.consumers.records import printable
+from pulse.durations import format_duration_ms, parse_durations_ms
 from pulse.schemas import topics
 from pulse.settings import Settings
 
 Record = Mapping[str, Any]
 VOLUME, SENTIMENT, SPIKES = "volume", "sentiment", "spikes"
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def duration_ms(text: str) -> int:
-    """``"1m"`` → 60000; ``"90s"``, ``"1h"``, ``"250ms"`` alike."""
-    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)\s*", text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (e.g. 1m, 30s, 1h)")
-    return int(m.group(1)) * _UNITS_MS[m.group(2)]
 
 
 def default_window_ms(windows: str) -> int:
     """The smallest tumbling window of ``PULSE_WINDOWS``: the most 'current' view."""
-    return min(duration_ms(w) for w in windows.split(",") if w.strip())
+    return min(parse_durations_ms(windows))
 
 
 @dataclass(frozen=True)
@@ -200,13 +189,6 @@ def _hhmm(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
 
 
-def _size(ms: int) -> str:
-    for unit in ("d", "h", "m", "s"):
-        if ms % _UNITS_MS[unit] == 0:
-            return f"{ms // _UNITS_MS[unit]}{unit}"
-    return f"{ms}ms"
-
-
 def ratio_text(ratio: float | None, low: float | None, high: float | None) -> str:
     """``0.62 [0.48–0.74]``: the bullish share of labelled messages and its 95% interval."""
     if ratio is None:
@@ -232,7 +214,7 @@ def spike_window_text(spike: Record) -> str:
     """Start and length of what was tested: a SURGE may sum hours before its window."""
     end = int(spike["window_end_ms"])
     span = int(spike.get("span_ms") or spike["window_size_ms"])
-    return f"{_hhmm(end - span)} {_size(span)}"
+    return f"{_hhmm(end - span)} {format_duration_ms(span)}"
 
 
 def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
@@ -242,7 +224,7 @@ def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
     ``[link=…]`` is shown as written, and control characters (ESC) are removed.
     """
     newest = newest_window_ms(board)
-    size = _size(board.window_ms)
+    size = format_duration_ms(board.window_ms)
     if newest is None:
         head = Text(f"stocktwits-pulse · {size} windows · waiting for the first closed window…")
     else:
@@ -367,8 +349,8 @@ def waiting_for(board: Board, progress: Progress) -> tuple[str, str] | None:
             got = f"{before[2]} {before[1]} in, " if before and before[2] else ""
             return who, f"waiting for the {who}: {got}no {what} yet"
     return "window", (
-        f"waiting for the first {_size(board.window_ms)} window to close: it closes once "
-        "event time passes its end plus the grace period"
+        f"waiting for the first {format_duration_ms(board.window_ms)} window to close: it "
+        "closes once event time passes its end plus the grace period"
     )
 
 
@@ -589,30 +571,3 @@ def run(
         if stop_web is not None:
             stop_web()
     return reader.board
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pulse board", description="Live board of the signals.")
-    p.add_argument("--window", help="window size to show, e.g. 1m (default: smallest)")
-    p.add_argument("--top", type=int, default=15, help="symbols to show (default 15)")
-    p.add_argument("--lookback", type=float, default=3600.0, metavar="S",
-                   help="read records from S seconds ago (default 3600)")  # fmt: skip
-    p.add_argument("--web", type=int, metavar="PORT", help="also serve the board as a web page")
-    p.add_argument("--web-host", default="127.0.0.1", help="address of the web page")
-    return p
-
-
-def main(settings: Settings, argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    window = duration_ms(args.window) if args.window else None
-    try:
-        run(settings, window_ms=window, top=args.top, lookback_s=args.lookback,
-            web_port=args.web, web_host=args.web_host)  # fmt: skip
-    except ReaderFailed as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(Settings.from_env(), sys.argv[1:]))

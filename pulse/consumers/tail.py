@@ -2,60 +2,45 @@
 
 from __future__ import annotations
 
-import argparse
-import signal
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
 from pulse.consumers.records import Meta, json_line, key_text, quiet_http_logs
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.schemas.serde import Serde
-from pulse.schemas.topics import ALL, by_name
+from pulse.schemas.topics import by_name
 from pulse.settings import Settings
 
 
-def build_parser() -> argparse.ArgumentParser:
-    known = ", ".join(spec.name for spec in ALL)
-    p = argparse.ArgumentParser(
-        prog="pulse tail",
-        description="Print a topic's records as JSON lines: "
-        '{"topic","partition","offset","timestamp_ms","key","value"}.',
-        epilog=f"Topics (the configured PULSE_TOPIC_PREFIX is added): {known}",
-    )
-    p.add_argument("topic", help="topic name, with or without the prefix")
-    p.add_argument(
-        "--from-beginning",
-        action="store_true",
-        help="start at the oldest record (default: only new records)",
-    )
-    p.add_argument(
-        "--key",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="print only records with this key (repeatable), e.g. --key AAPL",
-    )
-    p.add_argument("--max", type=int, default=0, metavar="N", help="stop after N records")
-    p.add_argument(
-        "--idle-exit",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="stop after S seconds without a new record (default: never)",
-    )
-    p.add_argument("--value-only", action="store_true", help="print only the decoded value")
-    return p  # fmt: skip
+@dataclass(frozen=True)
+class TailOptions:
+    """Which records ``pulse tail`` prints, and when it stops.
+
+    :param keys: only records with one of these keys (empty: all).
+    :param max_records: stop after this many (0: never).
+    :param idle_exit_s: stop after this long without a new record (0: never).
+    """
+
+    from_beginning: bool = False
+    keys: frozenset[str] = frozenset()
+    max_records: int = 0
+    idle_exit_s: float = 0.0
+    value_only: bool = False
 
 
-def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(
+    settings: Settings, topic: str, options: TailOptions = TailOptions(), out: TextIO | None = None
+) -> int:
+    """Print ``topic`` (with or without the prefix) as JSON lines until stopped; exit code."""
     try:
-        spec = by_name(args.topic, settings)
+        spec = by_name(topic, settings)
     except KeyError as exc:
         print(f"pulse tail: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -72,18 +57,15 @@ def main(settings: Settings, argv: list[str], out: TextIO | None = None) -> int:
             "log_level": 2,  # each connection failure is logged through error_cb, once
         }
     )
-    tail = _Tail(args, spec.full_name(settings), Serde(settings).deserializer(spec), errors)
+    tail = _Tail(options, spec.full_name(settings), Serde(settings).deserializer(spec), errors)
     # Ctrl-C / SIGTERM end the loop at its next turn (≤ 0.5 s), wherever the signal lands
     # (a KeyboardInterrupt raised inside a client callback can be lost)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, tail.request_stop)
     try:
-        tail.run(consumer, out or sys.stdout)
+        with stop_on_signals(tail.stop):
+            tail.run(consumer, out or sys.stdout)
     except ReaderFailed as exc:
         print(exc, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
     except BrokenPipeError:  # `pulse tail … | head`
         sys.stderr.close()
     finally:
@@ -96,27 +78,25 @@ class _Tail:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        options: TailOptions,
         topic: str,
         decode: Callable[[bytes], Any],
         errors: ReaderErrors,
     ) -> None:
-        self.args, self.topic, self.decode, self.errors = args, topic, decode, errors
-        self.keys = set(args.key)
+        self.options, self.topic, self.decode, self.errors = options, topic, decode, errors
         self.printed = 0
-        self.stopping = False
-
-    def request_stop(self, *_: Any) -> None:
-        self.stopping = True
+        self.stop = Stop()
 
     def run(self, consumer: Consumer, out: TextIO) -> None:
         self._assign(consumer)
         last_seen = time.monotonic()
-        while not self.stopping and (not self.args.max or self.printed < self.args.max):
+        limit = self.options.max_records
+        while not self.stop and (not limit or self.printed < limit):
             self.errors.check()
             msg = consumer.poll(0.5)
             if msg is None:
-                if self.args.idle_exit and time.monotonic() - last_seen > self.args.idle_exit:
+                idle_exit_s = self.options.idle_exit_s
+                if idle_exit_s and time.monotonic() - last_seen > idle_exit_s:
                     break
                 continue
             last_seen = time.monotonic()
@@ -130,18 +110,18 @@ class _Tail:
         """Every partition of the topic, at its start or its end; waits out a broker that is
         not reachable yet or a topic being created, up to the errors' limits."""
         while (parts := partitions_of(consumer, [self.topic], self.errors)) is None:
-            if self.stopping:
+            if self.stop:
                 return
             self.errors.check()
             time.sleep(0.5)
-        start = OFFSET_BEGINNING if self.args.from_beginning else OFFSET_END
+        start = OFFSET_BEGINNING if self.options.from_beginning else OFFSET_END
         consumer.assign([TopicPartition(p.topic, p.partition, start) for p in parts])
 
     def _print(self, msg: Message, out: TextIO) -> None:
         key = key_text(msg.key())
-        if self.keys and key not in self.keys:
+        if self.options.keys and key not in self.options.keys:
             return
-        line = _render(msg, key, self.decode, self.args.value_only)
+        line = _render(msg, key, self.decode, self.options.value_only)
         if line is None:
             return
         out.write(line + "\n")

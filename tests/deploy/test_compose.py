@@ -178,7 +178,8 @@ def test_every_profiles_required_variables_are_set_or_documented_with_a_start_up
 ) -> None:
     """What each service needs (the producers' own table) is set in .env.example, or marked
     required there, and then the service says which variable is missing and exits 2."""
-    from pulse.producers import cli as produce
+    from pulse import cli
+    from pulse.cli import produce
 
     example = env_example()
     checked = 0
@@ -195,7 +196,7 @@ def test_every_profiles_required_variables_are_set_or_documented_with_a_start_up
             assert documented_required(var), f"{name}: {var} is neither set nor documented"
             assert "env_file" in svc, f"{name} cannot get {var}: it reads no .env"
         if missing:  # the start-up error names every missing variable, before any connection
-            assert produce.main(settings, command[1:]) == 2
+            assert cli.main(command, settings=settings) == 2
             err = capsys.readouterr().err
             assert all(var in err for var in missing), err
             checked += 1
@@ -208,7 +209,7 @@ def test_every_profiles_required_variables_are_set_or_documented_with_a_start_up
 def test_upstream_services_stop_retrying_a_missing_credential(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
         command = svc.get("command") or []
-        from pulse.producers.cli import REQUIRED
+        from pulse.cli.produce import REQUIRED
 
         if command[:1] == ["alerts"] or (command[:1] == ["produce"] and command[1] in REQUIRED):
             assert svc["restart"].startswith("on-failure:"), name

@@ -20,6 +20,7 @@ from pulse.schemas.serde import Serde
 
 from pulse.consumers import tail
 from pulse.consumers.alerts import AlertConsumer
+from pulse.consumers.tail import TailOptions
 from pulse.settings import Settings
 from tests.conftest import consume
 
@@ -58,22 +59,23 @@ def test_tail_prints_decoded_json_lines_filtered_by_key(settings: Settings) -> N
     records = [volume(s, i * M, 10 + i) for i, s in enumerate(["AAPL", "TSLA", "AAPL", "GME"])]
     publish(settings, topics.VOLUME, records)
     out = io.StringIO()
-    argv = ["pulse.volume", "--from-beginning", "--key", "AAPL", "--max", "5", "--idle-exit", "8"]
-    assert tail.main(settings, argv, out=out) == 0
+    options = TailOptions(from_beginning=True, keys=frozenset({"AAPL"}), max_records=5,
+                          idle_exit_s=8)  # fmt: skip
+    assert tail.run(settings, "pulse.volume", options, out=out) == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["value"] for line in lines] == [records[0], records[2]]
     assert {line["key"] for line in lines} == {"AAPL"}
     assert lines[0]["topic"] == topics.VOLUME.full_name(settings)
     out = io.StringIO()
-    tail.main(settings, [topics.VOLUME.full_name(settings), "--from-beginning", "--max", "4",
-                         "--value-only"], out=out)  # fmt: skip
+    tail.run(settings, topics.VOLUME.full_name(settings),
+             TailOptions(from_beginning=True, max_records=4, value_only=True), out=out)  # fmt: skip
     assert sorted(json.loads(x)["message_count"] for x in out.getvalue().splitlines()) == [
         10, 11, 12, 13
     ]  # fmt: skip
 
 
 def test_tail_of_an_unknown_topic_is_a_usage_error(settings: Settings) -> None:
-    assert tail.main(settings, ["no.such.topic"]) == 2
+    assert tail.run(settings, "no.such.topic") == 2
 
 
 @dataclass

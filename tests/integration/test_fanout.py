@@ -54,14 +54,15 @@ T0 = 1_767_225_600_000
 
 
 class FanOutProcess:
-    """``python -m pulse.processors.fanout`` as a child, its log in a file."""
+    """``pulse worker --stage fan-out`` as a child, its log in a file."""
 
     def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pulse.processors.fanout", "--port", "-1", *args],
+                [sys.executable, "-m", "pulse.cli", "worker", "--stage", "fan-out", "--no-prepare",
+                 "--port", "-1", *args],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
 

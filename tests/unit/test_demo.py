@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import sys
-import time
+import argparse
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,7 +11,6 @@ from pulse.cli.demo import (
     DEMO_BURSTS,
     DEMO_DEFAULTS,
     DEMO_SPEED,
-    Child,
     child_env,
     demo_settings,
     producer_command,
@@ -73,38 +72,6 @@ def test_each_demo_run_gets_its_own_topics_and_group_unless_a_prefix_is_set() ->
     assert demo_settings(mine, "x") == mine
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def test_stop_kills_a_child_that_ignores_sigterm_and_what_it_started(tmp_path: Path) -> None:
-    # a child that ignores SIGTERM and starts a grandchild in its process group
-    script = (
-        "import signal, subprocess, sys, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        "print(g.pid, flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    import subprocess
-
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
-    )
-    grandchild = int(proc.stdout.readline())  # type: ignore[union-attr]
-    child = Child("worker", proc, tmp_path / "worker.log")
-    started = time.monotonic()
-    assert child.stop(timeout_s=0.5) == -9
-    assert time.monotonic() - started < 5
-    deadline = time.monotonic() + 5
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(grandchild)
-
-
 def test_spawn_runs_pulse_with_its_output_in_a_log(tmp_path: Path) -> None:
     child = spawn("producer", ["produce"], {"PATH": "/usr/bin:/bin"}, tmp_path)
     assert child.proc.wait(60) == 2  # no kind given: usage, exit 2
@@ -112,15 +79,85 @@ def test_spawn_runs_pulse_with_its_output_in_a_log(tmp_path: Path) -> None:
     assert child.stop(1) == 2  # already gone: nothing to do
 
 
-@pytest.mark.parametrize("argv", [["demo", "--help"], ["alerts", "--help"], ["tail", "--help"]])
-def test_pulse_hands_leading_options_to_the_delegated_command(
+def _parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
+    """Every parser of the tree: (command words, parser, its line in the parent's --help)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            summaries = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                yield (*path, name), child, summaries.get(name)
+                yield from _parsers(child, (*path, name))
+
+
+def test_every_command_and_option_of_the_tree_is_documented() -> None:
+    from pulse import cli
+
+    seen = []
+    for path, parser, summary in _parsers(cli.build_parser()):
+        seen.append(" ".join(path))
+        assert summary, f"pulse {' '.join(path)} has no line in its parent's --help"
+        assert parser.description, f"pulse {' '.join(path)} --help has no description"
+        assert parser.prog == "pulse " + " ".join(path)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"pulse {' '.join(path)} {action.option_strings or action.dest}"
+    # what README, docs/, k8s/, docker-compose.yml and the tests run
+    assert set(seen) >= {
+        "local", "topics", "roundtrip", "worker", "tail", "board", "alerts", "demo", "produce",
+        *(f"produce {kind}" for kind in
+          ("firehose", "sentiment", "trending", "chart", "rest", "replay", "synthetic")),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["demo", "--help"], ["alerts", "--help"], ["tail", "--help"],
+     ["produce", "--help"], ["produce", "replay", "--help"], ["worker", "--help"]],
+)  # fmt: skip
+def test_help_exits_0_and_shows_the_usage_of_that_command(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pulse import cli
+
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 0
-    assert f"usage: pulse {argv[0]}" in capsys.readouterr().out
+    assert f"usage: {' '.join(['pulse', *argv[:-1]])}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["produce", "nonesuch"], "invalid choice: 'nonesuch'"),
+        (["board", "--window", "5 minutes"], "not a duration: '5 minutes'"),
+        (["worker", "--batch-size", "5"], "--batch-size: only with --stage fan-out"),
+        (["produce", "replay", "/no/such/file.jsonl"], "no such file: /no/such/file.jsonl"),
+    ],
+)
+def test_a_wrong_option_is_one_usage_error_exit_2(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pulse import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv, settings=Settings())
+    assert exc.value.code == 2
+    assert error in capsys.readouterr().err
+
+
+def test_the_fan_out_batch_size_help_names_the_real_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pulse.processors.fanout import BATCH_SIZE
+
+    from pulse import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["worker", "--help"])
+    assert f"(default {BATCH_SIZE})" in capsys.readouterr().out
 
 
 def test_the_summary_says_how_many_windows_were_read_and_which_symbols_spiked() -> None:

@@ -116,7 +116,7 @@ def test_pulse_alerts_refuses_an_invalid_webhook_in_one_line_without_its_token(
 ) -> None:
     from pulse.consumers import alerts
 
-    code = alerts.main(Settings(alert_webhook_urls="http://h:99999/T0/s3cret"), [])
+    code = alerts.run(Settings(alert_webhook_urls="http://h:99999/T0/s3cret"), [])
     err = capsys.readouterr().err
     assert code == 2 and "s3cret" not in err and len(err.strip().splitlines()) == 1
     assert "http://h:99999/… is invalid (Port out of range" in err

@@ -16,7 +16,6 @@ from pulse.consumers.board import (
     Board,
     Progress,
     default_window_ms,
-    duration_ms,
     fold,
     is_newer,
     ratio_text,
@@ -62,19 +61,6 @@ def fold_all(board: Board, items: list[tuple[str, dict[str, Any]]]) -> Board:
     for kind, record in items:
         board = fold(board, kind, record)
     return board
-
-
-@pytest.mark.parametrize(
-    "text, ms",
-    [("1m", 60_000), ("30s", 30_000), ("1h", 3_600_000), ("250ms", 250), ("2d", 172_800_000)],
-)
-def test_duration_ms(text: str, ms: int) -> None:
-    assert duration_ms(text) == ms
-
-
-def test_bad_duration_is_an_error() -> None:
-    with pytest.raises(ValueError, match="not a duration"):
-        duration_ms("5 minutes")
 
 
 def test_default_window_is_the_smallest_tumbling_window() -> None:
