@@ -15,7 +15,7 @@ partition is caught up only when the broker has just confirmed it. Fatal errors 
 authentication, a fenced or fatally failed producer, missing topics) exit non-zero with what
 to do. SIGTERM/SIGINT finish the batch, flush, commit, close and exit 0.
 
-``pulse worker --stage fan-out`` or ``python -m pulse.processors.fanout``.
+Run by ``pulse worker --stage fan-out`` (:func:`run`).
 """
 
 from __future__ import annotations

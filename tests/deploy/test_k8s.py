@@ -18,9 +18,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from pulse.producers.cli import REQUIRED
 from pulse.schemas import topics
 
+from pulse.cli.produce import REQUIRED
 from pulse.settings import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def required_settings(container: Obj) -> set[str]:
     if args[0] == "produce":
         needed = {PREFIX + n.upper() for n in REQUIRED.get(args[1], ())}
         if args[1] == "chart" and "--symbols" not in args:
-            needed.add("PULSE_CHART_SYMBOLS")  # chart_main refuses to start without symbols
+            needed.add("PULSE_CHART_SYMBOLS")  # run_chart refuses to start without symbols
         return needed
     if args[0] == "alerts":
         return {"PULSE_ALERT_WEBHOOK_URLS"}  # pulse/consumers/alerts.py: exit 2 without one
