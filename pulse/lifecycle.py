@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,18 +77,19 @@ def stop_on_signals(
             for sig in signals:
                 loop.remove_signal_handler(sig)
         return
-    previous = {sig: signal.signal(sig, lambda *_: callback()) for sig in signals}
-    try:
+    with _handlers(dict.fromkeys(signals, lambda *_: callback())):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+
+def signals_ignored(signals: Sequence[int] = (signal.SIGINT,)) -> AbstractContextManager[None]:
+    """Ignore ``signals`` for the duration: a clean-up a second Ctrl-C must not cut short."""
+    return _handlers(dict.fromkeys(signals, signal.SIG_IGN))
 
 
 @contextmanager
-def signals_ignored(signals: Sequence[int] = (signal.SIGINT,)) -> Iterator[None]:
-    """Ignore ``signals`` for the duration: a clean-up a second Ctrl-C must not cut short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+def _handlers(handlers: Mapping[int, Any]) -> Iterator[None]:
+    """Python signal handlers for the duration; the previous ones come back."""
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
