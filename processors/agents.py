@@ -32,6 +32,9 @@ from pulse.processors.windows import split_row_key
 from pulse.schemas import deadletter, topics
 from pulse.schemas.deadletter import Reason
 
+from pulse import kafka
+from pulse.settings import Settings
+
 STAGE = "signals"
 BATCH_MAX, BATCH_WITHIN_S = 200, 0.05  # mention-batch records per agent batch
 # stall watchdog (processors/watchdog.py): checks while the agent has been idle this long
@@ -71,15 +74,14 @@ class Sink:
     transactional id while faust's commit waits (:meth:`fence`).
     """
 
-    def __init__(self, app: faust.App, kafka_config: dict[str, str], exactly_once: bool) -> None:
+    def __init__(self, app: faust.App, settings: Settings, exactly_once: bool) -> None:
         self.app = app
-        self.producer: Producer | None = None if exactly_once else Producer({
-            **kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            # a bounded queue (a full one waits for deliveries) and no Python callback for
-            # records that were delivered: only errors need us
-            "compression.type": "lz4", "queue.buffering.max.messages": 100_000,
-            "delivery.report.only.error": True,
-        })
+        # flushed per batch (pulse.kafka.FLUSHED: a bounded queue, a full one waits for
+        # deliveries), and no Python callback for records that were delivered: only errors
+        # need us
+        self.producer: Producer | None = None if exactly_once else kafka.producer(
+            kafka.producer_config(settings, role=STAGE, errors_only=True)
+        )
         self._errors: list[str] = []
         self._state: list[tuple[str, bytes, bytes | None, int]] = []
         self._pending: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
@@ -276,7 +278,7 @@ class Signals:
         self.encode = {spec.name: p.serde.serializer(spec) for spec in OUTPUTS}
         self.out_names = {spec.name: p.name(spec) for spec in OUTPUTS}
         exactly_once = p.settings.processing_guarantee == "exactly_once"
-        self.sink = Sink(self.app, p.settings.kafka_config(), exactly_once)
+        self.sink = Sink(self.app, p.settings, exactly_once)
         self.guard = ReadGuard(self.m, contiguous=not exactly_once)
         self.engines: dict[int, PartitionEngine] = {}
         self.last_batch_at = time.monotonic()
@@ -490,9 +492,9 @@ class Signals:
 
     def broker_offsets(self, partitions: list[Partition]) -> dict[Partition, Offsets]:
         if self._offsets_reader is None:  # reads the group's commits; never joins the group
-            self._offsets_reader = Consumer({**self.p.settings.kafka_config(),
-                                             "group.id": self.app.conf.id,
-                                             "enable.auto.commit": False})
+            self._offsets_reader = kafka.consumer(
+                kafka.offsets_reader_config(self.p.settings, self.app.conf.id, role=STAGE)
+            )
         reader = self._offsets_reader
         found: dict[Partition, Offsets] = {}
         for tp in reader.committed([TopicPartition(t, n) for t, n in partitions], timeout=10):

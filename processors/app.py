@@ -26,6 +26,7 @@ from pulse.processors.windows import WindowConfig, window_config
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
 
+from pulse import kafka
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def build(settings: Settings) -> Pipeline:
     cfg = window_config(settings)
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
+        # acks, linger, session timeout and offset reset as every other client's (pulse.kafka)
+        **kafka.faust_broker_options(settings),
         broker_credentials=broker_credentials(settings),
         store=STORES[settings.store],
         processing_guarantee=settings.processing_guarantee,
@@ -96,13 +98,7 @@ def build(settings: Settings) -> Pipeline:
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
         value_serializer="raw",
-        producer_acks=-1,
-        producer_linger=0.005,
         table_standby_replicas=0,
-        # a SIGKILLed worker's partitions move after 10 s instead of faust's default 60 s
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=3.0,
-        consumer_auto_offset_reset="earliest",
     )
     keep_queues_on_redundant_resume(app.flow_control)  # faust-streaming #596
     gaps_exclude_the_record_read()
