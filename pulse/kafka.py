@@ -248,6 +248,7 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
         "broker": [f"kafka://{host}" for host in settings.bootstrap_servers.split(",")],
         "producer_acks": -1,  # acks=all
         "producer_linger": FLUSHED.linger_ms / 1000,
+        # a SIGKILLed worker's partitions move after 10 s instead of faust's default 60 s
         "broker_session_timeout": SESSION_TIMEOUT_MS / 1000,
         "broker_heartbeat_interval": HEARTBEAT_INTERVAL_MS / 1000,
         "consumer_auto_offset_reset": "earliest",
