@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
 from pulse.producers import parse
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 
+from pulse import kafka
 from pulse.settings import Settings
 
 
@@ -66,7 +65,10 @@ def roundtrip(
     serde = Serde(settings)
     result = RoundTrip()
     sent: dict[tuple[str, str], list[str]] = defaultdict(list)
-    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "acks": "all"})
+    # written as the producers write (pulse.kafka.STREAM), read back as committed
+    producer = kafka.producer(
+        kafka.producer_config(settings, batching=kafka.STREAM, role="roundtrip")
+    )
     for spec, key, record in items:
         topic = spec.full_name(settings)
         producer.produce(topic, serde.encode(spec, record), key.encode())
@@ -77,8 +79,7 @@ def roundtrip(
         raise RuntimeError("round trip: records still undelivered after 30 s")
 
     by_topic = {spec.full_name(settings): spec for spec in specs}
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"roundtrip-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    consumer = kafka.consumer(kafka.reader_config(settings, "roundtrip", role="roundtrip"))
     consumer.subscribe(list(by_topic))
     got: dict[tuple[str, str], list[str]] = defaultdict(list)
     deadline = time.monotonic() + timeout_s

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pulse.schemas import topics
 from pulse.schemas.topics import TopicSpec
 
+from pulse import kafka
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class _Refusals:
 
 def _admin(settings: Settings) -> tuple[AdminClient, _Refusals]:
     refusals = _Refusals()
-    return AdminClient({**settings.kafka_config(), "error_cb": refusals}), refusals
+    return kafka.admin(kafka.admin_config(settings), error_cb=refusals), refusals
 
 
 def ensure_topics(
