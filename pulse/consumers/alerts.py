@@ -23,9 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
-from pulse import health
+from pulse import health, kafka
 from pulse.backoff import Backoff, retry_after_s
 from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed
 from pulse.consumers.records import jsonable, printable
@@ -256,20 +256,18 @@ class AlertConsumer:
         # a broker restarting or a leader moving is logged and waited out; bad credentials,
         # missing ACLs or a topic that never appears end the process (ReaderFailed)
         self.errors = ReaderErrors("pulse alerts")
-        self.consumer = Consumer(
-            {
-                **settings.kafka_config(),
-                "group.id": f"{settings.app_id}-alerts",
-                "enable.auto.commit": False,  # committed by hand, after delivery
-                "auto.offset.reset": "earliest",  # a new group alerts on what is retained
-                "error_cb": self.errors.on_error,
-                "log_level": 2,  # each connection failure is logged through error_cb, once
-            }
+        # a group member that commits by hand, after delivery; a new group alerts on what is
+        # retained. Each connection failure is logged through error_cb, once (quiet).
+        self.consumer = kafka.consumer(
+            kafka.group_consumer_config(settings, f"{settings.app_id}-alerts", role="alerts"),
+            error_cb=self.errors.on_error,
+            quiet=True,
         )
-        self.producer = Producer(
-            {**settings.kafka_config(), "enable.idempotence": True,
-             "error_cb": self.errors.on_error, "log_level": 2}
-        )  # fmt: skip
+        self.producer = kafka.producer(  # dead letters, flushed per spike
+            kafka.producer_config(settings, role="alerts"),
+            error_cb=self.errors.on_error,
+            quiet=True,
+        )
         self.last_poll = time.monotonic()
         self.liveness_s = liveness_budget_s(settings)
         self.delivered = self.dead_lettered = 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -376,8 +375,7 @@ class BoardReader:
         lookback_s: float = 3600.0,
         errors: ReaderErrors | None = None,
     ) -> None:
-        from confluent_kafka import Consumer
-
+        from pulse import kafka
         from pulse.schemas.serde import Serde
 
         self.board = Board(window_ms=window_ms)
@@ -388,15 +386,10 @@ class BoardReader:
             spec.full_name(settings): serde.deserializer(spec) for spec in KINDS.values()
         }
         self._lookback_ms = int(lookback_s * 1000)
-        config = {
-            **settings.kafka_config(),
-            # required by the client; never joined nor committed: a viewer moves no offsets
-            "group.id": f"pulse-board-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "error_cb": self.errors.on_error,
-            "log_level": 2,  # each connection failure is logged through error_cb, once
-        }
-        self._consumer = Consumer(config)
+        # a viewer assigns its partitions and moves no offsets; each connection failure is
+        # logged through error_cb, once (quiet: not again by librdkafka)
+        config = kafka.reader_config(settings, "pulse-board", role="board")
+        self._consumer = kafka.consumer(config, error_cb=self.errors.on_error, quiet=True)
         self.phase = CONNECTING
         self._upstream = _UpstreamCounter(
             config, [(who, what, spec.full_name(settings)) for who, what, spec in UPSTREAM]
@@ -492,7 +485,7 @@ class _UpstreamCounter:
     watermark request to an unreachable broker must not stall the board's redraw)."""
 
     def __init__(self, config: dict[str, Any], upstream: list[tuple[str, str, str]]) -> None:
-        self._config = {k: v for k, v in config.items() if k != "error_cb"}
+        self._config = config  # the board's reader config (pulse.kafka), without callbacks
         self._upstream = upstream
         self._counts: dict[str, int | None] = {}
         self._stop = threading.Event()
@@ -506,9 +499,11 @@ class _UpstreamCounter:
         self._stop.set()
 
     def _run(self) -> None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
-        consumer = Consumer(self._config)
+        from pulse import kafka
+
+        consumer = kafka.consumer(self._config, quiet=True)
         try:
             while not self._stop.wait(2.0):
                 try:

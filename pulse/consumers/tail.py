@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
+from pulse import kafka
 from pulse.consumers.kafka_errors import ReaderErrors, ReaderFailed, partitions_of
 from pulse.consumers.records import Meta, json_line, key_text, quiet_http_logs
 from pulse.lifecycle import Stop, stop_on_signals
@@ -46,16 +46,12 @@ def run(
         return 2
     quiet_http_logs()
     errors = ReaderErrors("pulse tail")
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            # required by the client, but never joined nor committed: tail assigns its
-            # partitions itself and moves nobody's offsets
-            "group.id": f"pulse-tail-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "error_cb": errors.on_error,
-            "log_level": 2,  # each connection failure is logged through error_cb, once
-        }
+    # tail assigns its partitions itself and moves nobody's offsets; each connection failure
+    # is logged through error_cb, once (quiet: not again by librdkafka)
+    consumer = kafka.consumer(
+        kafka.reader_config(settings, "pulse-tail", role="tail"),
+        error_cb=errors.on_error,
+        quiet=True,
     )
     tail = _Tail(options, spec.full_name(settings), Serde(settings).deserializer(spec), errors)
     # Ctrl-C / SIGTERM end the loop at its next turn (≤ 0.5 s), wherever the signal lands
