@@ -6,9 +6,9 @@ with the current settings. Windows are tallied from the CSV itself: tumbling win
 ``created_at``, messages of the file's symbol (its cashtags, as the replay producer reads
 them), duplicates by message id dropped, distinct users per window.
 
-    .venv/bin/python bench/evaluate.py            # current settings (PULSE_* apply)
-    .venv/bin/python bench/evaluate.py --alerts   # ... and list every alert
-    .venv/bin/python bench/evaluate.py --sweep    # the tables of docs/signals.md
+    .venv/bin/python -m bench.evaluate            # current settings (PULSE_* apply)
+    .venv/bin/python -m bench.evaluate --alerts   # ... and list every alert
+    .venv/bin/python -m bench.evaluate --sweep    # the tables of docs/signals.md
 """
 
 from __future__ import annotations
@@ -25,19 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from pulse.processors import detectors
 from pulse.processors.detectors import DetectorRule, Kind, Scored, Verdict
 from pulse.producers import parse
 from pulse.producers.replay import _symbol_of
 
 from pulse.settings import Settings
+from tests.support.data import HISTORY
 
-HISTORY = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/stocktwits-real/anshulrao-stocktwits-crawler/history"
-)
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 

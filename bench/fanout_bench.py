@@ -1,7 +1,7 @@
 """Fan-out stage alone against a bare consume + decode loop over the same raw topic.
 
     PULSE_BOOTSTRAP_SERVERS=… PULSE_SCHEMA_REGISTRY_URL=… \\
-        python bench/fanout_bench.py --messages 200000 --symbols 10000
+        python -m bench.fanout_bench --messages 200000 --symbols 10000
 
 Pre-loads N synthetic MessageEvents (1-2 Zipf-chosen symbols each) over the default 6 raw
 partitions of a fresh topic prefix; times (1) a bare confluent-kafka consume + Avro decode +
@@ -16,24 +16,19 @@ import argparse
 import cProfile
 import pstats
 import random
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from confluent_kafka import Consumer
+from pulse.processors.fanout import FanOut
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
 
-from confluent_kafka import Consumer  # noqa: E402
-from pulse.processors.fanout import FanOut  # noqa: E402
-from pulse.processors.harness import RawWriter, message_event  # noqa: E402
-from pulse.schemas import topics  # noqa: E402
-from pulse.schemas.admin import ensure_topics  # noqa: E402
-from pulse.schemas.serde import Serde  # noqa: E402
-
-from pulse.settings import Settings  # noqa: E402
+from pulse.settings import Settings
+from tests.support.harness import RawWriter, message_event
 
 T0 = 1_767_225_600_000
 

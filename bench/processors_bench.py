@@ -1,7 +1,7 @@
 """Benchmark of the v2 pipeline (``pulse worker``: fan-out + signals) against a real broker.
 
     PULSE_BOOTSTRAP_SERVERS=… PULSE_SCHEMA_REGISTRY_URL=… \\
-        .venv/bin/python bench/processors_bench.py --messages 500000 --symbols 10000
+        .venv/bin/python -m bench.processors_bench --messages 500000 --symbols 10000
 
 1. pre-loads N synthetic MessageEvents (1-2 Zipf-chosen symbols each, ``--rate`` event-time
    messages/s, or ``--day``: N spread over 24 h) into the raw topic of a fresh topic prefix,
@@ -58,13 +58,11 @@ from confluent_kafka.admin import (
     ConfigResource,
     ResourceType,
 )
-from fanout_bench import T0, bare_loop  # bench/ is this script's directory, so on sys.path
 from pulse.processors.agents import CLOSED_AT_HEADER
 from pulse.processors.app import window_config
 from pulse.processors.batching import BatchBuilder, columns
 from pulse.processors.engine import Batch, PartitionEngine
 from pulse.processors.fanout import BATCH_SIZE
-from pulse.processors.harness import RawWriter, WorkerProcess, message_event
 from pulse.processors.mentions import from_columns
 from pulse.processors.progress import ReadProgress
 from pulse.processors.windows import WindowSpec
@@ -72,7 +70,9 @@ from pulse.processors.worker import prepare
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
 
+from bench.fanout_bench import T0, bare_loop
 from pulse.settings import Settings
+from tests.support.harness import RawWriter, WorkerProcess, message_event
 
 DAY_S = 86_400
 Event = tuple[int, int, list[str], int, str | None]  # id, created_at_ms, symbols, user, label

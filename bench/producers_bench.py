@@ -9,7 +9,7 @@ into throwaway topics under a ``bench-<time>.`` prefix. Run:
 
     PULSE_BOOTSTRAP_SERVERS=127.0.0.1:19092 \\
     PULSE_SCHEMA_REGISTRY_URL=http://127.0.0.1:18081/apis/ccompat/v7 \\
-    python bench/producers_bench.py --count 200000
+    python -m bench.producers_bench --count 200000
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pulse.producers import native, parse
 from pulse.producers.firehose import STREAM, FirehoseClient

@@ -11,7 +11,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +20,6 @@ from pulse.schemas.serde import Serde
 from pulse.schemas.topics import TopicSpec
 
 from pulse.settings import Settings
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL_DATA = SHARED / "data" / "stocktwits-real"
-SEEDS = SHARED / "seeds"
 
 
 def _docker_answers() -> bool:

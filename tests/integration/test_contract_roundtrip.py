@@ -19,14 +19,12 @@ from pulse.schemas.serde import Serde, schema_str
 from pulse.schemas.topics import DEAD_LETTER
 
 from pulse.settings import Settings
-from tests.conftest import REAL_DATA, SEEDS
+from tests.support.data import API_JSON, COLLECTOR, SEEDS
 from tests.unit.producers.test_parse import clean_json, envelope, rest_seed_responses, seed_sample
 
 pytestmark = pytest.mark.integration
 
-REAL_FILES = sorted(REAL_DATA.glob("anshulrao-stocktwits-crawler/api_json/*.json")) + sorted(
-    REAL_DATA.glob("bilardi-stocktwits-collector/*.json")
-)
+REAL_FILES = sorted(API_JSON.glob("*.json")) + sorted(COLLECTOR.glob("*.json"))
 
 
 def _seed_items() -> list[parse.Parsed]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from pulse.processors.harness import (
+from tests.support.harness import (
     RawWriter,
     message_event,
     sentiment_event,

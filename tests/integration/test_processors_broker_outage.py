@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 from pulse.processors.agents import CLOSED_AT_HEADER
-from pulse.processors.harness import (
+from tests.support.harness import (
     RawWriter,
     WorkerProcess,
     fanned_out,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from pulse.processors import detectors
-from pulse.processors.harness import (
+from tests.support.harness import (
     RawWriter,
     WorkerProcess,
     message_event,

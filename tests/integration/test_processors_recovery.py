@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulse.processors.harness import (
+from tests.support.harness import (
     RawWriter,
     WorkerProcess,
     message_event,

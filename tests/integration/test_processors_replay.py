@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulse.processors.harness import RawWriter, message_event, read_records, settings_env
 from pulse.processors.windows import WindowSpec, window_starts
 from pulse.producers.parse import cashtags
 from pulse.schemas import topics
 
 from pulse.settings import Settings
-from tests.conftest import REAL_DATA
 from tests.integration.test_processors_e2e import free_port
+from tests.support.data import HISTORY
+from tests.support.harness import RawWriter, message_event, read_records, settings_env
 
 pytestmark = pytest.mark.integration
 
-AAL = REAL_DATA / "anshulrao-stocktwits-crawler" / "history" / "AAL_20220101_20220720.csv.gz"
+AAL = HISTORY / "AAL_20220101_20220720.csv.gz"
 PULSE = str(Path(sys.executable).parent / "pulse")
 M, H = 60_000, 3_600_000
 # the default windows: tumbling 1m, 5m, 1h and hopping 1h/5m

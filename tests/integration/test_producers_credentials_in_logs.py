@@ -20,7 +20,7 @@ from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDIN
 
 from pulse.settings import Settings
 from tests.conftest import consume
-from tests.fakes.stocktwits_server import FakeStocktwits, message, message_events
+from tests.support.stocktwits_server import FakeStocktwits, message, message_events
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SENT
 from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
-from tests.fakes.stocktwits_server import FakeStocktwits, envelope, message, message_events
+from tests.support.stocktwits_server import FakeStocktwits, envelope, message, message_events
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

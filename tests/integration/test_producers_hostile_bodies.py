@@ -21,7 +21,7 @@ from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDIN
 from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
-from tests.fakes.stocktwits_server import BOMB_INFLATED_BYTES, FakeStocktwits, message
+from tests.support.stocktwits_server import BOMB_INFLATED_BYTES, FakeStocktwits, message
 
 pytestmark = pytest.mark.integration
 # the body limit is 1 MiB; allow the chunk in flight, aiohttp's buffers and the fake server

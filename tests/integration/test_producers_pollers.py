@@ -27,12 +27,13 @@ from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDIN
 
 from pulse.backoff import Backoff
 from pulse.settings import Settings
-from tests.conftest import REAL_DATA, consume
-from tests.fakes.stocktwits_server import FakeStocktwits, message
+from tests.conftest import consume
+from tests.support.data import API_JSON
+from tests.support.stocktwits_server import FakeStocktwits, message
 
 pytestmark = pytest.mark.integration
 ETH_FILES = sorted(
-    (REAL_DATA / "anshulrao-stocktwits-crawler" / "api_json").glob("*.json"),
+    API_JSON.glob("*.json"),
     key=lambda p: int(p.stem.split("_")[1]),  # the order they were polled in
 )
 

@@ -18,12 +18,13 @@ from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
 
 from pulse.settings import Settings
-from tests.conftest import REAL_DATA, consume
+from tests.conftest import consume
+from tests.support.data import API_JSON, COLLECTOR, HISTORY
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-ETH_JSON = sorted((REAL_DATA / "anshulrao-stocktwits-crawler" / "api_json").glob("*.json"))
-BILARDI = REAL_DATA / "bilardi-stocktwits-collector"
+ETH_JSON = sorted(API_JSON.glob("*.json"))
+BILARDI = COLLECTOR
 
 
 def pulse(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -65,7 +66,7 @@ def test_replay_real_rest_responses_dedups_and_dead_letters(
 
 
 def test_replay_history_csv_in_event_time_order(settings: Settings) -> None:
-    path = REAL_DATA / "anshulrao-stocktwits-crawler" / "history" / "ETH_20220710_20220712.csv"
+    path = HISTORY / "ETH_20220710_20220712.csv"
     items, duplicates = load([path])
     assert duplicates == 0 and all(i.parsed is not None for i in items)
     times = [i.time_ms for i in items]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulse.processors.harness import read_records, settings_env
+from tests.support.harness import read_records, settings_env
 from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pulse.processors import detectors
-from pulse.processors.harness import read_records, settings_env
 from pulse.schemas import topics
 
+from bench import evaluate
 from pulse.settings import Settings
 from tests.integration.test_processors_replay import (
     AAL,
@@ -25,9 +24,7 @@ from tests.integration.test_processors_replay import (
     check_every_window,
     tally,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import evaluate  # bench/ holds scripts, not a package
+from tests.support.harness import read_records, settings_env
 
 pytestmark = [
     pytest.mark.integration,

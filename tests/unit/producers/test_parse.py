@@ -26,12 +26,9 @@ from pulse.schemas.topics import (
     TopicSpec,
 )
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-SEEDS = SHARED / "seeds"
-REAL = SHARED / "data" / "stocktwits-real"
-REAL_FILES = sorted(REAL.glob("anshulrao-stocktwits-crawler/api_json/*.json")) + sorted(
-    REAL.glob("bilardi-stocktwits-collector/*.json")
-)
+from tests.support.data import API_JSON, COLLECTOR, HISTORY, SEEDS
+
+REAL_FILES = sorted(API_JSON.glob("*.json")) + sorted(COLLECTOR.glob("*.json"))
 
 
 @cache
@@ -554,8 +551,6 @@ def test_rest_page_rejects_only_bad_messages() -> None:
 
 
 # --- history CSV -----------------------------------------------------------------------------
-
-HISTORY = REAL / "anshulrao-stocktwits-crawler" / "history"
 
 
 @pytest.mark.parametrize(

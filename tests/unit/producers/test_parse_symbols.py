@@ -14,11 +14,9 @@ import orjson
 import pytest
 from pulse.producers import parse
 
-from tests.conftest import REAL_DATA
+from tests.support.data import REAL_DATA, SEEDS
 from tests.unit.producers.test_native import HOSTILE_SYMBOLS, PLAIN_SYMBOLS
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE
-
-SEEDS = REAL_DATA.parents[1] / "seeds"
 
 
 def real_symbols() -> set[str]:

@@ -14,7 +14,7 @@
   body never ends.
 
 Every request is recorded in ``requests`` for assertions. Run it for demos:
-``python -m tests.fakes.stocktwits_server --port 8999 --events 100000``.
+``python -m tests.support.stocktwits_server --port 8999 --events 100000``.
 """
 
 from __future__ import annotations

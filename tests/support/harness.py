@@ -1,8 +1,8 @@
 """Drive a real worker from outside: raw records in, output records out.
 
-Used by the processor integration tests and ``bench/processors_bench.py``; it talks to the
-real broker and registry and runs the worker as a child process (``python -m pulse.processors``),
-exactly as ``pulse worker`` would.
+Used by the processor integration tests and the benchmarks (``python -m bench.…``); it talks
+to the real broker and registry and runs the worker as a child process
+(``python -m pulse.processors``), exactly as ``pulse worker`` would.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from pulse.schemas.serde import Serde
 from pulse.schemas.topics import TopicSpec
 
 from pulse.settings import PREFIX, Settings
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -51,7 +49,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pulse.processors", "--no-prepare",
              *(["--stage", self.stage] if self.stage else [])],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
         return self
