@@ -8,9 +8,6 @@ the code serves."""
 from __future__ import annotations
 
 import copy
-import functools
-import shutil
-import subprocess
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,9 @@ from pulse.schemas import topics
 
 from pulse.cli.produce import REQUIRED
 from pulse.settings import PREFIX, Settings
+from tests.support.kustomize import K8S, kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "k8s"
 OVERLAYS = ["dev", "prod"]
 RENDERS = OVERLAYS + [f"{o}/topics" for o in OVERLAYS]
 K8S_VERSION = "1.31.0"  # the oldest Kubernetes we claim to run on
@@ -35,19 +32,6 @@ KAFKA_KEYS = {"PULSE_SASL_USERNAME", "PULSE_SASL_PASSWORD", "PULSE_SCHEMA_REGIST
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 AUTOSCALERS = {"ScaledObject", "HorizontalPodAutoscaler"}
 Obj = dict[str, Any]
-
-
-@functools.cache
-def kustomize(path: str) -> tuple[Obj, ...]:
-    """``kubectl kustomize k8s/overlays/<path>``, parsed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is needed to render k8s/ (it bundles kustomize): install kubectl")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(K8S / "overlays" / path)],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
-    return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
 @pytest.fixture(params=OVERLAYS)
