@@ -259,18 +259,14 @@ class FirstArrivals:
     the demo started: what a newcomer waits for (printed with the summary)."""
 
     def __init__(self, settings: Settings, started: float) -> None:
-        from confluent_kafka import Consumer
-
+        from pulse import kafka
         from pulse.schemas import topics
 
         self.started = started
         self.at: dict[str, float] = {}
         self._names = {topics.VOLUME.full_name(settings): "window",
                        topics.SPIKES.full_name(settings): "spike"}
-        self._consumer = Consumer({
-            **settings.kafka_config(), "group.id": f"demo-first-{os.getpid()}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        })
+        self._consumer = kafka.consumer(kafka.reader_config(settings, "demo-first", role="demo"))
         self._consumer.subscribe(list(self._names))
 
     def run(self, stop: threading.Event) -> None:

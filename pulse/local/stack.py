@@ -609,7 +609,7 @@ class LocalStack:
         self._save_state(cluster_id=cluster_id)
 
     def _wait_kafka(self, deadline: float) -> None:
-        from confluent_kafka.admin import AdminClient  # heavy import, only when needed
+        from pulse import kafka  # heavy import (librdkafka), only when needed
 
         assert self.ports is not None
         while not _port_open(self.ports.kafka):  # before librdkafka, which logs every refusal
@@ -617,7 +617,11 @@ class LocalStack:
             if time.monotonic() > deadline:
                 raise StackError(f"Kafka did not open its port; see {self.endpoints.kafka_log}")
             time.sleep(0.3)
-        admin = AdminClient({**self.client_config(), "log_level": 2})
+        # quiet: what librdkafka would log while the broker finishes starting is noise; the
+        # loop below judges, and names the broker's log if it never answers
+        admin = kafka.admin(
+            kafka.admin_config(self.client_config(), role="local-stack"), quiet=True
+        )
         while True:
             self._check_alive("kafka_pid", self.endpoints.kafka_log)
             try:
