@@ -15,7 +15,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import confluent_kafka as ck
@@ -399,13 +399,22 @@ class RestPoller:
 # --- entry points ---------------------------------------------------------------------------
 
 
+class _Poller(Protocol):
+    async def poll_once(self) -> Any: ...
+
+
 def _serve(
     settings: Settings,
     source: str,
     metrics_port: int | None,
-    body: Callable[[Publisher, Http, asyncio.Event], Awaitable[None]],
+    make_poller: Callable[[Publisher, Http], Awaitable[_Poller]],
+    interval_s: float | None,
 ) -> int:
-    """Topics, publisher, HTTP session, metrics, signals, flush: the frame every poller shares."""
+    """Topics, publisher, HTTP session, metrics, signals, flush: the frame every poller shares.
+
+    :param make_poller: the poller, once the session is open.
+    :param interval_s: between the starts of two rounds; None: one round, then return.
+    """
     from pulse.schemas.admin import ensure_topics
 
     ensure_topics(settings, (TRENDING, SENTIMENT_CHART, MESSAGES, DEAD_LETTER))
@@ -428,7 +437,12 @@ def _serve(
         timeout = aiohttp.ClientTimeout(total=60, sock_read=45)
         with stop_on_signals(stop.set, loop=asyncio.get_running_loop()):
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                await body(publisher, Http(session, source, stop, reject=publisher.reject), stop)
+                http = Http(session, source, stop, reject=publisher.reject)
+                poller = await make_poller(publisher, http)
+                if interval_s is None:
+                    await poller.poll_once()
+                else:
+                    await _run_every(interval_s, stop, poller.poll_once)
 
     try:
         asyncio.run(go())
@@ -460,16 +474,13 @@ def run_trending(
     :param metrics_port: None: ``PULSE_METRICS_PORT``; -1: none.
     """
 
-    async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
-        poller = TrendingPoller(
+    async def poller(publisher: Publisher, http: Http) -> TrendingPoller:
+        return TrendingPoller(
             settings, publisher, http, asset_class=asset_class, region=region, limit=limit
         )
-        if once:
-            await poller.poll_once()
-        else:
-            await _run_every(interval_s or settings.trending_interval_s, stop, poller.poll_once)
 
-    return _serve(settings, "trending", metrics_port, body)
+    every = None if once else interval_s or settings.trending_interval_s
+    return _serve(settings, "trending", metrics_port, poller, every)
 
 
 def _refused(kind: str, problem: str) -> int:
@@ -501,22 +512,13 @@ def run_chart(
         names = ", ".join(repr(s[:40]) for s in bad)
         return _refused("chart", f"not a symbol: {names} (see producers/parse.py)")
 
-    async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
+    async def poller(publisher: Publisher, http: Http) -> ChartPoller:
         keys = await asyncio.to_thread(written_keys, settings, SENTIMENT_CHART)
-        poller = ChartPoller(
-            settings,
-            publisher,
-            http,
-            wanted,
-            zoom or settings.chart_zoom,
-            latest=ChartPoller.latest_from_keys(keys),
-        )
-        if once:
-            await poller.poll_once()
-        else:
-            await _run_every(interval_s, stop, poller.poll_once)
+        latest = ChartPoller.latest_from_keys(keys)
+        return ChartPoller(settings, publisher, http, wanted, zoom or settings.chart_zoom,
+                           latest=latest)  # fmt: skip
 
-    return _serve(settings, "chart", metrics_port, body)
+    return _serve(settings, "chart", metrics_port, poller, None if once else interval_s)
 
 
 def run_rest(
@@ -544,16 +546,13 @@ def run_rest(
     if interval is None:
         interval = 9.0 if settings.rest_token else 18.0
 
-    async def body(publisher: Publisher, http: Http, stop: asyncio.Event) -> None:
+    async def poller(publisher: Publisher, http: Http) -> RestPoller:
         seen = SeenIds()
         since_ms = now_ms() - int(dedup_window_s * 1000)
         for key in await asyncio.to_thread(written_keys, settings, MESSAGES, since_ms):
             if key.isdigit():
                 seen.add(int(key))
-        poller = RestPoller(settings, publisher, http, names, seen=seen, min_interval_s=interval)
-        if once:
-            await poller.poll_once()
-        else:
-            await _run_every(0.0, stop, poller.poll_once)
+        return RestPoller(settings, publisher, http, names, seen=seen, min_interval_s=interval)
 
-    return _serve(settings, "rest", metrics_port, body)
+    # rounds back to back: the poller paces its own requests (min_interval_s)
+    return _serve(settings, "rest", metrics_port, poller, None if once else 0.0)
