@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -143,7 +143,7 @@ class Child:
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Child:
+    def start(self) -> Self:
         """Start the process (again, if it ran before); the log file is appended to."""
         out: IO[bytes] | None = None
         if self.log_path is not None:
