@@ -273,8 +273,10 @@ class FirstArrivals:
         try:
             while not stop.is_set() and len(self.at) < len(self._names):
                 msg = self._consumer.poll(0.5)
-                if msg is not None and not msg.error():
-                    self.at.setdefault(self._names[msg.topic()], time.monotonic() - self.started)
+                if msg is None or msg.error():
+                    continue
+                if what := self._names.get(msg.topic() or ""):
+                    self.at.setdefault(what, time.monotonic() - self.started)
         except Exception:  # noqa: BLE001 - a missing figure must never stop the demo
             pass
         finally:
