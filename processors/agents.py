@@ -314,7 +314,7 @@ class Signals:
             self.stall_watch.reset()
             self.guard.reset()
 
-        self._pages()
+        self.p.readiness = self.readiness
         self.p.extra.update(signals=signals)
 
     async def guarded(self, batch_work: Any) -> None:
@@ -551,25 +551,15 @@ class Signals:
             self.m.stall_seeks.inc()
             await self.app.consumer.seek(TP(topic, partition), position)
 
-    # --- web --------------------------------------------------------------------------------
+    # --- health -----------------------------------------------------------------------------
 
-    def _pages(self) -> None:
-        app, m = self.app, self.m
-
-        @app.page("/metrics")
-        async def metrics_page(web: Any, request: Any) -> Any:
-            return web.bytes(m.exposition(), content_type="text/plain; version=0.0.4")
-
-        @app.page("/healthz")
-        async def healthz(web: Any, request: Any) -> Any:
-            return web.json({"status": "ok"})
-
-        @app.page("/readyz")
-        async def readyz(web: Any, request: Any) -> Any:
-            ready = self.recovered()
-            return web.json({"ready": ready}, status=200 if ready else 503)
+    def readiness(self) -> dict[str, Any]:
+        """``/readyz`` (pulse.health runs it on the worker's loop): tables recovered and
+        partitions assigned."""
+        return {"ready": self.recovered()}
 
 
 def attach(p: Any) -> None:
-    """Attach the signals agent, stall checks, rebalance hook and web pages to ``p.app``."""
+    """Attach the signals agent, stall checks and rebalance hook to ``p.app``, and its
+    readiness check to ``p``."""
     Signals(p).attach()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pulse.processors.windows import WindowConfig, window_config
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
 
-from pulse import kafka
+from pulse import health, kafka
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class Pipeline:
     mentions_topic: Any
     symbols: Any  # Table: symbol / pane chunk / partition rows (processors.engine)
     extra: dict[str, Any] = field(default_factory=dict)
+    # /readyz, run on the worker's event loop; the agent sets it (processors/agents.py)
+    readiness: Callable[[], Mapping[str, Any]] = lambda: {"ready": False}
 
     def name(self, spec: topics.TopicSpec) -> str:
         return spec.full_name(self.settings)
@@ -92,8 +95,8 @@ def build(settings: Settings) -> Pipeline:
         store=STORES[settings.store],
         processing_guarantee=settings.processing_guarantee,
         datadir=str(_state_dir(settings)),
-        web_port=settings.web_port,
-        web_enabled=True,
+        # /healthz, /readyz and /metrics on web_port come from pulse.health (see run)
+        web_enabled=False,
         topic_partitions=settings.symbol_partitions,
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
@@ -126,6 +129,14 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
     # mode spells levels crit/error/warn/info/debug; anything else silently means "all"
     level = {"critical": "crit", "warning": "warn"}.get(loglevel.lower(), loglevel.lower())
     worker = faust.Worker(pipeline.app, loglevel=level, quiet=True)
+    # One server for every process (pulse.health) instead of faust's aiohttp one: it answers
+    # from a thread of its own, and runs its checks on the worker's loop, so a loop that no
+    # longer turns fails the probes as it did when the server ran on that loop.
+    server = health.start(
+        pipeline.settings, pipeline.settings.web_port, pipeline.metrics,
+        live=health.on_loop(worker.loop, lambda: True),
+        ready=health.on_loop(worker.loop, pipeline.readiness),
+    )
     # The engine keeps millions of long-lived objects (panes, tallies); the collector's full
     # passes over them cost 30-40 % of engine time at default thresholds. Everything built at
     # start-up is frozen out of collections, and young collections run less often.
@@ -136,4 +147,7 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
