@@ -110,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings.from_env().replace(topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
                                            processing_guarantee=args.guarantee)
-    ensure_topics(settings, (topics.MESSAGES, topics.SENTIMENT_EVENTS,
+    ensure_topics(settings, (topics.MESSAGES, topics.RAW_SENTIMENT,
                              topics.MENTION_BATCHES, topics.DEAD_LETTER))
     t = time.perf_counter()
     preload(settings, args.messages, args.symbols, args.rate)

@@ -204,7 +204,7 @@ class FanOut:
         self.metrics = FanOutMetrics()
         self.serde = serde or Serde(settings)
         self.raw_topics = [topics.MESSAGES.full_name(settings),
-                           topics.SENTIMENT_EVENTS.full_name(settings)]
+                           topics.RAW_SENTIMENT.full_name(settings)]
         self.out_topic = topics.MENTION_BATCHES.full_name(settings)
         self.dlq_topic = topics.DEAD_LETTER.full_name(settings)
         self.builder = BatchBuilder(settings.symbol_partitions)
@@ -288,7 +288,7 @@ class FanOut:
         self._encode = encode
         messages, sentiment = self.raw_topics
         self._decoders = {messages: self.serde.deserializer(topics.MESSAGES),
-                          sentiment: self.serde.deserializer(topics.SENTIMENT_EVENTS)}
+                          sentiment: self.serde.deserializer(topics.RAW_SENTIMENT)}
         self._adders = {messages: self.builder.add_message,
                         sentiment: self.builder.add_sentiment}
         if self.eos:

@@ -24,7 +24,7 @@ from pulse.schemas.serde import Serde
 from pulse.settings import Settings
 
 STAGES = ("fan-out", "signals")
-OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT, topics.SPIKES,
+OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.SPIKES,
            topics.LATE_EVENTS, topics.DEAD_LETTER)
 
 

@@ -41,7 +41,7 @@ from pulse.schemas.topics import (
     DEAD_LETTER,
     LIKES,
     MESSAGES,
-    SENTIMENT_EVENTS,
+    RAW_SENTIMENT,
     SOCIAL,
     TopicSpec,
 )
@@ -69,7 +69,7 @@ class Stream:
 
 
 STREAM = Stream("stream", parse.firehose_event, (MESSAGES, LIKES, SOCIAL), "firehose")
-SENTIMENT = Stream("sentiment", parse.sentiment_event, (SENTIMENT_EVENTS,), "sentiment")
+SENTIMENT = Stream("sentiment", parse.sentiment_event, (RAW_SENTIMENT,), "sentiment")
 
 
 @dataclass

@@ -28,8 +28,8 @@ from pulse.schemas.deadletter import Reason
 from pulse.schemas.topics import (
     LIKES,
     MESSAGES,
+    RAW_SENTIMENT,
     SENTIMENT_CHART,
-    SENTIMENT_EVENTS,
     SOCIAL,
     TRENDING,
     TopicSpec,
@@ -744,7 +744,7 @@ def sentiment_event(raw: bytes | str | Mapping[str, Any]) -> Parsed:
         "symbols": [symbol_ref(s) for s in symbols or ()],
         "seq_id": _seq_id(obj.get("seq_id")),
     }
-    return Parsed(SENTIMENT_EVENTS, str(message_id), record)
+    return Parsed(RAW_SENTIMENT, str(message_id), record)
 
 
 # --- trending symbols -----------------------------------------------------------------------

@@ -51,7 +51,7 @@ _COMPACT = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 MESSAGES = TopicSpec("stocktwits.messages", "message_event.avsc", Keyed.UPSTREAM_ID, _delete(7))
 LIKES = TopicSpec("stocktwits.likes", "like_event.avsc", Keyed.UPSTREAM_ID, _delete(7))
 SOCIAL = TopicSpec("stocktwits.social", "social_event.avsc", Keyed.UPSTREAM_ID, _delete(7))
-SENTIMENT_EVENTS = TopicSpec(
+RAW_SENTIMENT = TopicSpec(
     "stocktwits.sentiment", "sentiment_event.avsc", Keyed.UPSTREAM_ID, _delete(7)
 )
 TRENDING = TopicSpec("stocktwits.trending", "trending_symbol.avsc", Keyed.SYMBOL, _COMPACT)
@@ -69,7 +69,9 @@ MENTION_BATCHES = TopicSpec(
     "pulse.mention-batches", "mention_batch.avsc", Keyed.SYMBOL, _delete(3)
 )
 VOLUME = TopicSpec("pulse.volume", "window_volume.avsc", Keyed.SYMBOL, _delete(30))
-SENTIMENT = TopicSpec("pulse.sentiment", "window_sentiment.avsc", Keyed.SYMBOL, _delete(30))
+SENTIMENT_WINDOWS = TopicSpec(
+    "pulse.sentiment", "window_sentiment.avsc", Keyed.SYMBOL, _delete(30)
+)
 SPIKES = TopicSpec("pulse.spikes", "spike.avsc", Keyed.SYMBOL, _delete(30))
 LATE_EVENTS = TopicSpec("pulse.late-events", "late_mention.avsc", Keyed.SYMBOL, _delete(7))
 
@@ -77,14 +79,14 @@ ALL: tuple[TopicSpec, ...] = (
     MESSAGES,
     LIKES,
     SOCIAL,
-    SENTIMENT_EVENTS,
+    RAW_SENTIMENT,
     TRENDING,
     SENTIMENT_CHART,
     DEAD_LETTER,
     CHECKPOINTS,
     MENTION_BATCHES,
     VOLUME,
-    SENTIMENT,
+    SENTIMENT_WINDOWS,
     SPIKES,
     LATE_EVENTS,
 )

@@ -354,7 +354,7 @@ def waiting_for(board: Board, progress: Progress) -> tuple[str, str] | None:
 
 
 # --- I/O -------------------------------------------------------------------------------------
-KINDS = {VOLUME: topics.VOLUME, SENTIMENT: topics.SENTIMENT, SPIKES: topics.SPIKES}
+KINDS = {VOLUME: topics.VOLUME, SENTIMENT: topics.SENTIMENT_WINDOWS, SPIKES: topics.SPIKES}
 # what feeds the output topics, for the waiting line: (who, what, topic)
 UPSTREAM = (("producer", "messages", topics.MESSAGES),
             ("worker", "mention batches", topics.MENTION_BATCHES))  # fmt: skip

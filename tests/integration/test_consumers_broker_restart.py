@@ -93,7 +93,9 @@ async def test_readers_ride_out_a_broker_restart(
     private_broker: tuple[LocalStack, Settings], webhook: Webhook, tmp_path: Path
 ) -> None:
     stack, settings = private_broker
-    ensure_topics(settings, [topics.VOLUME, topics.SENTIMENT, topics.SPIKES, topics.DEAD_LETTER])
+    ensure_topics(
+        settings, [topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.SPIKES, topics.DEAD_LETTER]
+    )
     before, after = ["AAA", "BBB", "CCC"], ["XXX", "YYY", "ZZZ"]
     tail_log, alerts_log = tmp_path / "tail.log", tmp_path / "alerts.log"
     tail = pulse(["tail", "pulse.spikes", "--from-beginning"], settings, tail_log)

@@ -23,14 +23,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from tests.support.harness import (
-    RawWriter,
-    message_event,
-    sentiment_event,
-    settings_env,
-    wait_fanned_out,
-    wait_until,
-)
 from pulse.processors.mentions import (
     ANY_SYMBOL,
     Mention,
@@ -45,6 +37,14 @@ from pulse.schemas.serde import Serde, frame_header
 
 from pulse.settings import Settings
 from tests.conftest import consume
+from tests.support.harness import (
+    RawWriter,
+    message_event,
+    sentiment_event,
+    settings_env,
+    wait_fanned_out,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,7 +91,7 @@ def fo_settings(settings: Settings) -> Settings:
     # topic prefix, and tests sharing one would keep rebalancing each other
     s = settings.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500,
                          idle_close_s=3.0, app_id=f"fanout-test-{uuid.uuid4().hex[:8]}")
-    ensure_topics(s, (topics.MESSAGES, topics.SENTIMENT_EVENTS, topics.MENTION_BATCHES,
+    ensure_topics(s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES,
                       topics.DEAD_LETTER))
     return s
 
@@ -168,7 +168,7 @@ def scripted_events() -> list[tuple[str, dict[str, Any]]]:
 def write(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> None:
     writer = RawWriter(settings)
     for kind, event in events:
-        writer.send(topics.MESSAGES if kind == "m" else topics.SENTIMENT_EVENTS, event)
+        writer.send(topics.MESSAGES if kind == "m" else topics.RAW_SENTIMENT, event)
     writer.flush()
 
 
@@ -178,7 +178,7 @@ def raw_ends(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
     out: dict[tuple[str, int], tuple[int, int]] = {}
     for spec, field_of in ((topics.MESSAGES, lambda r: r["message"]["created_at_ms"]
                             if r["message"] else r["event_time_ms"]),
-                           (topics.SENTIMENT_EVENTS, lambda r: r["created_at_ms"])):
+                           (topics.RAW_SENTIMENT, lambda r: r["created_at_ms"])):
         name = spec.full_name(settings)
         decode = serde.deserializer(spec)
         for p in range(spec.partitions(settings)):
@@ -250,10 +250,10 @@ def test_bad_records_become_dead_letters_and_the_rest_flows(
     wrong_id = frame_header(987_654_321) + b"\x00\x02\x04"
     plain_json = b'{"action": "create"}'
     for i, (kind, event) in enumerate(events):
-        writer.send(topics.MESSAGES if kind == "m" else topics.SENTIMENT_EVENTS, event)
+        writer.send(topics.MESSAGES if kind == "m" else topics.RAW_SENTIMENT, event)
         if i == 20:
             writer.send_bytes(topics.MESSAGES, b"g", garbage)
-            writer.send_bytes(topics.SENTIMENT_EVENTS, b"w", wrong_id)
+            writer.send_bytes(topics.RAW_SENTIMENT, b"w", wrong_id)
         if i == 50:
             writer.send_bytes(topics.MESSAGES, b"j", plain_json)
     writer.flush()
@@ -270,7 +270,7 @@ def test_bad_records_become_dead_letters_and_the_rest_flows(
         assert record["reason"] == "decode_failed" and record["stage"] == "fan-out"
         assert headers["dlq.reason"] == b"decode_failed"
         assert record["source_offset"] is not None
-        topic = topics.SENTIMENT_EVENTS if raw == wrong_id else topics.MESSAGES
+        topic = topics.RAW_SENTIMENT if raw == wrong_id else topics.MESSAGES
         assert record["source_topic"] == topic.full_name(s)
 
 
@@ -336,7 +336,7 @@ def test_broker_outage_is_not_a_quiet_stream(
     stack, base = private_broker
     s = base.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500, idle_close_s=3.0,
                      app_id=f"fanout-test-{uuid.uuid4().hex[:8]}")
-    ensure_topics(s, (topics.MESSAGES, topics.SENTIMENT_EVENTS, topics.MENTION_BATCHES,
+    ensure_topics(s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES,
                       topics.DEAD_LETTER))
     first = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]])) for i in range(300)]
     write(s, first)

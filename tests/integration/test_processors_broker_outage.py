@@ -26,14 +26,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 from pulse.processors.agents import CLOSED_AT_HEADER
-from tests.support.harness import (
-    RawWriter,
-    WorkerProcess,
-    fanned_out,
-    message_event,
-    read_records,
-    wait_until,
-)
 from pulse.processors.worker import prepare
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
@@ -42,6 +34,14 @@ from pulse.local.stack import LocalStack
 from pulse.settings import Settings
 from tests.integration.test_processors_e2e import worker_settings
 from tests.integration.test_processors_recovery import events_in, ready, wait_windows
+from tests.support.harness import (
+    RawWriter,
+    WorkerProcess,
+    fanned_out,
+    message_event,
+    read_records,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,6 +12,11 @@ from typing import Any
 
 import pytest
 from pulse.processors import detectors
+from pulse.processors.sentiment import wilson_interval
+from pulse.processors.worker import prepare
+from pulse.schemas import topics
+
+from pulse.settings import Settings
 from tests.support.harness import (
     RawWriter,
     WorkerProcess,
@@ -20,11 +25,6 @@ from tests.support.harness import (
     sentiment_event,
     wait_fanned_out,
 )
-from pulse.processors.sentiment import wilson_interval
-from pulse.processors.worker import prepare
-from pulse.schemas import topics
-
-from pulse.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def script(writer: RawWriter) -> dict[str, Any]:
     The watermark moves once per mention batch, after the batch's mentions. The script is
     written in phases, each read by the fan-out before the next is written, so that "in
     grace" and "late" do not depend on where the fan-out's batches happen to end."""
-    msg, sent = topics.MESSAGES, topics.SENTIMENT_EVENTS
+    msg, sent = topics.MESSAGES, topics.RAW_SENTIMENT
     w = writer.send
 
     def phase() -> None:
@@ -131,7 +131,9 @@ def test_scripted_events_give_exact_records(e2e_settings: Settings, worker: Work
     facts = script(RawWriter(e2e_settings))
     volumes = read_records(e2e_settings, topics.VOLUME, idle_s=8, timeout_s=120)
     assert worker.alive(), worker.log_tail()
-    sentiments = read_records(e2e_settings, topics.SENTIMENT, expected=len(volumes), timeout_s=30)
+    sentiments = read_records(
+        e2e_settings, topics.SENTIMENT_WINDOWS, expected=len(volumes), timeout_s=30
+    )
     spike_records = read_records(e2e_settings, topics.SPIKES, idle_s=3, timeout_s=15)
     late = read_records(e2e_settings, topics.LATE_EVENTS, idle_s=3, timeout_s=15)
     dead = read_records(e2e_settings, topics.DEAD_LETTER, idle_s=3, timeout_s=15)

@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulse.processors.worker import prepare
+from pulse.schemas import topics
+
+from pulse.settings import Settings
+from tests.integration.test_processors_e2e import free_port, worker_settings
 from tests.support.harness import (
     RawWriter,
     WorkerProcess,
@@ -28,11 +33,6 @@ from tests.support.harness import (
     read_records,
     wait_until,
 )
-from pulse.processors.worker import prepare
-from pulse.schemas import topics
-
-from pulse.settings import Settings
-from tests.integration.test_processors_e2e import free_port, worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +167,7 @@ def final_outputs(settings: Settings, expected: dict[tuple[str, int], dict[str, 
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Volume, sentiment and late-event records once every expected window is out."""
     volumes = wait_windows(settings, len(expected))
-    sentiments = read_records(settings, topics.SENTIMENT, idle_s=3, timeout_s=60)
+    sentiments = read_records(settings, topics.SENTIMENT_WINDOWS, idle_s=3, timeout_s=60)
     late = read_records(settings, topics.LATE_EVENTS, idle_s=2, timeout_s=6)
     return volumes, sentiments, late
 

@@ -21,8 +21,8 @@ from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SOCI
 from pulse.local.stack import LocalStack, free_ports
 from pulse.settings import Settings
 from tests.conftest import consume
-from tests.support.stocktwits_server import FakeStocktwits, message_events
 from tests.integration.test_producers_firehose import fake_settings, fast_backoff
+from tests.support.stocktwits_server import FakeStocktwits, message_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -26,7 +26,7 @@ from pulse.producers.publish import Publisher
 from pulse.producers.upstream import FatalUpstreamError
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
-from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SENTIMENT_EVENTS, SOCIAL
+from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, RAW_SENTIMENT, SOCIAL
 
 from pulse.backoff import Backoff
 from pulse.settings import Settings
@@ -53,7 +53,7 @@ def fast_backoff() -> Backoff:
 async def run_client(
     settings: Settings, fake: FakeStocktwits, total: int, **kw: Any
 ) -> FirehoseClient:
-    ensure_topics(settings, (MESSAGES, LIKES, SOCIAL, SENTIMENT_EVENTS, CHECKPOINTS, DEAD_LETTER))
+    ensure_topics(settings, (MESSAGES, LIKES, SOCIAL, RAW_SENTIMENT, CHECKPOINTS, DEAD_LETTER))
     stream = kw.pop("stream", STREAM)
     publisher = Publisher(settings, stream.source)
     resume = await asyncio.to_thread(recover, settings, stream, publisher.serde)
@@ -190,7 +190,7 @@ async def test_sentiment_stream(settings: Settings) -> None:
         await run_client(cfg, fake, total=50, stream=SENTIMENT)
     finally:
         await fake.stop()
-    got = decoded(cfg, SENTIMENT_EVENTS, 50)
+    got = decoded(cfg, RAW_SENTIMENT, 50)
     assert sorted(int(k) for k, _, _ in got) == list(range(100, 150))
     assert {rec["sentiment_score"] for _, rec, _ in got} >= {-1.0, 0.0, 1.0}
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.harness import read_records, settings_env
 from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 
@@ -38,6 +37,7 @@ from pulse.local import tls
 from pulse.local.stack import LocalStack, SaslSsl, free_port, free_ports
 from pulse.settings import Settings
 from tests.integration.test_consumers import M, Webhook, publish, spike
+from tests.support.harness import read_records, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

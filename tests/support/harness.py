@@ -138,7 +138,7 @@ class RawWriter:
         )
         self._enc = {
             spec.name: self.serde.serializer(spec)
-            for spec in (topics.MESSAGES, topics.SENTIMENT_EVENTS)
+            for spec in (topics.MESSAGES, topics.RAW_SENTIMENT)
         }
 
     def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
@@ -208,7 +208,7 @@ def fanned_out(settings: Settings) -> bool:
     try:
         parts = [
             TopicPartition(spec.full_name(settings), n)
-            for spec in (topics.MESSAGES, topics.SENTIMENT_EVENTS)
+            for spec in (topics.MESSAGES, topics.RAW_SENTIMENT)
             for n in range(spec.partitions(settings))
         ]
         try:

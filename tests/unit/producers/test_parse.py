@@ -19,8 +19,8 @@ from pulse.schemas.serde import load_schema
 from pulse.schemas.topics import (
     LIKES,
     MESSAGES,
+    RAW_SENTIMENT,
     SENTIMENT_CHART,
-    SENTIMENT_EVENTS,
     SOCIAL,
     TRENDING,
     TopicSpec,
@@ -373,7 +373,7 @@ def test_seq_id_of(raw: bytes, seq: str | None) -> None:
 def test_sample_sentiment_event() -> None:
     sample = seed_sample("firehose-sentiment-stream.txt", "Sample Payload")
     spec, key, rec = parse.sentiment_event(json.dumps(sample))
-    assert (spec, key) == (SENTIMENT_EVENTS, "5556662")
+    assert (spec, key) == (RAW_SENTIMENT, "5556662")
     assert_valid(spec, rec)
     assert (rec["sentiment_score"], rec["user_id"], rec["created_at_ms"]) == (
         0.854,
@@ -415,7 +415,7 @@ def test_sentiment_event_integer_score_becomes_double() -> None:
     rec = parse.sentiment_event(
         {"message_id": 1, "created_at": "2017-02-01T19:19:18Z", "sentiment_score": -1}
     ).record
-    assert_valid(SENTIMENT_EVENTS, rec)
+    assert_valid(RAW_SENTIMENT, rec)
     assert rec["sentiment_score"] == -1.0 and isinstance(rec["sentiment_score"], float)
 
 

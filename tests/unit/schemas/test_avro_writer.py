@@ -15,7 +15,7 @@ from pulse.schemas import deadletter, topics
 from pulse.schemas.avro_writer import Mismatch, compile_writer, varint
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import load_schema, wire_encoder
-from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, MESSAGES, SENTIMENT_EVENTS, TRENDING
+from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, MESSAGES, RAW_SENTIMENT, TRENDING
 
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE, envelope
 
@@ -50,7 +50,7 @@ RECORDS: list[tuple[topics.TopicSpec, dict[str, Any]]] = [
             ),
         )
     ],
-    (SENTIMENT_EVENTS, SENTIMENT_EVENT),
+    (RAW_SENTIMENT, SENTIMENT_EVENT),
     (
         TRENDING,
         parse.trending_page(
@@ -140,9 +140,9 @@ def test_wire_encoder_frames_with_magic_byte_and_schema_id() -> None:
 
 
 def test_wire_encoder_leaves_coercions_and_errors_to_fastavro() -> None:
-    encode = wire_encoder(7, load_schema(SENTIMENT_EVENTS.schema_file))
+    encode = wire_encoder(7, load_schema(RAW_SENTIMENT.schema_file))
     record = dict(SENTIMENT_EVENT, sentiment_score=1)  # int for a double: fastavro's coercion
-    assert encode(record)[5:] == fastavro_bytes(SENTIMENT_EVENTS, record)
+    assert encode(record)[5:] == fastavro_bytes(RAW_SENTIMENT, record)
     with pytest.raises((TypeError, ValueError)):
         encode(dict(record, message_id="x"))  # fastavro's own error
 
