@@ -243,19 +243,19 @@ def test_probes_point_at_the_ports_and_paths_the_app_serves(rendered: list[Obj])
     assert effective(rendered, "bind_host") == "0.0.0.0"
 
 
+def test_the_probed_paths_exist_in_the_code() -> None:
+    text = (ROOT / "pulse/health.py").read_text()  # the one server of every process
+    for p in ["/healthz", "/readyz", "/metrics"]:
+        assert f'"{p}"' in text, f"pulse/health.py serves no {p}"
+
+
 @pytest.mark.parametrize(
-    "source, paths",
-    [
-        ("producers/metrics.py", ["/healthz", "/metrics"]),
-        ("pulse/consumers/alerts.py", ["/healthz", "/metrics"]),
-        ("processors/agents.py", ["/healthz", "/readyz"]),
-        ("processors/fanout.py", ["/healthz", "/metrics"]),
-    ],
-)
-def test_the_probed_paths_exist_in_the_code(source: str, paths: list[str]) -> None:
-    text = (ROOT / source).read_text()
-    for p in paths:
-        assert f'"{p}"' in text, f"{source} serves no {p}"
+    "source",
+    ["producers/metrics.py", "pulse/consumers/alerts.py", "processors/fanout.py",
+     "processors/app.py"],
+)  # fmt: skip
+def test_every_probed_process_serves_through_pulse_health(source: str) -> None:
+    assert "health.start(" in (ROOT / source).read_text(), f"{source} starts no pulse.health"
 
 
 def test_env_names_are_settings_fields(rendered: list[Obj]) -> None:
