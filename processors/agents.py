@@ -41,7 +41,7 @@ BATCH_MAX, BATCH_WITHIN_S = 200, 0.05  # mention-batch records per agent batch
 STALL_CHECK_S, STALL_S, IDLE_BEFORE_CHECK_S = 5.0, 20.0, 10.0
 FLUSH_WAIT_S = 10.0  # one producer flush wait; repeated while records are still in flight
 CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
-OUTPUTS = (topics.VOLUME, topics.SENTIMENT, topics.SPIKES, topics.LATE_EVENTS,
+OUTPUTS = (topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.SPIKES, topics.LATE_EVENTS,
            topics.DEAD_LETTER)
 log = logging.getLogger(__name__)
 
@@ -385,9 +385,9 @@ class Signals:
         partition being read; the wall-clock close time rides in a header, so the value
         stays identical on a replay."""
         send, volume, sentiment = self.sink.send, self.out_names[topics.VOLUME.name], \
-            self.out_names[topics.SENTIMENT.name]
+            self.out_names[topics.SENTIMENT_WINDOWS.name]
         encode_volume = self.encode[topics.VOLUME.name]
-        encode_sentiment = self.encode[topics.SENTIMENT.name]
+        encode_sentiment = self.encode[topics.SENTIMENT_WINDOWS.name]
 
         def on_result(vol: dict[str, Any], sent: dict[str, Any]) -> None:
             key = vol["symbol"].encode()
