@@ -27,7 +27,8 @@ from faust.types import TP
 from pulse.processors.engine import Batch, Outputs, PartitionEngine, partition_of_row_key
 from pulse.processors.mentions import from_columns, symbol_partition
 from pulse.processors.progress import ReadProgress
-from pulse.processors.watchdog import Offsets, Partition, ReadingOrder, StallWatch, Verdict
+from pulse.processors.reading_order import Admission, ReadingOrder
+from pulse.processors.watchdog import Offsets, Partition, StallWatch
 from pulse.processors.windows import split_row_key
 from pulse.schemas import deadletter, topics
 from pulse.schemas.deadletter import Reason
@@ -218,7 +219,8 @@ class Sink:
 
 class ReadGuard:
     """Each partition's records once and in offset order (faust can repeat or skip some after
-    a rebalance, :class:`~processors.watchdog.ReadingOrder`); holes are sought back to."""
+    a rebalance, :class:`~pulse.processors.reading_order.ReadingOrder`); holes are sought
+    back to."""
 
     def __init__(self, metrics: Any, contiguous: bool) -> None:
         self.order = ReadingOrder()
@@ -239,11 +241,11 @@ class ReadGuard:
         for event in events:
             msg = event.message
             verdict = self.order.admit(tp, msg.offset, contiguous=self.contiguous)
-            if verdict is Verdict.READ:
+            if verdict is Admission.READ:
                 kept.append(event)
                 continue
             msg.acked = True  # not processed, so faust must not count it towards a commit
-            if verdict is Verdict.REPEAT:
+            if verdict is Admission.REPEAT:
                 self.metrics.repeats.labels(msg.topic).inc()
                 continue
             target = self.order.needs_seek(tp)
@@ -424,7 +426,7 @@ class Signals:
             if owner is None:
                 owner = symbol_partition(split_row_key(key)[0], self.partitions)
             if owner == partition:
-                yield key, json.loads(row) if isinstance(row, str) else row
+                yield key, row
 
     # --- output -----------------------------------------------------------------------------
 
@@ -443,23 +445,20 @@ class Signals:
         if out.corrections:
             m.corrections.inc(out.corrections)
 
-    def put_row(self, partition: int, key: str, row: dict[str, Any] | None) -> None:
+    def put_row(self, partition: int, key: str, value: bytes | None) -> None:
         """Write a table row and its changelog record to ``partition``.
 
-        Same effect as ``table[key] = row`` without faust's per-key path (eager partitioning,
-        sensors, event lookup), which capped us at a few hundred writes/s. The in-memory copy
-        is kept as its JSON text (a third of the memory of the dict); a recovery restores
-        dicts, and :meth:`_rows_of` reads both.
+        Same effect as ``table[key] = value`` without faust's per-key path (eager partitioning,
+        sensors, event lookup), which capped us at a few hundred writes/s. Values are the
+        engine's encoded rows (binary pane chunks, JSON meta rows): the table's raw codec
+        stores the same bytes in memory, in the changelog and after a recovery.
         """
         table = self.p.symbols
-        if row is None:
+        if value is None:
             table.data.pop(key, None)
-            value = None
         else:
-            text = json.dumps(row)
-            table.data[key] = text
-            value = text.encode()
-        # faust's "json" codec: the bytes its recovery reads back
+            table.data[key] = value
+        # keys in faust's "json" codec: what its recovery decodes
         self.sink.send_state(table.changelog_topic.get_topic_name(), json.dumps(key).encode(),
                              value, partition)
 

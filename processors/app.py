@@ -3,8 +3,8 @@
 ``build(settings)`` declares its app, input topic and table and attaches the agent
 (:mod:`processors.agents`); ``run`` runs it. Faust's own windowed tables are not used (their
 closes need a later event of the same key, hopping windows emit only the last step, windowed
-state does not survive every rebalance): per-symbol state is plain JSON in a changelogged table
-and the watermark is ours. ``pulse worker`` itself is :mod:`processors.worker`.
+state does not survive every rebalance): per-symbol state is rows the engine encodes, in a
+changelogged table, and the watermark is ours. ``pulse worker`` itself is :mod:`processors.worker`.
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ def build(settings: Settings) -> Pipeline:
             spec.full_name(settings), partitions=spec.partitions(settings), key_type=bytes,
             value_type=bytes, key_serializer="raw", value_serializer="raw",
         ),
-        symbols=app.Table("symbols", key_type=str, partitions=settings.symbol_partitions),
+        # values are bytes the engine encodes (processors.engine.PartitionEngine.persist)
+        symbols=app.Table("symbols", key_type=str, value_type=bytes,
+                          partitions=settings.symbol_partitions),
     )
     from pulse.processors import agents  # attaches the agent, timers and pages to this app
 

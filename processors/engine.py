@@ -11,10 +11,12 @@ records to publish; :meth:`PartitionEngine.persist` returns the table rows that 
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pulse.processors import detectors
 from pulse.processors.mentions import ANY_SYMBOL, Mention, MentionKind
 from pulse.processors.progress import ReadProgress, Watermark
@@ -34,6 +36,12 @@ from pulse.processors.windows import (
 )
 
 PARTITION_ROW = "\x00partition"  # table key prefix of a partition's own row (never a symbol)
+
+
+def json_row(value: dict[str, Any]) -> bytes:
+    """A JSON table row. (orjson's result keeps a 4 KB allocation whatever its length; the
+    row is copied into a bytes object of its own size, as rows are kept in memory.)"""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def partition_row_key(partition: int) -> str:
@@ -103,6 +111,7 @@ class PartitionEngine:
         self._clock_dirty = False
         # what changed since the last `persist()`: symbols, and which of their panes
         self._dirty: dict[str, set[int]] = {}
+        self._dirty_meta: set[str] = set()  # symbols whose meta row changed
         self._persisted_chunks = {
             s: {start: p.chunks for start, p in st.panes.items()} for s, st in self.states.items()
         }
@@ -130,6 +139,8 @@ class PartitionEngine:
         partition_row = next(
             (row for key, row in rows if partition_of_row_key(key) is not None), None
         )
+        if isinstance(partition_row, (bytes, str)):
+            partition_row = json.loads(partition_row)
         symbol_rows = [(k, r) for k, r in rows if partition_of_row_key(k) is None]
         return cls(cfg, states_from_rows(symbol_rows, cfg), partition_row)
 
@@ -139,31 +150,38 @@ class PartitionEngine:
 
     # --- persistence ----------------------------------------------------------------------
 
-    def persist(self, partition: int) -> list[tuple[str, dict[str, Any] | None]]:
-        """Table writes for what changed since the last call, as ``(key, row or None)``.
+    def persist(self, partition: int) -> list[tuple[str, bytes | None]]:
+        """Table writes for what changed since the last call, as ``(key, value or None)``.
 
-        Per changed pane one new chunk row (only what it gained), per changed symbol its meta
-        row, and the partition's own row (watermark, orphan destroys) — chunks first: a crash
+        Per changed pane one new chunk row (only what it gained, binary: see
+        :meth:`~processors.windows.Pane.take_chunk`; a symbol's last one carries its last
+        offset); the symbol's meta row (JSON) only when its marks changed (a close, a
+        correction);
+        and the partition's own row (watermark, orphan destroys). Chunks first: a crash
         between them leaves the meta row behind, which
         :func:`~processors.windows.states_from_rows` repairs and a replay re-applies.
         """
-        writes: list[tuple[str, dict[str, Any] | None]] = []
-        metas: list[tuple[str, dict[str, Any] | None]] = []
+        writes: list[tuple[str, bytes | None]] = []
+        metas: list[tuple[str, bytes | None]] = []
         for symbol, panes in self._dirty.items():
             state = self.states[symbol]
             persisted = self._persisted_chunks.setdefault(symbol, {})
             for start in [s for s in persisted if s not in state.panes]:
                 writes.extend((pane_key(symbol, start, n), None) for n in range(persisted[start]))
                 del persisted[start]
-            for start in sorted(panes):
-                pane = state.panes.get(start)
-                if pane is not None and pane.dirty():
-                    writes.append((pane_key(symbol, start, pane.chunks), pane.take_chunk()))
-                    persisted[start] = pane.chunks
-            metas.append((symbol, state.meta_json()))
+            dirty = [(s, p) for s in sorted(panes) if (p := state.panes.get(s)) and p.dirty()]
+            for n, (start, pane) in enumerate(dirty, 1):
+                # the symbol's offset rides on its last chunk only: a crash that lands some of
+                # the symbol's chunks and not all must not mark the batch as applied to it
+                offset = state.last_offset if n == len(dirty) else -1
+                writes.append((pane_key(symbol, start, pane.chunks), pane.take_chunk(offset)))
+                persisted[start] = pane.chunks
+        for symbol in sorted(self._dirty_meta):
+            metas.append((symbol, json_row(self.states[symbol].meta_json())))
         self._dirty.clear()
+        self._dirty_meta.clear()
         if self._clock_dirty:
-            metas.append((partition_row_key(partition), self.partition_json()))
+            metas.append((partition_row_key(partition), json_row(self.partition_json())))
             self._clock_dirty = False
         return writes + metas
 
@@ -174,10 +192,14 @@ class PartitionEngine:
             "last_offset": self.last_offset,
         }
 
-    def _touch(self, symbol: str, pane_start: int | None = None) -> None:
-        panes = self._dirty.setdefault(symbol, set())
+    def _touch(self, symbol: str, pane_start: int | None = None, meta: bool = False) -> None:
+        panes = self._dirty.get(symbol)
+        if panes is None:
+            panes = self._dirty[symbol] = set()
         if pane_start is not None:
             panes.add(pane_start)
+        if meta:
+            self._dirty_meta.add(symbol)
 
     # --- input ------------------------------------------------------------------------------
 
@@ -247,6 +269,8 @@ class PartitionEngine:
             out.late_kinds.append(mention.kind.value)
         if applied.counted:
             out.changed.add(symbol)
+        if applied.corrections:
+            self._touch(symbol, meta=True)
         for correction in applied.corrections:
             out.add_result(correction, trigger_ms, self._warm(state))
             out.corrections += 1
@@ -260,7 +284,7 @@ class PartitionEngine:
             Mention(MentionKind.RETRACTION, symbol, retraction.message_id, start)
             for symbol, state in self.states.items()
             for start, pane in state.panes.items()
-            if retraction.message_id in pane.messages
+            if pane.counts(retraction.message_id)
         ]
         if not found:  # not counted (yet): a create arriving later must not count
             self.orphans[retraction.message_id] = retraction.created_at_ms
@@ -307,6 +331,7 @@ class PartitionEngine:
             for closed in close_windows(state, symbol, wm, self.cfg):
                 self._emit(state, closed, trigger_ms, out, offset)
             out.changed.add(symbol)
+            self._touch(symbol, meta=True)
             self._schedule(symbol, state)
 
     def _emit(

@@ -15,10 +15,15 @@ result with ``revision + 1``.
 from __future__ import annotations
 
 import bisect
-import heapq
+import json
 import math
+import struct
+import sys
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property, reduce
+from itertools import compress
 from typing import Any
 
 from pulse.processors import detectors
@@ -108,6 +113,16 @@ class WindowConfig:
 _NO_IDS: frozenset[int] = frozenset()
 _LABEL_CODES: dict[str | None, int] = {None: 0, "Bullish": 1, "Bearish": 2}
 _LABELS = (None, "Bullish", "Bearish")
+_OTHER_LABEL = 3  # a label the schema does not have: kept by message id in ``Pane.odd``
+_HAS_USER = 4
+_NO_USER = -(2**63)  # the user column's value for a message without a user id
+# bytes.translate tables: a message's code → 1 where it is a Bullish (Bearish) vote of a user
+_BULL_VOTERS = bytes(int(c == _HAS_USER | 1) for c in range(256))
+_BEAR_VOTERS = bytes(int(c == _HAS_USER | 2) for c in range(256))
+_SMALL_WINDOW = 32  # messages; below, a window's users are tallied by a plain loop
+_CHUNK_HEAD = struct.Struct("<BqIII")  # version, symbol's last offset, #messages, scores, destroys
+_CHUNK_VERSION = 1
+_LITTLE = sys.byteorder == "little"
 
 
 def pack_user_label(user_id: int | None, label: str | None) -> Any:
@@ -127,111 +142,259 @@ def unpack_user_label(value: Any) -> tuple[int | None, str | None]:
     return (value >> 3 if value & 4 else None), _LABELS[value & 3]
 
 
-@dataclass
+def _code(user_id: int | None, label: str | None) -> int:
+    code = _LABEL_CODES.get(label, _OTHER_LABEL)
+    return code if user_id is None else code | _HAS_USER
+
+
+def _column_bytes(column: array) -> bytes:
+    """An int64/float64 column as little-endian bytes (the chunk rows' byte order)."""
+    if _LITTLE:
+        return column.tobytes()
+    swapped = array(column.typecode, column)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _column(typecode: str, data: bytes | memoryview) -> array:
+    column = array(typecode)
+    column.frombytes(data)  # (array(typecode, memoryview) would take each byte as an item)
+    if not _LITTLE:
+        column.byteswap()
+    return column
+
+
+def decode_chunk(chunk: bytes) -> tuple[int, list[tuple[int, int | None, str | None]],
+                                          list[tuple[int, float]], list[int]]:
+    """A binary chunk row (:meth:`Pane.take_chunk`): (the symbol's last offset, messages as
+    (id, user, label), scores as (id, score), destroyed ids)."""
+    _, last_offset, n_m, n_s, n_r = _CHUNK_HEAD.unpack_from(chunk)
+    view, at = memoryview(chunk), _CHUNK_HEAD.size
+    m_ids = _column("q", view[at:at + 8 * n_m])
+    m_users = _column("q", view[at + 8 * n_m:at + 16 * n_m])
+    m_codes = bytes(view[at + 16 * n_m:at + 17 * n_m])
+    at += 17 * n_m
+    s_ids = _column("q", view[at:at + 8 * n_s])
+    s_values = _column("d", view[at + 8 * n_s:at + 16 * n_s])
+    at += 16 * n_s
+    r_ids = _column("q", view[at:at + 8 * n_r])
+    odd = json.loads(bytes(view[at + 8 * n_r:])) if len(chunk) > at + 8 * n_r else {}
+    messages = [
+        (i, u if c & _HAS_USER else None,
+         odd.get(str(i)) if c & 3 == _OTHER_LABEL else _LABELS[c & 3])
+        for i, u, c in zip(m_ids, m_users, m_codes, strict=True)
+    ]
+    return last_offset, messages, list(zip(s_ids, s_values, strict=True)), list(r_ids)
+
+
+def chunk_json(chunk: bytes) -> dict[str, Any]:
+    """A binary chunk row as the JSON-able dict of :meth:`Pane.to_json` (tests, debugging)."""
+    _, messages, scores, destroys = decode_chunk(chunk)
+    return {"m": {str(i): [u, label] for i, u, label in messages},
+            "s": {str(i): v for i, v in scores}, "r": destroys}
+
+
+class _Chunk:
+    """What a pane gained since its last chunk row, as the row's columns. A message counted
+    and then destroyed before the row is written is in both its messages and its destroys
+    (applied in that order, it ends uncounted)."""
+
+    __slots__ = ("m_codes", "m_ids", "m_users", "odd", "r_ids", "s_ids", "s_values")
+
+    def __init__(self) -> None:
+        self.m_ids, self.m_users, self.m_codes = array("q"), array("q"), bytearray()
+        self.odd: dict[str, str] = {}  # labels outside the schema, by message id
+        self.s_ids, self.s_values, self.r_ids = array("q"), array("d"), array("q")
+
+    def encode(self, last_offset: int) -> bytes:
+        return b"".join((
+            _CHUNK_HEAD.pack(_CHUNK_VERSION, last_offset, len(self.m_ids), len(self.s_ids),
+                             len(self.r_ids)),
+            _column_bytes(self.m_ids), _column_bytes(self.m_users), bytes(self.m_codes),
+            _column_bytes(self.s_ids), _column_bytes(self.s_values), _column_bytes(self.r_ids),
+            json.dumps(self.odd).encode() if self.odd else b"",
+        ))
+
+
 class Pane:
-    """One pane of one symbol: the counted message ids (user, label), the /sentiment scores by
-    message id, and the ids destroyed.
+    """One pane of one symbol: the counted messages (id, user, label), the /sentiment scores
+    by message id, and the ids destroyed.
+
+    Kept as columns: ``ids`` sorted ascending with ``users`` and ``codes`` (label code, plus
+    4 when the message has a user id) beside them, ``score_ids``/``score_values`` likewise.
+    That is 17 bytes per counted message, no Python object per message (a dict entry with
+    two int objects costs ~110 bytes and is walked by the GC), a binary search finds an id,
+    and the smallest ids are the first ones. Label counts are kept up to date on every add
+    and destroy; distinct users and per-user votes are counted from the columns when a
+    window closes (:func:`window_result`).
 
     Persisted as append-only *chunks*: each :meth:`take_chunk` returns only what was added
     since the last one, so a hot symbol's growing pane is never rewritten whole.
-
-    Running tallies of the counted messages (labels, users, per-user votes, the smallest ids)
-    are kept up to date on every add and retraction, so a window merges its panes' tallies
-    instead of walking every message (a 1 h window hopping by 5 min would walk each one ~12
-    times). They are derived state: never persisted, rebuilt with the messages.
     """
 
-    # message id → its user and label, packed in one int (:func:`pack_user_label`; a tuple
-    # only for a label the schema does not have): a dict of ints is invisible to Python's
-    # cyclic GC, a dict of tuples is walked by every full collection (~40 % of the engine's
-    # time with 250k counted messages); it also saves the tuple's memory
-    messages: dict[int, Any] = field(default_factory=dict)
-    scores: dict[int, float] = field(default_factory=dict)
-    # a shared empty frozenset until the first destroy (a set per pane is one more object
-    # for the GC to walk; few panes ever see a destroy)
-    retracted: set[int] | frozenset[int] = _NO_IDS
-    chunks: int = 0  # chunk rows written so far
-    # ("m" | "s" | "r", id) added since the last chunk; None when there is none
-    _new: list[tuple[str, int]] | None = field(default=None, repr=False, compare=False)
-    # --- the tallies (see the class doc) ---
-    bullish: int = field(default=0, init=False, repr=False, compare=False)
-    bearish: int = field(default=0, init=False, repr=False, compare=False)
-    # labelled messages without a user id: each is a voter of its own
-    anon_bullish: int = field(default=0, init=False, repr=False, compare=False)
-    anon_bearish: int = field(default=0, init=False, repr=False, compare=False)
-    # user → counted messages here (distinct users are the keys)
-    users: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
-    # user → Bullish minus Bearish labels here (zeros dropped: they do not vote)
-    votes: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
-    # the SAMPLE_IDS smallest counted ids, ascending (a tuple of ints: the GC stops walking it)
-    smallest: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
-    _score_sum: float | None = field(default=None, init=False, repr=False, compare=False)
+    __slots__ = (
+        "_new",
+        "_score_sum",
+        "anon_bearish",
+        "anon_bullish",
+        "bearish",
+        "bullish",
+        "chunks",
+        "codes",
+        "ids",
+        "odd",
+        "retracted",
+        "score_ids",
+        "score_values",
+        "users",
+    )
 
-    def __post_init__(self) -> None:
-        messages = self.messages
-        for message_id, value in messages.items():
-            user_id, label = unpack_user_label(value)
-            messages[message_id] = pack_user_label(user_id, label)  # (user, label) given
-            self._tally(user_id, label, 1)
-        self.smallest = tuple(heapq.nsmallest(SAMPLE_IDS, messages))
+    def __init__(self) -> None:
+        self.ids = array("q")
+        self.users = array("q")
+        self.codes = bytearray()
+        self.odd: dict[int, str] | None = None  # labels outside the schema, by message id
+        # a shared empty tuple until the first score (most panes never get one)
+        self.score_ids: array | tuple[()] = ()
+        self.score_values: array | tuple[()] = ()
+        # a shared empty frozenset until the first destroy (few panes ever see one)
+        self.retracted: set[int] | frozenset[int] = _NO_IDS
+        self.bullish = self.bearish = 0
+        # labelled messages without a user id: each is a voter of its own
+        self.anon_bullish = self.anon_bearish = 0
+        self.chunks = 0  # chunk rows written so far
+        # ("m" | "s" | "r", id) added since the last chunk; None when there is none
+        self._new: _Chunk | None = None  # what the next chunk row holds; None: nothing
+        self._score_sum: float | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pane) and (
+            self.messages, self.scores, set(self.retracted), self.chunks) == (
+            other.messages, other.scores, set(other.retracted), other.chunks)
+
+    def __repr__(self) -> str:
+        return f"Pane(messages={self.messages}, scores={self.scores}, " \
+               f"retracted={set(self.retracted)})"
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> dict[int, tuple[int | None, str | None]]:
+        """Counted message id → (user id, label) (tests and JSON; the engine reads columns)."""
+        return {i: self._user_label_at(n) for n, i in enumerate(self.ids)}
+
+    @property
+    def scores(self) -> dict[int, float]:
+        return dict(zip(self.score_ids, self.score_values, strict=True))
+
+    def _index(self, ids: array, message_id: int) -> int:
+        """Position of ``message_id`` in the sorted column ``ids``; -1 when absent."""
+        at = bisect.bisect_left(ids, message_id)
+        return at if at < len(ids) and ids[at] == message_id else -1
+
+    def counts(self, message_id: int) -> bool:
+        """``message_id`` is counted here."""
+        ids = self.ids
+        return bool(ids) and ids[0] <= message_id <= ids[-1] and \
+            self._index(ids, message_id) >= 0
+
+    def has_score(self, message_id: int) -> bool:
+        return self._index(self.score_ids, message_id) >= 0
+
+    def empty(self) -> bool:
+        return not self.ids and not self.score_ids
+
+    def smallest(self) -> tuple[int, ...]:
+        """The SAMPLE_IDS smallest counted ids, ascending."""
+        return tuple(self.ids[:SAMPLE_IDS])
+
+    def _user_label_at(self, at: int) -> tuple[int | None, str | None]:
+        code = self.codes[at]
+        user = self.users[at] if code & _HAS_USER else None
+        label = self.odd[self.ids[at]] if code & 3 == _OTHER_LABEL and self.odd else \
+            _LABELS[code & 3]
+        return user, label
 
     def user_label(self, message_id: int) -> tuple[int | None, str | None] | None:
         """(user id, label) of a counted message; None if not counted here."""
-        value = self.messages.get(message_id)
-        return None if value is None else unpack_user_label(value)
+        at = self._index(self.ids, message_id)
+        return None if at < 0 else self._user_label_at(at)
 
-    def _tally(self, user_id: int | None, label: str | None, d: int) -> None:
-        """Count one message (``d`` = 1) or uncount it (-1) in the tallies."""
-        if user_id is not None:
-            n = self.users.get(user_id, 0) + d
-            if n:
-                self.users[user_id] = n
-            else:
-                del self.users[user_id]
-        if label == "Bullish":
+    def score_sum(self) -> float:
+        """The scores' sum, in message id order (the same whatever order they arrived in)."""
+        if self._score_sum is None:
+            self._score_sum = sum(self.score_values)
+        return self._score_sum
+
+    # --- changing ---------------------------------------------------------------------------
+
+    def _tally(self, code: int, d: int) -> None:
+        label = code & 3
+        if label == 1:
             self.bullish += d
-            vote = d
-        elif label == "Bearish":
-            self.bearish += d
-            vote = -d
-        else:
-            return
-        if user_id is None:
-            if label == "Bullish":
+            if not code & _HAS_USER:
                 self.anon_bullish += d
-            else:
+        elif label == 2:
+            self.bearish += d
+            if not code & _HAS_USER:
                 self.anon_bearish += d
-            return
-        v = self.votes.get(user_id, 0) + vote
-        if v:
-            self.votes[user_id] = v
-        else:
-            del self.votes[user_id]
 
-    def _count(self, message_id: int, user_id: int | None, sentiment: str | None) -> None:
-        old = self.messages.get(message_id)
-        if old is not None:  # never twice (add_mention checks), but stay exact regardless
-            self._uncount(message_id)
-        self.messages[message_id] = pack_user_label(user_id, sentiment)
-        self._tally(user_id, sentiment, 1)
-        smallest = self.smallest
-        if len(smallest) < SAMPLE_IDS or message_id < smallest[-1]:
-            self.smallest = tuple(sorted((*smallest, message_id))[:SAMPLE_IDS])
+    def _count(self, message_id: int, user_id: int | None, label: str | None) -> int:
+        """Count a message; returns its code (label code, + 4 with a user id)."""
+        ids = self.ids
+        at = bisect.bisect_left(ids, message_id)
+        if at < len(ids) and ids[at] == message_id:  # never twice (add_mention checks)
+            self._uncount_at(at)
+        code = _code(user_id, label)
+        if code & 3 == _OTHER_LABEL:
+            if self.odd is None:
+                self.odd = {}
+            self.odd[message_id] = label  # type: ignore[assignment]
+        user = _NO_USER if user_id is None else user_id
+        if at == len(ids):  # ids mostly arrive in order
+            ids.append(message_id)
+            self.users.append(user)
+            self.codes.append(code)
+        else:
+            ids.insert(at, message_id)
+            self.users.insert(at, user)
+            self.codes.insert(at, code)
+        self._tally(code, 1)
+        return code
+
+    def _uncount_at(self, at: int) -> None:
+        code = self.codes[at]
+        if self.odd:
+            self.odd.pop(self.ids[at], None)
+        del self.ids[at], self.users[at], self.codes[at]
+        self._tally(code, -1)
 
     def _uncount(self, message_id: int) -> bool:
-        value = self.messages.pop(message_id, None)
-        if value is None:
+        at = self._index(self.ids, message_id)
+        if at < 0:
             return False
-        user_id, label = unpack_user_label(value)
-        self._tally(user_id, label, -1)
-        if message_id in self.smallest:  # rare: only then walk the pane again
-            self.smallest = tuple(heapq.nsmallest(SAMPLE_IDS, self.messages))
+        self._uncount_at(at)
         return True
 
-    def _log(self, kind: str, message_id: int) -> None:
+    def _set_score(self, message_id: int, score: float) -> None:
+        if type(self.score_ids) is tuple:
+            self.score_ids, self.score_values = array("q"), array("d")
+        ids = self.score_ids
+        at = bisect.bisect_left(ids, message_id)
+        if at < len(ids) and ids[at] == message_id:
+            self.score_values[at] = score
+        elif at == len(ids):
+            ids.append(message_id)
+            self.score_values.append(score)
+        else:
+            ids.insert(at, message_id)
+            self.score_values.insert(at, score)
+        self._score_sum = None
+
+    def _chunk(self) -> _Chunk:
         if self._new is None:
-            self._new = []
-        self._new.append((kind, message_id))
+            self._new = _Chunk()
+        return self._new
 
     def _retracted(self) -> set[int]:
         if type(self.retracted) is not set:
@@ -239,74 +402,79 @@ class Pane:
         return self.retracted  # type: ignore[return-value]
 
     def add_message(self, message_id: int, user_id: int | None, sentiment: str | None) -> None:
-        self._count(message_id, user_id, sentiment)
-        self._log("m", message_id)
+        code = self._count(message_id, user_id, sentiment)
+        new = self._chunk()
+        new.m_ids.append(message_id)
+        new.m_users.append(_NO_USER if user_id is None else user_id)
+        new.m_codes.append(code)
+        if code & 3 == _OTHER_LABEL:
+            new.odd[str(message_id)] = sentiment  # type: ignore[assignment]
 
     def add_score(self, message_id: int, score: float) -> None:
-        self.scores[message_id] = score
-        self._score_sum = None
-        self._log("s", message_id)
+        self._set_score(message_id, score)
+        new = self._chunk()
+        new.s_ids.append(message_id)
+        new.s_values.append(score)
 
     def retract(self, message_id: int) -> bool:
         """Destroy ``message_id``; True when it had been counted here."""
         self._retracted().add(message_id)
-        self._log("r", message_id)
+        self._chunk().r_ids.append(message_id)
         return self._uncount(message_id)
 
-    def score_sum(self) -> float:
-        """``sum(self.scores.values())`` (in insertion order, so windows stay bit-exact)."""
-        if self._score_sum is None:
-            self._score_sum = sum(self.scores.values())
-        return self._score_sum
+    # --- chunk rows -------------------------------------------------------------------------
 
     def dirty(self) -> bool:
-        return bool(self._new)
+        return self._new is not None
 
-    def take_chunk(self) -> dict[str, Any]:
-        """What changed since the last chunk, as one JSON-able row; numbers the chunk."""
-        m: dict[str, Any] = {}
-        s: dict[str, Any] = {}
-        r: list[int] = []
-        messages, scores = self.messages, self.scores
-        for kind, message_id in self._new or ():
-            if kind == "m":
-                value = messages.get(message_id)
-                m[str(message_id)] = [None, None] if value is None else list(
-                    unpack_user_label(value))
-            elif kind == "s":
-                s[str(message_id)] = scores[message_id]
-            else:
-                r.append(message_id)
-        self._new = None
+    def take_chunk(self, last_offset: int = -1) -> bytes:
+        """What changed since the last chunk, as one binary row (see docs/processors.md,
+        "State"); numbers the chunk. ``last_offset`` is the symbol's, kept with the row."""
+        new, self._new = self._new or _Chunk(), None
         self.chunks += 1
-        return {"m": m, "s": s, "r": r}
+        return new.encode(last_offset)
 
-    def apply_chunk(self, chunk: dict[str, Any]) -> None:
-        """Rebuild: apply one chunk row (in the order they were written)."""
+    def apply_chunk(self, chunk: bytes | dict[str, Any]) -> int:
+        """Rebuild: apply one chunk row (in the order they were written); returns the
+        symbol's last offset it carries (-1 for a JSON row of the earlier format)."""
+        if isinstance(chunk, dict) or chunk[:1] == b"{":
+            self._apply_json_chunk(chunk if isinstance(chunk, dict) else json.loads(chunk))
+            return -1
+        last_offset, messages, scores, destroys = decode_chunk(chunk)
+        for message_id, user, label in messages:
+            self._count(message_id, user, label)
+        for message_id, score in scores:
+            self._set_score(message_id, score)
+        self._destroy_all(destroys)
+        self.chunks += 1
+        return last_offset
+
+    def _destroy_all(self, message_ids: Any) -> None:
+        for message_id in message_ids:
+            self._retracted().add(message_id)
+            self._uncount(message_id)
+
+    def _apply_json_chunk(self, chunk: dict[str, Any]) -> None:
         for k, v in chunk["m"].items():
             self._count(int(k), v[0], v[1])
         for k, v in chunk["s"].items():
-            self.scores[int(k)] = v
-        self._score_sum = None
-        for message_id in chunk["r"]:
-            self._retracted().add(message_id)
-            self._uncount(message_id)
+            self._set_score(int(k), v)
+        self._destroy_all(chunk["r"])
         self.chunks += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "m": {str(k): list(unpack_user_label(v)) for k, v in self.messages.items()},
+            "m": {str(k): list(v) for k, v in self.messages.items()},
             "s": {str(k): v for k, v in self.scores.items()},
             "r": sorted(self.retracted),
         }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Pane:
-        return cls(
-            {int(k): (v[0], v[1]) for k, v in row["m"].items()},
-            {int(k): v for k, v in row["s"].items()},
-            set(row["r"]) if row["r"] else _NO_IDS,
-        )
+        pane = cls()
+        pane._apply_json_chunk(row)
+        pane.chunks = 0
+        return pane
 
 
 @dataclass
@@ -317,7 +485,6 @@ class SymbolState:
     pending: dict[str, list[int]] = field(default_factory=dict)  # spec key → open starts
     emitted: dict[str, dict[int, int]] = field(default_factory=dict)  # → start: revision
     detectors: DetectorState = field(default_factory=DetectorState)  # spike baselines
-    max_event_ms: int = 0
     watermark_ms: int = NO_WATERMARK  # at the last close; rebuilds the partition's clock
     # replay after a crash: which input offset emitted each window, and the spike it fired
     emitted_by: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -327,9 +494,6 @@ class SymbolState:
     # every mention; only _mark_pending and close_windows change `pending`
     _earliest: tuple[tuple[WindowSpec, ...], int | None] | None = field(
         default=None, init=False, repr=False, compare=False)
-    # (row name, spec key) → (copy of the marks, their JSON): see _marks_json
-    _marks_cache: dict[tuple[str, str], tuple[dict[int, Any], dict[str, Any]]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as one JSON-able dict (tests; see :meth:`meta_json` for rows)."""
@@ -345,32 +509,18 @@ class SymbolState:
         of a replay can open tens of thousands of them (a row that large is refused by Kafka).
         """
         return {
-            "emitted": self._marks_json("emitted", self.emitted),
+            "emitted": self._marks_json(self.emitted),
             "detectors": self.detectors.to_json(),
-            "max_event_ms": self.max_event_ms,
             "watermark_ms": self.watermark_ms,
-            "emitted_by": self._marks_json("emitted_by", self.emitted_by),
-            "spikes_sent": self._marks_json("spikes_sent", self.spikes_sent),
+            "emitted_by": self._marks_json(self.emitted_by),
+            "spikes_sent": self._marks_json(self.spikes_sent),
             "last_offset": self.last_offset,
         }
 
-    def _marks_json(self, name: str, marks: dict[str, dict[int, Any]]) -> dict[str, Any]:
-        """Per spec key, the marks with string keys (JSON objects).
-
-        The row is rewritten after every batch that touches the symbol (``last_offset``),
-        but its marks change only when a window closes or is corrected: an unchanged spec's
-        dict is reused (comparing two dicts is cheaper than converting every key). Rows are
-        read-only, so sharing is safe.
-        """
-        cache = self._marks_cache
-        out = {}
-        for key, by_start in marks.items():
-            hit = cache.get((name, key))
-            if hit is None or hit[0] != by_start:
-                hit = cache[(name, key)] = (
-                    dict(by_start), {str(st): v for st, v in by_start.items()})
-            out[key] = hit[1]
-        return out
+    @staticmethod
+    def _marks_json(marks: dict[str, dict[int, Any]]) -> dict[str, Any]:
+        """Per spec key, the marks with string keys (JSON objects)."""
+        return {key: {str(st): v for st, v in by_start.items()} for key, by_start in marks.items()}
 
     @classmethod
     def from_json(cls, row: dict[str, Any], panes: dict[int, Pane] | None = None) -> SymbolState:
@@ -383,7 +533,6 @@ class SymbolState:
             # a row of v1 (per-spec "baselines") starts cold: v2 learns other quantities
             detectors=(DetectorState.from_json(row["detectors"]) if "detectors" in row
                        else DetectorState()),
-            max_event_ms=row["max_event_ms"],
             watermark_ms=row["watermark_ms"],
             emitted_by={
                 k: {int(st): o for st, o in e.items()} for k, e in row["emitted_by"].items()
@@ -428,34 +577,39 @@ def split_row_key(key: str) -> tuple[str, int | None, int]:
 
 
 def states_from_rows(rows: Any, cfg: WindowConfig) -> dict[str, SymbolState]:
-    """Rebuild symbol states from ``(key, row)`` table rows: meta rows and pane chunk rows.
+    """Rebuild symbol states from ``(key, row)`` table rows: meta rows (JSON) and pane chunk
+    rows (binary, :meth:`Pane.take_chunk`).
 
-    Chunk rows are written before their symbol's meta row, so a crash between the two leaves
-    a meta row behind its panes; the windows such panes open are marked pending again.
+    Chunk rows are written before their symbol's meta row, and a meta row only when the
+    symbol's marks change (a close, a correction), so a meta row may be behind its panes;
+    the windows such panes open are marked pending again. A symbol's last offset is the
+    latest of its meta row's and its chunk rows'.
     """
     metas: dict[str, dict[str, Any]] = {}
-    chunks: dict[str, dict[int, list[tuple[int, dict[str, Any]]]]] = {}
+    chunks: dict[str, dict[int, list[tuple[int, Any]]]] = {}
     for key, row in rows:
         if row is None:
             continue
         symbol, start, chunk = split_row_key(key)
         if start is None:
-            metas[symbol] = row
+            metas[symbol] = json.loads(row) if isinstance(row, (bytes, str)) else row
         else:
             chunks.setdefault(symbol, {}).setdefault(start, []).append((chunk, row))
     empty = SymbolState().meta_json()
     states = {}
     for symbol in metas.keys() | chunks.keys():
         panes = {}
+        last_offset = -1
         for start, rows_of_pane in chunks.get(symbol, {}).items():
             pane = panes[start] = Pane()
             for _, chunk_row in sorted(rows_of_pane, key=lambda cr: cr[0]):
-                pane.apply_chunk(chunk_row)
+                last_offset = max(last_offset, pane.apply_chunk(chunk_row))
             pane.chunks = max(n for n, _ in rows_of_pane) + 1
-        states[symbol] = SymbolState.from_json(metas.get(symbol, empty), panes)
+        state = states[symbol] = SymbolState.from_json(metas.get(symbol, empty), panes)
+        state.last_offset = max(state.last_offset, last_offset)
     for state in states.values():
         for pane_start, pane in state.panes.items():
-            if pane.messages or pane.scores:
+            if not pane.empty():
                 _mark_pending(state, pane_start, cfg, since_ms=state.watermark_ms)
     return states
 
@@ -541,7 +695,7 @@ class WindowResult:
 
 
 def spike_record(
-    result: WindowResult, verdict: detectors.Verdict, detected_at_ms: int
+    result: WindowResult, verdict: detectors.Detection, detected_at_ms: int
 ) -> dict[str, Any]:
     """A ``Spike`` (spike.avsc) for a window whose detector fired."""
     return {
@@ -561,7 +715,7 @@ class Closed:
     """A window that became final, with the alert when a detector fired on it."""
 
     result: WindowResult
-    verdict: detectors.Verdict | None = None
+    verdict: detectors.Detection | None = None
     warm: bool | None = None  # the symbol's detectors warm once this window was scored
 
 
@@ -588,19 +742,23 @@ def window_result(
     count = bullish = bearish = anon_bullish = anon_bearish = score_count = 0
     score_sum = 0.0
     for pane in parts:
-        count += len(pane.messages)
+        count += len(pane.ids)
         bullish += pane.bullish
         bearish += pane.bearish
         anon_bullish += pane.anon_bullish
         anon_bearish += pane.anon_bearish
-        score_sum += pane.score_sum()
-        score_count += len(pane.scores)
-    user_bullish, user_bearish = _user_votes([p.votes for p in parts if p.votes])
-    if len(parts) == 1:
-        distinct, sample = len(parts[0].users), tuple(parts[0].smallest)
+        if pane.score_ids:
+            score_sum += pane.score_sum()
+            score_count += len(pane.score_ids)
+    if count <= _SMALL_WINDOW:
+        distinct, (user_bullish, user_bearish) = _small_window_users(parts)
     else:
-        distinct = len(set().union(*[p.users for p in parts]))
-        sample = tuple(sorted([i for p in parts for i in p.smallest])[:SAMPLE_IDS])
+        distinct = _distinct_users(parts)
+        user_bullish, user_bearish = _user_votes(parts)
+    if len(parts) == 1:
+        sample = parts[0].smallest()
+    else:
+        sample = tuple(sorted([i for p in parts for i in p.ids[:SAMPLE_IDS]])[:SAMPLE_IDS])
     return WindowResult(
         symbol=symbol,
         spec=spec,
@@ -626,23 +784,45 @@ def _panes_of(panes: dict[int, Pane], start_ms: int, end_ms: int, pane_ms: int) 
     return [p for p in map(panes.get, range(start_ms, end_ms, pane_ms)) if p is not None]
 
 
-def _user_votes(votes: list[dict[int, int]]) -> tuple[int, int]:
-    """(bullish users, bearish users) of panes' per-user votes: each user once, by the sign
-    of their net vote over the window (as :func:`~processors.sentiment.user_votes`)."""
-    if not votes:
-        return 0, 0
-    if len(votes) == 1:
-        tally = votes[0]
-    else:
-        biggest = max(votes, key=len)
-        tally = dict(biggest)
-        for pane_votes in votes:
-            if pane_votes is not biggest:
-                for user_id, v in pane_votes.items():
-                    tally[user_id] = tally.get(user_id, 0) + v
-    positive = sum(1 for v in tally.values() if v > 0)
-    negative = sum(1 for v in tally.values() if v < 0)
-    return positive, negative
+def _small_window_users(parts: list[Pane]) -> tuple[int, tuple[int, int]]:
+    """:func:`_distinct_users` and :func:`_user_votes` in one plain loop (few messages)."""
+    users: set[int] = set()
+    net: dict[int, int] = {}
+    for pane in parts:
+        for user, code in zip(pane.users, pane.codes, strict=True):
+            if code & _HAS_USER:
+                users.add(user)
+                label = code & 3
+                if label == 1:
+                    net[user] = net.get(user, 0) + 1
+                elif label == 2:
+                    net[user] = net.get(user, 0) - 1
+    return len(users), (sum(1 for v in net.values() if v > 0),
+                        sum(1 for v in net.values() if v < 0))
+
+
+def _distinct_users(parts: list[Pane]) -> int:
+    """Distinct user ids of the panes' counted messages (a set built from the columns in C)."""
+    users = set(parts[0].users) if len(parts) == 1 else set().union(*[p.users for p in parts])
+    users.discard(_NO_USER)
+    return len(users)
+
+
+def _user_votes(parts: list[Pane]) -> tuple[int, int]:
+    """(bullish users, bearish users) of the panes' labelled messages with a user id: each
+    user once, by the sign of their net vote over the window (as
+    :func:`~processors.sentiment.user_votes`); counted from the columns in C."""
+    bull: Counter[int] = Counter()
+    bear: Counter[int] = Counter()
+    for pane in parts:
+        if pane.bullish > pane.anon_bullish:
+            bull.update(compress(pane.users, pane.codes.translate(_BULL_VOTERS)))
+        if pane.bearish > pane.anon_bearish:
+            bear.update(compress(pane.users, pane.codes.translate(_BEAR_VOTERS)))
+    if not bear or not bull:
+        return len(bull), len(bear)
+    return (sum(1 for u, n in bull.items() if n > bear.get(u, 0)),
+            sum(1 for u, n in bear.items() if n > bull.get(u, 0)))
 
 
 def _mark_pending(
@@ -679,18 +859,17 @@ def add_mention(
         if _already_in(state.panes.get(pane_start), mention):
             return Applied()  # redelivered (a replay) after its window closed: counted then
         return Applied(late=True, lateness_ms=watermark_ms - t)
-    state.max_event_ms = max(state.max_event_ms, t)
     pane = state.panes.get(pane_start)
     if pane is None:  # (not setdefault: a Pane is not free to build and throw away)
         pane = state.panes[pane_start] = Pane()
     # every mention of a pane falls in the same windows: mark them once, on its first one
-    first_in_pane = not pane.messages and not pane.scores
+    first_in_pane = pane.empty()
     if mention.kind is MentionKind.MESSAGE:
-        if mention.message_id in pane.messages or mention.message_id in pane.retracted:
+        if pane.counts(mention.message_id) or mention.message_id in pane.retracted:
             return Applied()  # redelivered, or already destroyed
         pane.add_message(mention.message_id, mention.user_id, mention.sentiment)
     elif mention.kind is MentionKind.SCORE:
-        if mention.message_id in pane.scores or mention.sentiment_score is None:
+        if mention.sentiment_score is None or pane.has_score(mention.message_id):
             return Applied()
         pane.add_score(mention.message_id, mention.sentiment_score)
     else:
@@ -704,8 +883,8 @@ def _already_in(pane: Pane | None, mention: Mention) -> bool:
     if pane is None:
         return False
     if mention.kind is MentionKind.SCORE:
-        return mention.message_id in pane.scores
-    return mention.message_id in pane.messages or mention.message_id in pane.retracted
+        return pane.has_score(mention.message_id)
+    return pane.counts(mention.message_id) or mention.message_id in pane.retracted
 
 
 def _retract(
