@@ -21,12 +21,12 @@ import time
 import uuid
 from collections import Counter
 
-from confluent_kafka import Consumer
 from pulse.processors.fanout import FanOut
 from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 
+from pulse import kafka
 from pulse.settings import Settings
 from tests.support.harness import RawWriter, message_event
 
@@ -49,8 +49,7 @@ def preload(settings: Settings, n: int, n_symbols: int, rate_per_s: float) -> No
 def bare_loop(settings: Settings, n: int) -> float:
     """consume(10k) + Avro decode + per-symbol count: msgs/s from the first record."""
     decode = Serde(settings).deserializer(topics.MESSAGES)
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"bare-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = kafka.consumer(kafka.reader_config(settings, "bare", role="bench"))
     consumer.subscribe([topics.MESSAGES.full_name(settings)])
     counts: Counter[str] = Counter()
     seen, start = 0, None

@@ -13,15 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import TopicSpec
 
+from pulse import kafka
 from pulse.settings import PREFIX, Settings
 
 
@@ -132,9 +132,9 @@ class RawWriter:
     def __init__(self, settings: Settings, serde: Serde | None = None) -> None:
         self.settings = settings
         self.serde = serde or Serde(settings)
-        self.producer = Producer(
-            {**settings.kafka_config(), "enable.idempotence": True, "acks": "all",
-             "linger.ms": 20, "queue.buffering.max.messages": 1_000_000}
+        # written as the producers write them (idempotent, lz4, STREAM batching)
+        self.producer = kafka.producer(
+            kafka.producer_config(settings, batching=kafka.STREAM, role="test-writer")
         )
         self._enc = {
             spec.name: self.serde.serializer(spec)
@@ -171,15 +171,7 @@ def read_records(
     """Decoded values of ``spec`` from the beginning: stop at ``expected`` records, or when
     nothing new came for ``idle_s`` seconds, or at ``timeout_s``."""
     decode = Serde(settings).deserializer(spec)
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": f"read-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        }
-    )
+    consumer = kafka.consumer(kafka.reader_config(settings, "read", read_committed=read_committed))
     consumer.subscribe([spec.full_name(settings)])
     out: list[dict[str, Any]] = []
     start = last = time.monotonic()
@@ -203,8 +195,7 @@ def fanned_out(settings: Settings) -> bool:
     """The fan-out has read, written and committed every raw record written so far."""
     from pulse.processors.fanout import group_id
 
-    consumer = Consumer({**settings.kafka_config(), "group.id": group_id(settings),
-                         "enable.auto.commit": False})
+    consumer = kafka.consumer(kafka.offsets_reader_config(settings, group_id(settings)))
     try:
         parts = [
             TopicPartition(spec.full_name(settings), n)
