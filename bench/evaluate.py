@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pulse.processors import detectors
-from pulse.processors.detectors import DetectorRule, Kind, Scored, Verdict
+from pulse.processors.detectors import Detection, DetectorRule, Kind, Scored
 from pulse.producers import parse
 from pulse.producers.replay import _symbol_of
 
@@ -112,7 +112,7 @@ def tally(msgs: list[Msg], sizes: Iterable[int]) -> list[Window]:
     return windows
 
 
-def run(windows: list[Window], rule: DetectorRule) -> list[tuple[int, Verdict]]:
+def run(windows: list[Window], rule: DetectorRule) -> list[tuple[int, Detection]]:
     """The alerts of one symbol: (window end, verdict)."""
     state = detectors.DetectorState()
     alerts = []
@@ -133,7 +133,7 @@ class Summary:
     found: dict[str, str]  # event name → kinds that found it ("" = missed)
 
 
-def summarise(symbol: str, msgs: list[Msg], alerts: list[tuple[int, Verdict]]) -> Summary:
+def summarise(symbol: str, msgs: list[Msg], alerts: list[tuple[int, Detection]]) -> Summary:
     span = msgs[-1].created_ms - msgs[0].created_ms if msgs else 0
     weeks = max(span / WEEK_MS, 1 / 7)
     days = {end // DAY_MS for end, _ in alerts}

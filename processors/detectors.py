@@ -99,7 +99,7 @@ class DetectorState:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Detection:
     """An alert: which detector, the scored volume against its expectation, how improbable.
 
     ``count``/``expected_count``/``ratio``/``p_value`` refer to the scored volume (users or
@@ -148,12 +148,12 @@ def severity(score: float, threshold: float) -> Severity:
 def observe(
     state: DetectorState, start_ms: int, size_ms: int, count: int, users: int,
     rule: DetectorRule,
-) -> Verdict | None:
+) -> Detection | None:
     """Score one closed tumbling window of a symbol with the detector for its size.
 
     :param count: messages in the window.
     :param users: distinct users in the window.
-    :returns: a :class:`Verdict` when an alert fires, else None.
+    :returns: a :class:`Detection` when an alert fires, else None.
     """
     state._json = None  # whatever the detectors do below may change the state
     value = users if rule.scored is Scored.USERS else count
@@ -177,7 +177,7 @@ def is_warm(state: DetectorState, rule: DetectorRule) -> bool:
 def _burst(
     state: DetectorState, start_ms: int, size_ms: int, value: int, count: int, users: int,
     rule: DetectorRule,
-) -> Verdict | None:
+) -> Detection | None:
     baseline = state.bursts.setdefault(size_ms, spikes.Baseline())
     if baseline.last_start_ms is not None and start_ms <= baseline.last_start_ms:
         return None  # a repeat: the baseline has already seen it
@@ -186,7 +186,7 @@ def _burst(
     )
     if not v.fired:
         return None
-    return Verdict(
+    return Detection(
         kind=Kind.BURST, count=v.count, expected_count=v.expected_count, p_value=v.p_value,
         score=v.score, ratio=v.ratio, severity=v.severity, scored=rule.scored,
         span_ms=size_ms, message_count=count, users=users,
@@ -206,12 +206,12 @@ def _profile(state: DetectorState, start_ms: int, size_ms: int, rule: DetectorRu
 def _surge(
     state: DetectorState, start_ms: int, size_ms: int, value: int, count: int, users: int,
     rule: DetectorRule,
-) -> Verdict | None:
+) -> Detection | None:
     v = surges.observe(state.surge, start_ms, size_ms, value, rule.surge)
     if v is None or not v.fired:
         return None
     threshold = surges.z_of_log_p(math.log(rule.surge.p))
-    return Verdict(
+    return Detection(
         kind=Kind.SURGE, count=v.count, expected_count=v.expected_count, p_value=v.p_value,
         score=v.score, ratio=v.ratio, severity=severity(v.score, threshold),
         scored=rule.scored, span_ms=v.span_slots * size_ms, message_count=count, users=users,

@@ -68,7 +68,7 @@ class Baseline:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class WindowScore:
     """The scoring of one window against the baseline before it."""
 
     count: int
@@ -129,7 +129,7 @@ def severity(z: float, rule: SpikeRule) -> Severity:
 def observe(
     b: Baseline, start_ms: int, size_ms: int, count: int, rule: SpikeRule,
     profile_count: float | None = None,
-) -> Verdict:
+) -> WindowScore:
     """Score one closed window of a symbol, then update the baseline in place.
 
     :param profile_count: what this time of day usually has (from the surge detector's
@@ -166,7 +166,7 @@ def observe(
         b.elevated_run = 0
         _learn(b, count, rule.alpha)
     b.last_start_ms = start_ms
-    return Verdict(
+    return WindowScore(
         count=count,
         expected_count=expected,
         score=z,

@@ -161,17 +161,19 @@ def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class Verdict:
+class Outcome:
+    """How one webhook POST ended: delivered, worth retrying, or final."""
+
     OK, RETRY, FAIL = "ok", "retry", "fail"
 
 
 def classify(status: int) -> str:
     """2xx delivered; 408, 425, 429 and 5xx worth retrying; any other answer is final."""
     if 200 <= status < 300:
-        return Verdict.OK
+        return Outcome.OK
     if status in (408, 425, 429) or status >= 500:
-        return Verdict.RETRY
-    return Verdict.FAIL
+        return Outcome.RETRY
+    return Outcome.FAIL
 
 
 def retry_delay_s(
@@ -221,17 +223,17 @@ async def post_with_retries(
         try:
             async with session.post(url, data=body, headers=hdrs) as resp:
                 await resp.read()
-                verdict = classify(resp.status)
+                outcome = classify(resp.status)
                 answer_headers = resp.headers
                 error = f"HTTP {resp.status}"
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError) as exc:
-            verdict, error = Verdict.FAIL, f"{type(exc).__name__}: invalid URL"  # never heals
+            outcome, error = Outcome.FAIL, f"{type(exc).__name__}: invalid URL"  # never heals
         except (aiohttp.ClientError, TimeoutError) as exc:
             # messages may quote the URL, token and all
-            verdict, error = Verdict.RETRY, scrub(f"{type(exc).__name__}: {exc}", [url])
-        if verdict == Verdict.OK:
+            outcome, error = Outcome.RETRY, scrub(f"{type(exc).__name__}: {exc}", [url])
+        if outcome == Outcome.OK:
             return Delivery(url, True, attempt)
-        if verdict == Verdict.FAIL or attempt == max_attempts:
+        if outcome == Outcome.FAIL or attempt == max_attempts:
             break
         log.info("webhook %s: %s (attempt %d/%d)", redact(url), error, attempt, max_attempts)
         await sleep(retry_delay_s(backoff, answer_headers, time.time(), cap_s))

@@ -8,7 +8,7 @@ import pytest
 
 from pulse.backoff import Backoff
 from pulse.consumers.alerts import (
-    Verdict,
+    Outcome,
     alert_id,
     alert_payload,
     chat_escape,
@@ -54,9 +54,9 @@ def test_the_same_window_of_the_same_symbol_is_one_alert() -> None:
 
 @pytest.mark.parametrize(
     "status, verdict",
-    [(200, Verdict.OK), (204, Verdict.OK), (408, Verdict.RETRY), (429, Verdict.RETRY),
-     (500, Verdict.RETRY), (503, Verdict.RETRY), (400, Verdict.FAIL), (401, Verdict.FAIL),
-     (404, Verdict.FAIL), (301, Verdict.FAIL)],
+    [(200, Outcome.OK), (204, Outcome.OK), (408, Outcome.RETRY), (429, Outcome.RETRY),
+     (500, Outcome.RETRY), (503, Outcome.RETRY), (400, Outcome.FAIL), (401, Outcome.FAIL),
+     (404, Outcome.FAIL), (301, Outcome.FAIL)],
 )  # fmt: skip
 def test_classify(status: int, verdict: str) -> None:
     assert classify(status) == verdict

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from pulse.processors import detectors, surges
-from pulse.processors.detectors import DetectorRule, DetectorState, Kind, Scored, Verdict
+from pulse.processors.detectors import Detection, DetectorRule, DetectorState, Kind, Scored
 
 FIVE_MIN, HOUR, DAY = 300_000, 3_600_000, 86_400_000
 T0 = 1_640_995_200_000  # 2022-01-01T00:00Z, a Saturday
@@ -63,7 +63,7 @@ def traffic(rng: random.Random, sym: Symbol, days: int) -> list[tuple[int, int]]
     return out
 
 
-def replay(counts: list[tuple[int, int]], rule: DetectorRule = RULE) -> list[tuple[int, Verdict]]:
+def replay(counts: list[tuple[int, int]], rule: DetectorRule = RULE) -> list[tuple[int, Detection]]:
     """Feed 5-min and 1-h windows in close order, as the engine does; (start, alert)."""
     hourly: dict[int, int] = {}
     for start, count in counts:
@@ -233,7 +233,7 @@ def test_windows_no_detector_scores_return_none() -> None:
 
 
 def test_verdict_fields_fill_a_spike_record() -> None:
-    v = Verdict(Kind.SURGE, 40.0, 4.0, 1e-9, 6.0, 10.0, detectors.Severity.MEDIUM,
+    v = Detection(Kind.SURGE, 40.0, 4.0, 1e-9, 6.0, 10.0, detectors.Severity.MEDIUM,
                 Scored.USERS, 3 * HOUR, 55, 40)
     assert v.record_fields() == {
         "kind": "SURGE", "count": 55, "distinct_users": 40, "scored": "USERS",
