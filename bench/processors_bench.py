@@ -49,7 +49,6 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -70,6 +69,7 @@ from pulse.schemas import topics
 from pulse.schemas.serde import Serde
 
 from bench.fanout_bench import T0, bare_loop
+from pulse import kafka
 from pulse.settings import Settings
 from tests.support.harness import RawWriter, WorkerProcess, message_event
 
@@ -308,9 +308,7 @@ def mark(tl: Timeline, fan: dict[str, float], sig: dict[str, float], exp: Expect
 def read_all(settings: Settings, spec: topics.TopicSpec, expected: int | None,
              idle_s: float = 5.0) -> list[Any]:
     """Every record of ``spec`` from the beginning (stop at ``expected`` or ``idle_s`` idle)."""
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = kafka.consumer(kafka.reader_config(settings, "bench", role="bench"))
     consumer.subscribe([spec.full_name(settings)])
     out: list[Any] = []
     last = time.monotonic()
@@ -361,17 +359,18 @@ def use_log_append_time(settings: Settings, spec: topics.TopicSpec) -> None:
                         incremental_operation=AlterConfigOpType.SET)
     resource = ConfigResource(ResourceType.TOPIC, spec.full_name(settings),
                               incremental_configs=[entry])
-    admin = AdminClient(quiet_admin(settings))  # kept referenced until the answer
+    admin = quiet_admin(settings)  # kept referenced until the answer
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
 
 
-def quiet_admin(settings: Settings) -> dict[str, Any]:
-    return {**settings.kafka_config(), "log_level": 3}  # no info lines when it is closed
+def quiet_admin(settings: Settings) -> AdminClient:
+    # no librdkafka lines (e.g. when it is closed): a failure surfaces from its futures
+    return kafka.admin(kafka.admin_config(settings, role="bench"), quiet=True)
 
 
 def delete_bench_topics(settings: Settings) -> None:
-    admin = AdminClient(quiet_admin(settings))
+    admin = quiet_admin(settings)
     names = [t for t in admin.list_topics(timeout=30).topics
              if t.startswith((settings.topic_prefix, settings.app_id))]
     for future in admin.delete_topics(names, operation_timeout=30).values():
