@@ -139,25 +139,17 @@ def producer_config(
 
 
 def transactional_producer_config(
-    settings: Settings,
-    transactional_id: str,
-    *,
-    batching: Batching = FLUSHED,
-    role: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    settings: Settings, transactional_id: str, *, role: str | None = None
 ) -> dict[str, Any]:
     """An idempotent producer whose records and input offsets commit together (exactly-once
-    with ``send_offsets_to_transaction``).
+    with ``send_offsets_to_transaction``); :data:`FLUSHED`, as a transaction ends a batch.
 
     :param transactional_id: stable per instance: a restarted instance fences its
         predecessor and aborts the transaction it left open instead of waiting it out.
     """
-    cfg = producer_config(
-        settings, batching=batching, role=role, delivery_timeout_ms=TRANSACTION_TIMEOUT_MS
-    )
+    cfg = producer_config(settings, role=role, delivery_timeout_ms=TRANSACTION_TIMEOUT_MS)
     cfg["transactional.id"] = transactional_id
     cfg["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    cfg.update(overrides or {})
     return cfg
 
 
@@ -165,14 +157,10 @@ def transactional_producer_config(
 
 
 def group_consumer_config(
-    settings: Settings,
-    group_id: str,
-    *,
-    role: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    settings: Settings, group_id: str, *, role: str | None = None
 ) -> dict[str, Any]:
     """A member of consumer group ``group_id`` that commits by hand what it finished."""
-    cfg: dict[str, Any] = {
+    return {
         **settings.kafka_config(),
         "group.id": group_id,
         # offsets are committed explicitly, after the work they cover is durable (flushed,
@@ -193,17 +181,10 @@ def group_consumer_config(
         "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
         "client.id": client_id(role),
     }
-    cfg.update(overrides or {})
-    return cfg
 
 
 def reader_config(
-    settings: Settings,
-    name: str,
-    *,
-    read_committed: bool = True,
-    role: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    settings: Settings, name: str, *, read_committed: bool = True, role: str | None = None
 ) -> dict[str, Any]:
     """A reader that moves nobody's offsets: viewers (``pulse tail``, the board), read-backs
     of what producers wrote, tests and benches.
@@ -213,7 +194,7 @@ def reader_config(
 
     :param read_committed: False also shows records of aborted or open transactions.
     """
-    cfg: dict[str, Any] = {
+    return {
         **settings.kafka_config(),
         "group.id": f"{name}-{uuid.uuid4().hex[:12]}",  # required by the client, even unjoined
         "enable.auto.commit": False,
@@ -223,8 +204,6 @@ def reader_config(
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
         "client.id": client_id(role),
     }
-    cfg.update(overrides or {})
-    return cfg
 
 
 def offsets_reader_config(
