@@ -2,15 +2,13 @@
 
 Used by the processor integration tests and the benchmarks (``python -m bench.…``); it talks
 to the real broker and registry and runs the worker as a child process
-(``python -m pulse.processors``), exactly as ``pulse worker`` would.
+(``pulse worker``, :class:`pulse.lifecycle.Child`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pulse.schemas.serde import Serde
 from pulse.schemas.topics import TopicSpec
 
 from pulse import kafka
+from pulse.lifecycle import Child
 from pulse.settings import PREFIX, Settings
 
 
@@ -33,54 +32,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
-class WorkerProcess:
-    """One ``python -m pulse.processors`` child with its log in a file: both stages (as
+class WorkerProcess(Child):
+    """One ``pulse worker --no-prepare`` child with its log in a file: both stages (as
     ``pulse worker`` runs them), or one (``stage="fan-out"`` / ``"signals"``)."""
 
     def __init__(self, settings: Settings, log_path: Path, stage: str | None = None) -> None:
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "pulse.cli", "worker", "--no-prepare",
+                *(["--stage", stage] if stage else [])]  # fmt: skip
+        super().__init__(stage or "worker", argv, env=env, log_path=log_path)
         self.settings = settings
-        self.log_path = log_path
         self.stage = stage
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse.processors", "--no-prepare",
-             *(["--stage", self.stage] if self.stage else [])],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no commit, no goodbye."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
+        return self.tail(n)
 
 
 def message_event(
