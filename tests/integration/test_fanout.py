@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -35,6 +33,7 @@ from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde, frame_header
 
+from pulse.lifecycle import Child
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.support.harness import (
@@ -53,35 +52,21 @@ SYMS = ["AAPL", "TSLA", "SPY", "NVDA", "AMD", "BTC.X", "GME", "AMC", "F", "QQQ",
 T0 = 1_767_225_600_000
 
 
-class FanOutProcess:
-    """``pulse worker --stage fan-out`` as a child, its log in a file."""
+class FanOutProcess(Child):
+    """``pulse worker --stage fan-out`` as a child, its log in a file (started at once)."""
 
     def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pulse.cli", "worker", "--stage", "fan-out", "--no-prepare",
-                 "--port", "-1", *args],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+        argv = [sys.executable, "-m", "pulse.cli", "worker", "--stage", "fan-out",
+                "--no-prepare", "--port", "-1", *args]  # fmt: skip
+        super().__init__("fan-out", argv, env=env, log_path=log_path, cwd=ROOT)
+        self.start()
 
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        return super().stop(timeout_s)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.tail(200)[-4000:]
 
 
 @pytest.fixture
