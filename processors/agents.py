@@ -446,18 +446,17 @@ class Signals:
             m.corrections.inc(out.corrections)
 
     def put_row(self, partition: int, key: str, value: bytes | None) -> None:
-        """Write a table row and its changelog record to ``partition``.
+        """Write a table row: its changelog record to ``partition``, and nothing in memory.
 
-        Same effect as ``table[key] = value`` without faust's per-key path (eager partitioning,
-        sensors, event lookup), which capped us at a few hundred writes/s. Values are the
-        engine's encoded rows (binary pane chunks, JSON meta rows): the table's raw codec
-        stores the same bytes in memory, in the changelog and after a recovery.
+        The engine holds the state; the table's in-memory copy (``table.data``) is only read
+        to build an engine (:meth:`engine_for`), and only after faust's recovery, which
+        fills it from the changelog: from the start on a new assignment, and from where the
+        last recovery stopped for a partition kept across a rebalance (so it reads these
+        writes back). Keeping a copy of every write as well cost a third of the stage's memory.
+        Values are the engine's encoded rows (binary pane chunks, JSON meta rows), stored by
+        the table's raw codec as they are.
         """
         table = self.p.symbols
-        if value is None:
-            table.data.pop(key, None)
-        else:
-            table.data[key] = value
         # keys in faust's "json" codec: what its recovery decodes
         self.sink.send_state(table.changelog_topic.get_topic_name(), json.dumps(key).encode(),
                              value, partition)

@@ -10,6 +10,7 @@ SIGKILLed supervisor leaves nothing running.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 
 from pulse.lifecycle import Child, Stop, stop_all, stop_on_signals
@@ -18,6 +19,11 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
 RESTART_PAUSE_S = 2.0
 FATAL = 2  # exit code of a stage that cannot run as configured
+
+
+def stage_command(stage: str) -> list[str]:
+    """How the supervisor starts one stage: ``pulse worker --stage STAGE --no-prepare``."""
+    return [sys.executable, "-m", "pulse.cli", "worker", "--stage", stage, "--no-prepare"]
 
 
 def supervise(commands: Mapping[str, Sequence[str]]) -> int:
@@ -51,3 +57,16 @@ def _watch(children: list[Child], stop: Stop) -> int:
                 break
             child.start()
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m pulse.processors.supervisor LOG_LEVEL STAGE...``: what ``pulse worker``
+    (no ``--stage``) becomes once the topics are ready (:mod:`pulse.processors.worker`)."""
+    level, *stages = argv
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return supervise({name: stage_command(name) for name in stages})
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
