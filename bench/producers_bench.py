@@ -55,6 +55,33 @@ def timed(
     return rate(label, n, nbytes, took), cpu_main * us, (cpu_all - cpu_main) * us
 
 
+def parts(
+    lines: list[bytes], in_bytes: int, encode: Callable[[dict], bytes], header: bytes
+) -> tuple[float, float, float]:
+    """Each part alone, for insight (no Kafka); nothing kept alive, as in the real path."""
+    t = time.perf_counter()
+    for line in lines:
+        parse.firehose_event(line)
+    us_parse = rate("parse only", len(lines), in_bytes, time.perf_counter() - t)
+    sample = [parse.firehose_event(line).record for line in lines[:20_000]]
+    t = time.perf_counter()
+    for record in sample:
+        encode(record)
+    us_encode = rate("Avro encode only (20k sample)", len(sample), 0, time.perf_counter() - t)
+    del sample
+    us_native = 0.0
+    fast = native.firehose_message
+    if fast is not None:
+        t = time.perf_counter()
+        deferred = sum(fast(line, header) is None for line in lines)
+        took = time.perf_counter() - t
+        us_native = rate("native parse + encode only", len(lines), in_bytes, took)
+        print(f"{'':<44} {deferred:,} deferred to the Python path")
+    else:
+        print("native fast path not installed (pip install ./native): (a) is the Python path")
+    return us_parse, us_encode, us_native
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--count", type=int, default=200_000)
@@ -81,26 +108,7 @@ def main() -> int:
     header = publisher.header(MESSAGES)
     fast = native.firehose_message
 
-    # parts, for insight (no Kafka); nothing kept alive, as in the real path
-    t = time.perf_counter()
-    for line in lines:
-        parse.firehose_event(line)
-    us_parse = rate("parse only", len(lines), in_bytes, time.perf_counter() - t)
-    sample = [parse.firehose_event(line).record for line in lines[:20_000]]
-    t = time.perf_counter()
-    for record in sample:
-        encode(record)
-    us_encode = rate("Avro encode only (20k sample)", len(sample), 0, time.perf_counter() - t)
-    del sample
-    us_native = 0.0
-    if fast is not None:
-        t = time.perf_counter()
-        deferred = sum(fast(line, header) is None for line in lines)
-        took = time.perf_counter() - t
-        us_native = rate("native parse + encode only", len(lines), in_bytes, took)
-        print(f"{'':<44} {deferred:,} deferred to the Python path")
-    else:
-        print("native fast path not installed (pip install ./native): (a) is the Python path")
+    us_parse, us_encode, us_native = parts(lines, in_bytes, encode, header)
 
     def full_path() -> None:  # as FirehoseClient._handle, minus seq headers and tracking
         publish, publish_value = publisher.publish, publisher.publish_value
