@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +27,7 @@ from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 
 from pulse.consumers import tail
-from pulse.consumers.alerts import AlertConsumer
+from pulse.consumers.alerts import AlertConsumer, redact
 from pulse.consumers.tail import TailOptions
 from pulse.settings import Settings
 from tests.conftest import consume
@@ -194,3 +202,52 @@ async def test_nothing_is_committed_while_the_webhook_is_down_and_it_is_redelive
     await run_until(second, lambda: len(webhook.accepted) >= len(spikes), 40)
     assert len(webhook.accepted) == len(spikes) and second.dead_lettered == 0
     assert committed(settings, group) == end_offsets(settings)
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+async def test_pulse_alerts_serves_healthz_readyz_and_its_metrics(
+    settings: Settings, webhook: Webhook, tmp_path: Path
+) -> None:
+    settings = alert_settings(settings)
+    ensure_topics(settings, [topics.SPIKES, topics.DEAD_LETTER])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PULSE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PULSE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+           "PULSE_TOPIC_PREFIX": settings.topic_prefix, "PULSE_APP_ID": settings.app_id,
+           "PULSE_SYMBOL_PARTITIONS": str(settings.symbol_partitions)}  # fmt: skip
+    log = tmp_path / "alerts.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse.cli", "alerts", "--webhook", webhook.url,
+             "--health-port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        publish(settings, topics.SPIKES, [spike("HLTH", 0)])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while f"HLTH:{M}:0" not in webhook.accepted:  # the webhook answers on this loop
+            assert proc.poll() is None and loop.time() < deadline, log.read_text()[-2000:]
+            await asyncio.sleep(0.2)
+        code, body = await asyncio.to_thread(_get, port, "/healthz")
+        assert (code, json.loads(body)) == (200, {"healthy": True})
+        assert (await asyncio.to_thread(_get, port, "/readyz"))[0] == 200
+        code, body = await asyncio.to_thread(_get, port, "/metrics")
+        lines = body.decode().splitlines()
+        assert code == 200
+        label = redact(webhook.url)  # the token in the path stays out of the label
+        assert f'pulse_alerts_delivered_total{{webhook="{label}"}} 1.0' in lines, lines
+        assert any(line.startswith("pulse_alerts_last_commit_timestamp_seconds ") for line in lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, log.read_text()[-2000:]
+    assert f"metrics and health on 127.0.0.1:{port}" in log.read_text()  # PULSE_BIND_HOST
