@@ -37,6 +37,8 @@ from pulse.settings import Settings
 
 CLIENT_ID = "stocktwits-pulse"  # prefix of every client.id: brokers' logs and quotas name us
 ErrorCb = Callable[[ck.KafkaError], None]
+# Record headers as Producer.produce() takes them: a list, since a name may repeat
+Headers = list[tuple[str, str | bytes | None]]
 
 # librdkafka's syslog level that keeps only critical lines: for clients whose error_cb already
 # reports each connection failure once (librdkafka would log it again, per broker, per retry)
@@ -240,6 +242,24 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
 def admin_config(where: Settings | Mapping[str, str], *, role: str | None = None) -> dict[str, Any]:
     """An admin client: topics, configs, metadata, consumer-group offsets."""
     return {**connection_config(where), "client.id": client_id(role or "admin")}
+
+
+# --- consumed records ------------------------------------------------------------------------
+
+
+def position(msg: ck.Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a record a consumer returned without error.
+
+    librdkafka sets all three on every such record (and on a produced record's delivery
+    report); confluent-kafka types them Optional because a ``Message`` made by hand, or an
+    error event of the whole client, has none.
+
+    :raises ValueError: ``msg`` is not a record of a partition.
+    """
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError(f"not a record of a partition: {msg.error() or msg!r}")
+    return topic, partition, offset
 
 
 # --- builders --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import confluent_kafka as ck
 import pytest
 
 from pulse import kafka
@@ -160,3 +161,22 @@ def test_callbacks_are_added_only_when_asked() -> None:
     assert kafka.callbacks() == {}
     assert kafka.callbacks(on_error) == {"error_cb": on_error}
     assert kafka.callbacks(quiet=True) == {"log_level": kafka.QUIET_LOG_LEVEL}
+
+
+def test_position_of_a_record() -> None:
+    msg = ck.Message(topic="pulse.spikes", partition=3, offset=41, value=b"v")
+    assert kafka.position(msg) == ("pulse.spikes", 3, 41)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"partition": 0, "offset": 0},
+        {"topic": "t", "offset": 0},
+        {"topic": "t", "partition": 0},
+    ],
+)
+def test_position_refuses_what_is_not_a_record_of_a_partition(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="not a record of a partition"):
+        kafka.position(ck.Message(**fields))
