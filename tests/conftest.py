@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import TopicSpec
@@ -130,6 +130,18 @@ def consume(
     finally:
         consumer.close()
     return out
+
+
+def records_in(settings: Settings, topic: str) -> int:
+    """How many records were written to ``topic`` so far (the sum of its end offsets; not for
+    transactional topics, whose commit markers take offsets too)."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"test-{uuid.uuid4().hex}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in partitions)
+    finally:
+        consumer.close()
 
 
 def topic_of(spec: TopicSpec, settings: Settings) -> str:

@@ -59,9 +59,10 @@ def test_demo_runs_the_pipeline_shows_the_board_and_leaves_nothing_behind(
         "PULSE_LOCAL_HOME": str(tmp_path),
         "COLUMNS": "160",
     }
-    # stream time ×60: a 1-minute window closes every wall second
+    # stream time ×60: a 1-minute window closes every wall second; the first is out ~6 s after
+    # the start (worker start-up), so 25 s leaves room for a slow machine
     cmd = [sys.executable, "-m", "pulse.cli", "demo", "--no-stack",
-           "--speed", "60", "--duration", "45"]
+           "--speed", "60", "--duration", "25"]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
@@ -118,8 +119,9 @@ def test_pulse_demo_from_a_fresh_home_as_the_readme_runs_it(tmp_path: Path) -> N
         "PULSE_WEB_PORT": str(free_port()),
         "COLUMNS": "200",
     })  # fmt: skip
-    # stream time ×10: the first burst (PLTR, 420 s in) comes 42 s after the producer starts
-    cmd = [sys.executable, "-m", "pulse.cli", "demo", "--speed", "10", "--duration", "100"]
+    # stream time ×20: the first burst (PLTR, 420 s in) comes 21 s after the producer starts and
+    # shows ~25 s after it; 60 s are 1200 s of stream time (SOFI's and NIO's bursts too)
+    cmd = [sys.executable, "-m", "pulse.cli", "demo", "--speed", "20", "--duration", "60"]
     started = time.monotonic()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     took = time.monotonic() - started

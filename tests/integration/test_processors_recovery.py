@@ -15,14 +15,17 @@ import random
 import threading
 import time
 import urllib.request
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 from pulse.processors.worker import prepare
 from pulse.schemas import topics
+from pulse.schemas.serde import Serde
 
 from pulse.settings import Settings
 from tests.integration.test_processors_e2e import free_port, worker_settings
@@ -30,7 +33,6 @@ from tests.support.harness import (
     RawWriter,
     WorkerProcess,
     message_event,
-    read_records,
     wait_until,
 )
 
@@ -112,32 +114,60 @@ class StreamWriter(threading.Thread):
         assert self.error is None, repr(self.error)
 
 
-def window_records(settings: Settings, spec: topics.TopicSpec = topics.VOLUME
-                   ) -> list[dict[str, Any]]:
-    return read_records(settings, spec, idle_s=3, timeout_s=60)
+def read_windows(settings: Settings, want: dict[topics.TopicSpec, int],
+                 enough: Callable[[dict[str, list[dict[str, Any]]]], bool] = lambda _: True,
+                 idle_s: float = 3.0,
+                 timeout_s: float = 240.0) -> dict[str, list[dict[str, Any]]]:
+    """Records of the ``want`` topics (read_committed, from the beginning) by topic name, read
+    by one consumer until each topic holds its number of distinct windows (``KEY``) and
+    ``enough(records so far)``, then until nothing new came for ``idle_s`` (a repeat or a late
+    event still on its way is read too), or at ``timeout_s``. Reading on, rather than
+    re-reading every few seconds, returns as soon as the records are there."""
+    decode = {spec.full_name(settings): Serde(settings).deserializer(spec) for spec in want}
+    need = {spec.full_name(settings): n for spec, n in want.items()}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in need}
+    seen: dict[str, set[tuple[Any, ...]]] = {name: set() for name in need}
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"read-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe(list(need))
+    deadline = last = time.monotonic()
+    deadline += timeout_s
+    try:
+        while time.monotonic() < deadline:
+            complete = all(len(seen[t]) >= n for t, n in need.items()) and enough(out)
+            if complete and time.monotonic() - last >= idle_s:
+                break
+            for msg in consumer.consume(500, 0.5):
+                if msg.error():
+                    continue
+                record = decode[msg.topic()](msg.value())
+                out[msg.topic()].append(record)
+                seen[msg.topic()].add(tuple(record.get(k) for k in KEY))
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return out
 
 
 def wait_windows(settings: Settings, n_windows: int, timeout_s: float = 240.0
                  ) -> list[dict[str, Any]]:
     """Every volume record, once at least ``n_windows`` distinct windows are out."""
-    records: list[dict[str, Any]] = []
-
-    def enough() -> bool:
-        records[:] = window_records(settings)
-        return len({tuple(r[k] for k in KEY) for r in records}) >= n_windows
-
-    wait_until(enough, timeout_s, interval_s=2)
-    return records
+    return read_windows(settings, {topics.VOLUME: n_windows}, timeout_s=timeout_s)[
+        topics.VOLUME.full_name(settings)]
 
 
 def wait_some_windows(settings: Settings, n: int, alive: Callable[[], bool],
                       timeout_s: float = 180.0) -> None:
     """Block until at least ``n`` volume records are out (the pipeline is mid-run)."""
-    def some() -> bool:
-        assert alive(), "a stage exited"
-        return len(read_records(settings, topics.VOLUME, expected=n, timeout_s=5)) >= n
+    name = topics.VOLUME.full_name(settings)
 
-    assert wait_until(some, timeout_s, interval_s=1), "no windows came out"
+    def some(records: dict[str, list[dict[str, Any]]]) -> bool:
+        assert alive(), "a stage exited"
+        return len(records[name]) >= n
+
+    records = read_windows(settings, {topics.VOLUME: 0}, some, idle_s=0, timeout_s=timeout_s)
+    assert len(records[name]) >= n, "no windows came out"
 
 
 def check_outputs(volumes: list[dict[str, Any]], sentiments: list[dict[str, Any]],
@@ -165,10 +195,11 @@ def check_outputs(volumes: list[dict[str, Any]], sentiments: list[dict[str, Any]
 
 def final_outputs(settings: Settings, expected: dict[tuple[str, int], dict[str, int]]
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Volume, sentiment and late-event records once every expected window is out."""
-    volumes = wait_windows(settings, len(expected))
-    sentiments = read_records(settings, topics.SENTIMENT_WINDOWS, idle_s=3, timeout_s=60)
-    late = read_records(settings, topics.LATE_EVENTS, idle_s=2, timeout_s=6)
+    """Volume, sentiment and late-event records once every expected window is out on both
+    window topics and nothing new came for 3 s."""
+    specs = (topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.LATE_EVENTS)
+    got = read_windows(settings, dict(zip(specs, (len(expected), len(expected), 0), strict=True)))
+    volumes, sentiments, late = (got[spec.full_name(settings)] for spec in specs)
     return volumes, sentiments, late
 
 
@@ -203,7 +234,10 @@ def logs(processes: list[WorkerProcess]) -> str:
 
 
 GUARANTEES = ["at_least_once", "exactly_once"]
-ROWS, RATE = 6_000, 200.0  # 15 minutes of event time written in 30 s: windows close throughout
+# 15 minutes of event time written in 20 s: windows close throughout, the kill lands about a
+# third of the way in and the restarted stage (up in a few seconds) still meets a live stream
+ROWS, RATE = 6_000, 300.0
+TAKEOVER_RATE = 200.0
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -255,7 +289,9 @@ def test_two_signals_workers_share_partitions_and_one_takes_over(
     wb = WorkerProcess(b, tmp_path / "signals-b.log", stage="signals").start()
     processes.extend([fan_out, wa, wb])
     assert wait_until(lambda: ready(a.web_port) and ready(b.web_port), 120), logs(processes)
-    writer = StreamWriter(base, rows, RATE)
+    # 20 s of stream: it goes on while the group notices the kill (10 s session) and moves
+    # the killed worker's partitions
+    writer = StreamWriter(base, rows, TAKEOVER_RATE)
     writer.start()
     # both take part: each has read input
     assert wait_until(lambda: events_in(a.web_port) > 0 and events_in(b.web_port) > 0, 90), (
