@@ -120,8 +120,8 @@ class _Generator:
             full = node if "." in node else f"{namespace}.{node}"
             if full not in self.named:
                 raise Unsupported(f"unknown type {node!r}")
-            kind, target, _ = self.named[full]
-            if kind == "enum":
+            named_kind, target, _ = self.named[full]
+            if named_kind == "enum":
                 return [f"{ind}out += {target}[{v}]"]  # unknown symbol: KeyError, fastavro decides
             # a record used again by name (or recursively): one generated function, called
             if full not in self.functions:

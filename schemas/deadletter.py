@@ -6,6 +6,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from pulse.kafka import Headers
+
 
 class Reason(StrEnum):
     """Machine-readable codes for ``DeadLetter.reason`` and the ``dlq.reason`` header."""
@@ -46,9 +48,9 @@ def dead_letter(
     }
 
 
-def headers(reason: Reason, stage: str, source_topic: str | None) -> list[tuple[str, bytes]]:
+def headers(reason: Reason, stage: str, source_topic: str | None) -> Headers:
     """Kafka headers that let an operator filter the dead-letter topic without decoding."""
-    out = [("dlq.reason", reason.value.encode()), ("dlq.stage", stage.encode())]
+    out: Headers = [("dlq.reason", reason.value.encode()), ("dlq.stage", stage.encode())]
     if source_topic:
         out.append(("dlq.source_topic", source_topic.encode()))
     return out

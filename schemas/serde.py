@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from confluent_kafka.schema_registry import (
@@ -207,7 +207,8 @@ def wire_decoder(
             same = fastavro.schema.to_parsing_canonical_form(writer) == reader_form
             # same schema: no resolution step, which fastavro does per record otherwise
             schemas = by_id[schema_id] = (writer, None if same else reader_parsed)
-        return fastavro.schemaless_reader(io.BytesIO(data[5:]), *schemas)
+        # every topic's value schema is a record: fastavro reads it as a dict
+        return cast(dict[str, Any], fastavro.schemaless_reader(io.BytesIO(data[5:]), *schemas))
 
     return decode
 
@@ -263,7 +264,11 @@ class Serde:
     @cache  # noqa: B019 - one Serde per process; ids are few and immutable
     def _writer_schema(self, schema_id: int) -> dict[str, Any]:
         # by id only: no subject lookups (Apicurio serves no "associations")
-        return json.loads(self.client.get_schema(schema_id).schema_str)
+        text = self.client.get_schema(schema_id).schema_str
+        if text is None:  # the client's Schema type allows it; a registry answers with the text
+            raise ValueError(f"schema registry: schema {schema_id} came without its text")
+        schema: dict[str, Any] = json.loads(text)
+        return schema
 
     def encode(self, spec: TopicSpec, value: dict[str, Any]) -> bytes:
         return self.serializer(spec)(value)
