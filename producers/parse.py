@@ -103,7 +103,7 @@ class ChartPage(NamedTuple):
 # --- primitives -----------------------------------------------------------------------------
 
 
-def loads(raw: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+def loads(raw: bytes | bytearray | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
     """Decode JSON text; too large, invalid UTF-8 or invalid JSON raise :class:`ParseError`."""
     if len(raw) > max_bytes:
         raise ParseError(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {max_bytes}")
@@ -866,6 +866,7 @@ def rest_stream(raw: bytes | str | Any, *, origin: str = "rest") -> RestPage:
     messages, as some captures store them) → ``MessageEvent`` creates, newest first as sent.
     """
     obj = _decoded(raw)
+    cursor: Mapping[str, Any]
     if isinstance(obj, list):
         messages, cursor = obj, {}
     elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
