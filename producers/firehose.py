@@ -46,6 +46,7 @@ from pulse.schemas.topics import (
     TopicSpec,
 )
 
+from pulse import kafka
 from pulse.backoff import Backoff
 from pulse.lifecycle import stop_on_signals
 from pulse.settings import Settings, redact_url
@@ -95,8 +96,9 @@ def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> R
         ]
         found: dict[str, Any] | None = None
         for msg in read_to_end(consumer, parts):
-            if msg.key() == stream.path.encode() and msg.value() is not None:
-                found = serde.decode(CHECKPOINTS, msg.value())
+            value = msg.value()
+            if msg.key() == stream.path.encode() and value is not None:
+                found = serde.decode(CHECKPOINTS, value)
         if found is None:
             log.info("no checkpoint for /%s: starting from the live edge", stream.path)
             return Resume()
@@ -111,7 +113,12 @@ def recover(settings: Settings, stream: Stream, serde: Serde | None = None) -> R
         for msg in read_to_end(consumer, scan):
             headers = dict(msg.headers() or ())
             seq = headers.get(SEQ_HEADER)
-            if seq and headers.get(STREAM_HEADER) == stream.path.encode():
+            # a consumed header's value is bytes (or None); str exists only on the produce side
+            if (
+                isinstance(seq, bytes)
+                and seq
+                and headers.get(STREAM_HEADER) == stream.path.encode()
+            ):
                 if seq_after(seq.decode(), resume.seq_id):
                     resume.already_written.add(seq.decode())
         age_ms = now_ms() - resume.produced_ms
@@ -294,7 +301,9 @@ class FirehoseClient:
                 self.position = seq
                 return
         done = self._track(seq)
-        headers = [(SEQ_HEADER, seq.encode()), (STREAM_HEADER, self._path)] if seq else None
+        headers: kafka.Headers | None = (
+            [(SEQ_HEADER, seq.encode()), (STREAM_HEADER, self._path)] if seq else None
+        )
         self.events += 1
         if event.truncated:
             self.publisher.dead_letter(
@@ -317,7 +326,7 @@ class FirehoseClient:
     def _parse_and_publish(
         self,
         raw: bytes,
-        headers: list[tuple[str, bytes]] | None,
+        headers: kafka.Headers | None,
         done: Callable[[], None] | None,
     ) -> None:
         try:

@@ -223,7 +223,7 @@ def written_keys(settings: Settings, spec: TopicSpec, since_ms: int | None = Non
         else:
             wanted = [ck.TopicPartition(name, p, since_ms) for p in parts]
             start = offsets_at(consumer, wanted)
-        return [m.key() for m in read_to_end(consumer, start) if m.key() is not None]
+        return [key for m in read_to_end(consumer, start) if (key := m.key()) is not None]
     finally:
         consumer.close()
 

@@ -99,7 +99,7 @@ class Publisher:
         self,
         item: Parsed,
         *,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
         on_delivered: Delivered | None = None,
         raw: bytes | None = None,
     ) -> bool:
@@ -135,7 +135,7 @@ class Publisher:
         key: bytes,
         value: bytes,
         *,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
         on_delivered: Delivered | None = None,
     ) -> None:
         """Produce a value already encoded and framed for ``spec`` (the native fast path, see
@@ -150,7 +150,7 @@ class Publisher:
         topic: str,
         key: bytes,
         value: bytes,
-        headers: list[tuple[str, bytes]] | None,
+        headers: kafka.Headers | None,
         on_delivered: Delivered | None,
     ) -> None:
         if headers is None and on_delivered is None:
@@ -176,7 +176,7 @@ class Publisher:
         key: bytes | None,
         value: bytes,
         *,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
         on_delivered: Delivered | None = None,
     ) -> None:
         """Produce pre-encoded bytes; waits (serving callbacks) while the local queue is full."""
@@ -205,7 +205,7 @@ class Publisher:
         value: bytes,
         exc: ck.KafkaException,
         *,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
         on_delivered: Delivered | None = None,
     ) -> None:
         """A record the client refused before queueing it (e.g. too large): dead-lettered."""
@@ -234,7 +234,7 @@ class Publisher:
         error: ParseError,
         *,
         on_delivered: Delivered | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
     ) -> None:
         """Dead-letter upstream input that failed to parse."""
         self.dead_letter(
@@ -250,7 +250,7 @@ class Publisher:
         stage: str,
         source_topic: str | None = None,
         on_delivered: Delivered | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
     ) -> None:
         """Write a ``DeadLetter`` record (raw bytes, reason, source, time), key = source.
 
@@ -293,7 +293,7 @@ class Publisher:
         err: ck.KafkaError | None,
         msg: ck.Message,
         done: Delivered | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: kafka.Headers | None = None,
     ) -> None:
         """Count the outcome; a failed record is dead-lettered, and ``done`` then waits for
         its dead letter, so a Firehose checkpoint never passes an event that is nowhere."""
@@ -435,9 +435,9 @@ def read_to_end(consumer: ck.Consumer, parts: list[ck.TopicPartition]) -> list[c
             if msg.error():
                 continue
             out.append(msg)
-            key = (msg.topic(), msg.partition())
-            if msg.offset() + 1 >= ends.get(key, 0):
-                ends.pop(key, None)
+            topic, partition, offset = kafka.position(msg)
+            if offset + 1 >= ends.get((topic, partition), 0):
+                ends.pop((topic, partition), None)
     consumer.unassign()
     if ends:
         raise RuntimeError(f"could not read {sorted(ends)} to the end within 120 s")

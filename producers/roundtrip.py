@@ -88,8 +88,12 @@ def roundtrip(
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            decoded = serde.decode(by_topic[msg.topic()], msg.value())
-            got[(msg.topic(), msg.key().decode())].append(_canonical(decoded))
+            topic, _, _ = kafka.position(msg)
+            raw_key, value = msg.key(), msg.value()
+            if raw_key is None or value is None:
+                raise ValueError(f"round trip: a record without key or value in {topic}")
+            decoded = serde.decode(by_topic[topic], value)
+            got[(topic, raw_key.decode())].append(_canonical(decoded))
             result.received += 1
     finally:
         consumer.close()
