@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from pulse.local import tls
 from pulse.settings import Settings
@@ -392,7 +393,7 @@ class LocalStack:
     def _state_file(self) -> Path:
         return self.dir / "state.json"
 
-    def _load_state(self) -> dict:
+    def _load_state(self) -> dict[str, Any]:
         try:
             return json.loads(self._state_file.read_text())
         except (OSError, ValueError):
@@ -497,8 +498,8 @@ class LocalStack:
         marker = str(self.dir)
         keys = ("registry_pid", "kafka_pid") if only is None else (f"{only}_pid",)
         for key in keys:
-            pid = state.get(key)
-            if not _alive(pid, marker):
+            pid: int | None = state.get(key)
+            if pid is None or not _alive(pid, marker):
                 continue
             os.killpg(pid, signal.SIGTERM)
             end = time.monotonic() + timeout_s
