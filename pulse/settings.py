@@ -71,9 +71,13 @@ class Settings:
     )
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once.")
     store: str = _setting("memory", "Table store: memory, or rocksdb (needs rocksdict).")
-    web_port: int = _setting(6066, "Faust web server port: /metrics, /healthz, /readyz.")
+    web_port: int = _setting(
+        6066, "Port of the signals stage's /metrics, /healthz and /readyz "
+        "(`pulse worker --stage signals`)."
+    )
     fan_out_port: int = _setting(
-        6067, "Port of the fan-out stage's /metrics and /healthz (`pulse worker --stage fan-out`)."
+        6067, "Port of the fan-out stage's /metrics, /healthz and /readyz "
+        "(`pulse worker --stage fan-out`)."
     )
     spike_min_count: int = _setting(
         10, "A burst needs at least this much scored volume (`spike_scored`) in its window."
@@ -148,11 +152,14 @@ class Settings:
     rest_streams: str = _setting(
         "trending", "REST streams to poll: `trending`, `all`, `symbol:AAPL`, comma-separated."
     )
-    metrics_port: int = _setting(9300, "Prometheus /metrics and /healthz port of a producer.")
+    metrics_port: int = _setting(
+        9300, "Port of the /metrics, /healthz and /readyz of a producer or `pulse alerts`."
+    )
     bind_host: str = _setting(
         "127.0.0.1",
-        "Address the /metrics and /healthz servers listen on; loopback outside containers, "
-        "`0.0.0.0` in images (Compose, Kubernetes) so probes and Prometheus reach them.",
+        "Address the /metrics, /healthz and /readyz servers listen on; loopback outside "
+        "containers, `0.0.0.0` in images (Compose, Kubernetes) so probes and Prometheus "
+        "reach them.",
     )
     # --- Consumers --------------------------------------------------------------------------
     alert_webhook_urls: str = _setting(
