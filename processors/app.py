@@ -135,7 +135,9 @@ def run(pipeline: Pipeline, loglevel: str = "info") -> int:
     # from a thread of its own, and runs its checks on the worker's loop, so a loop that no
     # longer turns fails the probes as it did when the server ran on that loop.
     server = health.start(
-        pipeline.settings, pipeline.settings.web_port, pipeline.metrics,
+        pipeline.settings,
+        pipeline.settings.web_port,
+        pipeline.metrics,
         live=health.on_loop(worker.loop, lambda: True),
         ready=health.on_loop(worker.loop, pipeline.readiness),
     )
