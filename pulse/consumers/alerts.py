@@ -9,6 +9,7 @@ the ``Idempotency-Key`` header). Records are handled one at a time, in partition
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -194,6 +195,12 @@ class Delivery:
     error: str = ""
 
 
+def _keep_error(out: list[KafkaError], err: KafkaError | None, _msg: Message) -> None:
+    """Delivery callback: the error of a record the broker did not take, into ``out``."""
+    if err is not None:
+        out.append(err)
+
+
 def _where(msg: Message) -> str:
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
@@ -293,8 +300,8 @@ class AlertConsumer:
                     self.last_poll = time.monotonic()
                     if msg is None:
                         continue
-                    if msg.error():
-                        self.errors.on_error(msg.error(), msg.topic())
+                    if (err := msg.error()) is not None:
+                        self.errors.on_error(err, msg.topic())
                         continue
                     self.errors.ok(msg.topic())
                     try:
@@ -365,18 +372,19 @@ class AlertConsumer:
         """Write the dead letter and wait until it is durable (before the offset that makes
         us forget the spike); while the broker is away, keep trying (``sleep`` may raise
         Stopped), since committing without it would lose the spike."""
+        topic, partition, offset = kafka.position(msg)
         record = dead_letter(
-            msg.value(), source=msg.topic(), stage=STAGE, reason=reason, error=error,
-            source_topic=msg.topic(), source_partition=msg.partition(),
-            source_offset=msg.offset(),
+            msg.value(), source=topic, stage=STAGE, reason=reason, error=error,
+            source_topic=topic, source_partition=partition, source_offset=offset,
         )  # fmt: skip
         value = self._encode_dlq(record)
         while True:
+            # this attempt's errors: a late report of an earlier attempt goes to that one's list
             failed: list[KafkaError] = []
             self.producer.produce(
-                self._dlq_topic, value, key=msg.topic().encode(),
-                headers=headers(reason, STAGE, msg.topic()),
-                on_delivery=lambda err, _, out=failed: None if err is None else out.append(err),
+                self._dlq_topic, value, key=topic.encode(),
+                headers=headers(reason, STAGE, topic),
+                on_delivery=functools.partial(_keep_error, failed),
             )  # fmt: skip
             remaining = await asyncio.to_thread(self.producer.flush, DEAD_LETTER_FLUSH_S)
             while remaining and not failed:  # still in flight: the broker may be restarting

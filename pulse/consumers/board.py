@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pulse import kafka
 from pulse.consumers.kafka_errors import ReaderErrors, partitions_of
 from pulse.consumers.records import printable
 from pulse.durations import format_duration_ms, parse_durations_ms
@@ -411,17 +412,18 @@ class BoardReader:
         if not msgs:
             self._probe()
         for msg in msgs:
-            if msg.error():
-                self.errors.on_error(msg.error(), msg.topic())
+            if (err := msg.error()) is not None:
+                self.errors.on_error(err, msg.topic())
                 continue
             self.errors.ok()
-            if msg.value() is None:
+            if (value := msg.value()) is None:
                 continue
+            topic, _, _ = kafka.position(msg)
             try:
-                record = self._decode[msg.topic()](msg.value())
+                record = self._decode[topic](value)
             except Exception:  # noqa: BLE001 - a viewer skips what it cannot decode
                 continue
-            self.board = fold(self.board, self._kind[msg.topic()], record)
+            self.board = fold(self.board, self._kind[topic], record)
         return len(msgs)
 
     def _probe(self) -> None:
@@ -456,9 +458,9 @@ class BoardReader:
         except KafkaException as exc:  # e.g. NOT_LEADER_FOR_PARTITION on new topics
             self.errors.on_exception(exc)
             return False
-        failed = [p for p in found if p.error is not None]
+        failed = [(p.error, p.topic) for p in found if p.error is not None]
         if failed:
-            self.errors.on_error(failed[0].error, failed[0].topic)
+            self.errors.on_error(*failed[0])
             return False
         self._consumer.assign(found)  # -1 (no record since): from the end
         self.phase = READING

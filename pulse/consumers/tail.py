@@ -96,8 +96,8 @@ class _Tail:
                     break
                 continue
             last_seen = time.monotonic()
-            if msg.error():
-                self.errors.on_error(msg.error(), msg.topic())
+            if (err := msg.error()) is not None:
+                self.errors.on_error(err, msg.topic())
                 continue
             self.errors.ok()
             self._print(msg, out)
@@ -129,7 +129,7 @@ def _render(
     msg: Message, key: str | None, decode: Callable[[bytes], Any], value_only: bool
 ) -> str | None:
     ts_type, ts = msg.timestamp()
-    meta = Meta(msg.topic(), msg.partition(), msg.offset(), ts if ts_type else None, key)
+    meta = Meta(*kafka.position(msg), ts if ts_type else None, key)
     raw = msg.value()
     try:
         value = None if raw is None else decode(raw)
