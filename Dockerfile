@@ -43,8 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 # the Faust worker keeps its table data under the working directory
 WORKDIR /var/lib/pulse
 USER 10001:10001
-# 6066: signals worker /healthz /readyz /metrics · 6067: fan-out /healthz /metrics ·
-# 9300: producer and alerts /healthz /metrics. They listen on PULSE_BIND_HOST (loopback by
+# /healthz /readyz /metrics on 6066: signals worker · 6067: fan-out · 9300: a producer or
+# alerts. They listen on PULSE_BIND_HOST (loopback by
 # default): Compose and the k8s ConfigMap set 0.0.0.0.
 EXPOSE 6066 6067 9300
 ENTRYPOINT ["pulse"]
