@@ -44,8 +44,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /var/lib/pulse
 USER 10001:10001
 # /healthz /readyz /metrics on 6066: signals worker · 6067: fan-out · 9300: a producer or
-# alerts. They listen on PULSE_BIND_HOST (loopback by
-# default): Compose and the k8s ConfigMap set 0.0.0.0.
+# alerts. They listen on PULSE_BIND_HOST (loopback by default): Compose and the k8s
+# ConfigMap set 0.0.0.0.
 EXPOSE 6066 6067 9300
 ENTRYPOINT ["pulse"]
 CMD ["--help"]
