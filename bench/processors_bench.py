@@ -196,10 +196,12 @@ def stage_of(pid: int) -> str:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "gone"
+    if b"pulse.processors.supervisor" in cmd:  # (its argv names the stages it runs)
+        return "supervisor"
     for name in (b"fan-out", b"signals"):
         if name in cmd:
             return name.decode()
-    return "supervisor" if b"processors" in cmd else "other"
+    return "other"
 
 
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? (\S+)$")
