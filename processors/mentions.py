@@ -9,10 +9,14 @@ message id, so a repeated create or score is a no-op there and the fan-out can s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from aiokafka.partitioner import murmur2
+from aiokafka import partitioner
+
+# Kafka's default partitioner hash (key bytes → int); aiokafka ships no type information
+murmur2: Callable[[bytes], int] = partitioner.murmur2
 
 ANY_SYMBOL = ""  # a retraction whose symbols are unknown: resolved by message id downstream
 
@@ -65,7 +69,8 @@ def distinct_symbols(symbols: list[dict[str, Any]]) -> tuple[str, ...]:
 def message_event_time_ms(event: dict[str, Any]) -> int:
     """The event time a MessageEvent moves its raw partition's progress to."""
     message = event.get("message")
-    return message["created_at_ms"] if message is not None else event["event_time_ms"]
+    event_ms: int = message["created_at_ms"] if message is not None else event["event_time_ms"]
+    return event_ms
 
 
 def mentions_of_message(event: dict[str, Any]) -> list[Mention]:
