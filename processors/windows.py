@@ -21,6 +21,7 @@ import struct
 import sys
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, reduce
 from itertools import compress
@@ -147,7 +148,7 @@ def _code(user_id: int | None, label: str | None) -> int:
     return code if user_id is None else code | _HAS_USER
 
 
-def _column_bytes(column: array) -> bytes:
+def _column_bytes(column: array[int] | array[float]) -> bytes:
     """An int64/float64 column as little-endian bytes (the chunk rows' byte order)."""
     if _LITTLE:
         return column.tobytes()
@@ -156,7 +157,7 @@ def _column_bytes(column: array) -> bytes:
     return swapped.tobytes()
 
 
-def _column(typecode: str, data: bytes | memoryview) -> array:
+def _column(typecode: str, data: bytes | memoryview) -> array[Any]:
     column = array(typecode)
     column.frombytes(data)  # (array(typecode, memoryview) would take each byte as an item)
     if not _LITTLE:
@@ -255,8 +256,8 @@ class Pane:
         self.codes = bytearray()
         self.odd: dict[int, str] | None = None  # labels outside the schema, by message id
         # a shared empty tuple until the first score (most panes never get one)
-        self.score_ids: array | tuple[()] = ()
-        self.score_values: array | tuple[()] = ()
+        self.score_ids: array[int] | tuple[()] = ()
+        self.score_values: array[float] | tuple[()] = ()
         # a shared empty frozenset until the first destroy (few panes ever see one)
         self.retracted: set[int] | frozenset[int] = _NO_IDS
         self.bullish = self.bearish = 0
@@ -287,7 +288,7 @@ class Pane:
     def scores(self) -> dict[int, float]:
         return dict(zip(self.score_ids, self.score_values, strict=True))
 
-    def _index(self, ids: array, message_id: int) -> int:
+    def _index(self, ids: Sequence[int], message_id: int) -> int:
         """Position of ``message_id`` in the sorted column ``ids``; -1 when absent."""
         at = bisect.bisect_left(ids, message_id)
         return at if at < len(ids) and ids[at] == message_id else -1
@@ -377,18 +378,19 @@ class Pane:
         return True
 
     def _set_score(self, message_id: int, score: float) -> None:
-        if type(self.score_ids) is tuple:
-            self.score_ids, self.score_values = array("q"), array("d")
-        ids = self.score_ids
+        ids, values = self.score_ids, self.score_values
+        if isinstance(ids, tuple) or isinstance(values, tuple):  # the shared empty tuples
+            ids, values = array("q"), array("d")
+            self.score_ids, self.score_values = ids, values
         at = bisect.bisect_left(ids, message_id)
         if at < len(ids) and ids[at] == message_id:
-            self.score_values[at] = score
+            values[at] = score
         elif at == len(ids):
             ids.append(message_id)
-            self.score_values.append(score)
+            values.append(score)
         else:
             ids.insert(at, message_id)
-            self.score_values.insert(at, score)
+            values.insert(at, score)
         self._score_sum = None
 
     def _chunk(self) -> _Chunk:
@@ -399,7 +401,7 @@ class Pane:
     def _retracted(self) -> set[int]:
         if type(self.retracted) is not set:
             self.retracted = set(self.retracted)
-        return self.retracted  # type: ignore[return-value]
+        return self.retracted
 
     def add_message(self, message_id: int, user_id: int | None, sentiment: str | None) -> None:
         code = self._count(message_id, user_id, sentiment)
