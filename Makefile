@@ -30,13 +30,14 @@ $(BIN)/.browser: | $(BIN)/.installed
 	  || echo "chromium not installed: the board's browser test will be skipped"; }
 	touch $@
 
-## Lint, then every test (unit and integration against a real broker + registry).
+## Lint, type-check, then every test (unit and integration against a real broker + registry).
 test: $(BIN)/.installed $(BIN)/.browser
 	$(BIN)/ruff check .
+	$(BIN)/python -m tests.support.typecheck
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
