@@ -150,6 +150,7 @@ def test_a_child_never_started_has_nothing_to_stop() -> None:
 
 def test_sigterm_and_sigint_set_the_stop_and_the_handlers_come_back() -> None:
     before = signal.getsignal(signal.SIGTERM)
+    before_int = signal.getsignal(signal.SIGINT)  # SIG_IGN under an xdist worker
     stop = Stop()
     with stop_on_signals(stop):
         assert not stop
@@ -160,7 +161,7 @@ def test_sigterm_and_sigint_set_the_stop_and_the_handlers_come_back() -> None:
     with stop_on_signals(again):
         os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: a stop request
         assert again.wait(5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before_int
 
 
 def test_stop_sleep_returns_early_when_stopped() -> None:
@@ -186,8 +187,9 @@ def test_under_asyncio_the_signal_is_delivered_through_the_loop() -> None:
 
 
 def test_signals_ignored_for_a_clean_up() -> None:
+    before_int = signal.getsignal(signal.SIGINT)
     with signals_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt
         time.sleep(0.05)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before_int
