@@ -1,8 +1,9 @@
-"""Shared fixtures: one real Kafka broker + schema registry per test run.
+"""Shared fixtures: one real Kafka broker + schema registry per test worker (pytest-xdist).
 
 Where they come from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` + ``SCHEMA_REGISTRY_URL`` from
-the environment; else a Docker engine through testcontainers; else the embedded stack
-(Apache Kafka and Apicurio Registry from Maven Central, see ``embedded/``).
+the environment (shared by the workers: tests name their topics and groups uniquely); else a
+Docker engine through testcontainers; else the local stack (Apache Kafka and Apicurio Registry
+from Maven Central, see ``pulse/local/``), one per worker.
 """
 
 from __future__ import annotations
