@@ -33,11 +33,13 @@ $(BIN)/.browser: | $(BIN)/.installed
 ## Lint, type-check, then every test (unit and integration against a real broker + registry).
 test: $(BIN)/.installed $(BIN)/.browser
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m tests.support.typecheck
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -29,7 +29,6 @@ from pulse.processors import detectors
 from pulse.processors.detectors import Detection, DetectorRule, Kind, Scored
 from pulse.producers import parse
 from pulse.producers.replay import _symbol_of
-
 from pulse.settings import Settings
 from tests.support.data import HISTORY
 
@@ -142,9 +141,9 @@ def summarise(symbol: str, msgs: list[Msg], alerts: list[tuple[int, Detection]])
     for e in EVENTS:
         if e.symbol != symbol:
             continue
-        kinds = sorted({
-            v.kind.value for end, v in alerts if end - v.span_ms < e.end_ms and end > e.start_ms
-        })
+        kinds = sorted(
+            {v.kind.value for end, v in alerts if end - v.span_ms < e.end_ms and end > e.start_ms}
+        )
         found[e.name] = "+".join(kinds)
     return Summary(symbol, len(msgs), weeks, by_kind, len(days) / weeks, found)
 
@@ -162,19 +161,26 @@ def print_report(data: dict[str, list[Msg]], rule: DetectorRule, list_alerts: bo
         alerts = run(tally(msgs, sizes), rule)
         s = summarise(symbol, msgs, alerts)
         events = "; ".join(f"{n}: {k or 'MISSED'}" for n, k in s.found.items()) or "–"
-        print(f"| {symbol} | {s.messages:,} | {s.weeks:.1f} | {s.alerts['BURST']} | "
-              f"{s.alerts['SURGE']} | {s.alert_days_per_week:.2f} | {events} |")
+        print(
+            f"| {symbol} | {s.messages:,} | {s.weeks:.1f} | {s.alerts['BURST']} | "
+            f"{s.alerts['SURGE']} | {s.alert_days_per_week:.2f} | {events} |"
+        )
         if list_alerts:
             for end, v in alerts:
-                print(f"    {_iso(end - v.span_ms)}–{_iso(end)[11:]} {v.kind.value:5} "
-                      f"{v.count:.0f} vs {v.expected_count:.1f} ({v.ratio:.1f}×, "
-                      f"p={v.p_value:.1e}, {v.message_count} msgs/{v.users} users in window)")
+                print(
+                    f"    {_iso(end - v.span_ms)}–{_iso(end)[11:]} {v.kind.value:5} "
+                    f"{v.count:.0f} vs {v.expected_count:.1f} ({v.ratio:.1f}×, "
+                    f"p={v.p_value:.1e}, {v.message_count} msgs/{v.users} users in window)"
+                )
 
 
 # --- sweep -------------------------------------------------------------------------------
 
+
 def _score(
-    data: dict[str, list[Msg]], rule: DetectorRule, windows: dict[str, list[Window]],
+    data: dict[str, list[Msg]],
+    rule: DetectorRule,
+    windows: dict[str, list[Window]],
     kind: Kind,
 ) -> tuple[float, float, int]:
     """(mean alert-days/week over symbols, the worst symbol's, labelled events found) of
@@ -202,7 +208,8 @@ def sweep(data: dict[str, list[Msg]], base: DetectorRule) -> None:
             cells = []
             for z in (3.0, 4.0, 5.0, 6.0):
                 rule = dataclasses.replace(
-                    base, scored=scored,
+                    base,
+                    scored=scored,
                     burst=dataclasses.replace(base.burst, z=z, min_count=min_count),
                 )
                 mean, worst, found = _score(data, rule, burst_w, Kind.BURST)
@@ -218,15 +225,19 @@ def sweep(data: dict[str, list[Msg]], base: DetectorRule) -> None:
                 cells = []
                 for p in ps:
                     rule = dataclasses.replace(
-                        no_burst, scored=scored,
+                        no_burst,
+                        scored=scored,
                         surge=dataclasses.replace(
                             base.surge, p=p, min_count=min_count, min_ratio=min_ratio
                         ),
                     )
                     mean, worst, found = _score(data, rule, surge_w, Kind.SURGE)
                     cells.append(f"{mean:.2f} / {worst:.2f} / {found}")
-                print(f"| {scored.value.lower()} | {min_count} | {min_ratio} | "
-                      + " | ".join(cells) + " |")
+                print(
+                    f"| {scored.value.lower()} | {min_count} | {min_ratio} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
         sys.stdout.flush()
 
 

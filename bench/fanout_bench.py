@@ -21,12 +21,11 @@ import time
 import uuid
 from collections import Counter
 
+from pulse import kafka
 from pulse.processors.fanout import FanOut
 from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
-
-from pulse import kafka
 from pulse.settings import Settings
 from tests.support.harness import RawWriter, message_event
 
@@ -41,8 +40,12 @@ def preload(settings: Settings, n: int, n_symbols: int, rate_per_s: float) -> No
     for i in range(n):
         syms = list(dict.fromkeys(rng.choices(names, weights, k=1 + (rng.random() < 0.5))))
         sentiment = rng.choice((None, None, "Bullish", "Bearish"))
-        writer.send(topics.MESSAGES, message_event(i + 1, T0 + int(i * 1000 / rate_per_s),
-                                                   syms, rng.randrange(1, 50_000), sentiment))
+        writer.send(
+            topics.MESSAGES,
+            message_event(
+                i + 1, T0 + int(i * 1000 / rate_per_s), syms, rng.randrange(1, 50_000), sentiment
+            ),
+        )
     writer.flush()
 
 
@@ -73,9 +76,12 @@ def fan_out(settings: Settings, n: int, profile: bool) -> float:
     marks: dict[str, float] = {}
 
     def events() -> float:
-        return fo.metrics.registry.get_sample_value(
-            "pulse_fanout_events_in_total", {"topic": topics.MESSAGES.full_name(settings)}
-        ) or 0.0
+        return (
+            fo.metrics.registry.get_sample_value(
+                "pulse_fanout_events_in_total", {"topic": topics.MESSAGES.full_name(settings)}
+            )
+            or 0.0
+        )
 
     def watch() -> None:
         while not stop.is_set():
@@ -107,19 +113,25 @@ def main() -> None:
     ap.add_argument("--guarantee", default="at_least_once")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    settings = Settings.from_env().replace(topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
-                                           processing_guarantee=args.guarantee)
-    ensure_topics(settings, (topics.MESSAGES, topics.RAW_SENTIMENT,
-                             topics.MENTION_BATCHES, topics.DEAD_LETTER))
+    settings = Settings.from_env().replace(
+        topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", processing_guarantee=args.guarantee
+    )
+    ensure_topics(
+        settings,
+        (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES, topics.DEAD_LETTER),
+    )
     t = time.perf_counter()
     preload(settings, args.messages, args.symbols, args.rate)
-    print(f"preloaded {args.messages} messages in {time.perf_counter() - t:.1f} s "
-          f"(prefix {settings.topic_prefix})")
+    print(
+        f"preloaded {args.messages} messages in {time.perf_counter() - t:.1f} s "
+        f"(prefix {settings.topic_prefix})"
+    )
     bare = bare_loop(settings, args.messages)
     print(f"bare consume+decode+count: {bare:,.0f} msgs/s")
     fo = fan_out(settings, args.messages, args.profile)
-    print(f"fan-out ({args.guarantee}): {fo:,.0f} msgs/s = {100 * fo / bare:.1f} % of the bare "
-          "loop")
+    print(
+        f"fan-out ({args.guarantee}): {fo:,.0f} msgs/s = {100 * fo / bare:.1f} % of the bare loop"
+    )
 
 
 if __name__ == "__main__":

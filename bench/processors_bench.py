@@ -56,6 +56,9 @@ from confluent_kafka.admin import (
     ConfigResource,
     ResourceType,
 )
+
+from bench.fanout_bench import T0, bare_loop
+from pulse import kafka
 from pulse.processors.agents import CLOSED_AT_HEADER
 from pulse.processors.app import window_config
 from pulse.processors.batching import BatchBuilder, columns
@@ -67,9 +70,6 @@ from pulse.processors.windows import WindowSpec
 from pulse.processors.worker import prepare
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
-
-from bench.fanout_bench import T0, bare_loop
-from pulse import kafka
 from pulse.settings import Settings
 from tests.support.harness import RawWriter, WorkerProcess, message_event
 
@@ -115,8 +115,7 @@ def windows_with_data(panes: dict[str, set[int]], specs: tuple[WindowSpec, ...])
             lasts = {p - p % spec.advance_ms for p in starts}
             held = set()
             for last in lasts:
-                held.update(range(last - spec.size_ms + spec.advance_ms, last + 1,
-                                  spec.advance_ms))
+                held.update(range(last - spec.size_ms + spec.advance_ms, last + 1, spec.advance_ms))
             total += len(held)
         out[spec.key] = total
     return out
@@ -141,8 +140,12 @@ class Tally:
         self.last_ms = max(self.last_ms, t)
 
     def expected(self) -> Expected:
-        return Expected(self.messages, self.mentions, self.last_ms - T0,
-                        windows_with_data(self.panes, self.specs))
+        return Expected(
+            self.messages,
+            self.mentions,
+            self.last_ms - T0,
+            windows_with_data(self.panes, self.specs),
+        )
 
 
 def tally_for(settings: Settings) -> Tally:
@@ -253,8 +256,9 @@ class Stall:
         return time.monotonic() - self.since > self.after_s
 
 
-def follow(settings: Settings, worker: WorkerProcess, exp: Expected, timeout_s: float,
-           on_stage: Any = None) -> Timeline:
+def follow(
+    settings: Settings, worker: WorkerProcess, exp: Expected, timeout_s: float, on_stage: Any = None
+) -> Timeline:
     """Poll both stages' metrics and the process tree until every window was emitted."""
     assert worker.proc is not None
     tl, deadline = Timeline(), time.monotonic() + timeout_s
@@ -270,8 +274,10 @@ def follow(settings: Settings, worker: WorkerProcess, exp: Expected, timeout_s: 
         mark(tl, scrape(settings.fan_out_port), sig, exp)
         emitted = sig.get("pulse_windows_emitted_total", 0.0)
         if tl.applied is not None and stall.stuck(emitted):
-            raise RuntimeError(f"{emitted:,.0f} of {exp.volumes:,} windows emitted, no more for "
-                               f"{stall.after_s:.0f} s:\n{worker.log_tail()}")
+            raise RuntimeError(
+                f"{emitted:,.0f} of {exp.volumes:,} windows emitted, no more for "
+                f"{stall.after_s:.0f} s:\n{worker.log_tail()}"
+            )
     for pid in tree(worker.proc.pid):
         tl.hwm_kb[f"{stage_of(pid)} ({pid})"] = status_kb(pid, "VmHWM")
     return tl
@@ -307,8 +313,9 @@ def mark(tl: Timeline, fan: dict[str, float], sig: dict[str, float], exp: Expect
 # --- reading the outputs after the run -------------------------------------------------------
 
 
-def read_all(settings: Settings, spec: topics.TopicSpec, expected: int | None,
-             idle_s: float = 5.0) -> list[Any]:
+def read_all(
+    settings: Settings, spec: topics.TopicSpec, expected: int | None, idle_s: float = 5.0
+) -> list[Any]:
     """Every record of ``spec`` from the beginning (stop at ``expected`` or ``idle_s`` idle)."""
     consumer = kafka.consumer(kafka.reader_config(settings, "bench", role="bench"))
     consumer.subscribe([spec.full_name(settings)])
@@ -349,7 +356,8 @@ def quiet_written_ms(settings: Settings) -> int | None:
     """When the fan-out wrote the first mention batch saying every raw partition is quiet."""
     decode = Serde(settings).deserializer(topics.MENTION_BATCHES)
     quiet = [
-        msg.timestamp()[1] for msg in read_all(settings, topics.MENTION_BATCHES, None, 3.0)
+        msg.timestamp()[1]
+        for msg in read_all(settings, topics.MENTION_BATCHES, None, 3.0)
         if all(p["quiet"] for p in decode(msg.value())["progress"])
     ]
     return min(quiet) if quiet else None
@@ -357,10 +365,12 @@ def quiet_written_ms(settings: Settings) -> int | None:
 
 def use_log_append_time(settings: Settings, spec: topics.TopicSpec) -> None:
     """The broker stamps each record as it appends it (the bench's own topic only)."""
-    entry = ConfigEntry("message.timestamp.type", "LogAppendTime",
-                        incremental_operation=AlterConfigOpType.SET)
-    resource = ConfigResource(ResourceType.TOPIC, spec.full_name(settings),
-                              incremental_configs=[entry])
+    entry = ConfigEntry(
+        "message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(
+        ResourceType.TOPIC, spec.full_name(settings), incremental_configs=[entry]
+    )
     admin = quiet_admin(settings)  # kept referenced until the answer
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
@@ -373,8 +383,11 @@ def quiet_admin(settings: Settings) -> AdminClient:
 
 def delete_bench_topics(settings: Settings) -> None:
     admin = quiet_admin(settings)
-    names = [t for t in admin.list_topics(timeout=30).topics
-             if t.startswith((settings.topic_prefix, settings.app_id))]
+    names = [
+        t
+        for t in admin.list_topics(timeout=30).topics
+        if t.startswith((settings.topic_prefix, settings.app_id))
+    ]
     for future in admin.delete_topics(names, operation_timeout=30).values():
         try:
             future.result(60)
@@ -400,8 +413,22 @@ class Profiler:
         assert self.exe is not None
         out = self.out_dir / f"{stage}.txt"
         self.procs[stage] = subprocess.Popen(
-            [self.exe, "record", "--nonblocking", "-r", "100", "-f", "raw", "-o", str(out),
-             "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.exe,
+                "record",
+                "--nonblocking",
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "-p",
+                str(pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def report(self, top: int = 15) -> None:
         for stage, proc in self.procs.items():
@@ -465,9 +492,12 @@ def bench_settings(guarantee: str) -> Settings:
     """Defaults everywhere (partitions, windows, grace, idle close) but names and ports."""
     tag = uuid.uuid4().hex[:8]
     return Settings.from_env().replace(
-        topic_prefix=f"bench{tag}.", app_id=f"pulse-bench-{tag}",
-        state_dir=tempfile.mkdtemp(prefix="pulse-bench-"), web_port=free_port(),
-        fan_out_port=free_port(), processing_guarantee=guarantee,
+        topic_prefix=f"bench{tag}.",
+        app_id=f"pulse-bench-{tag}",
+        state_dir=tempfile.mkdtemp(prefix="pulse-bench-"),
+        web_port=free_port(),
+        fan_out_port=free_port(),
+        processing_guarantee=guarantee,
     )
 
 
@@ -482,8 +512,9 @@ class Result:
     volumes_read: int
 
 
-def run_pipeline(settings: Settings, exp: Expected, profile: Profiler | None,
-                 timeout_s: float) -> Result:
+def run_pipeline(
+    settings: Settings, exp: Expected, profile: Profiler | None, timeout_s: float
+) -> Result:
     worker = WorkerProcess(settings, Path(settings.state_dir) / "worker.log").start()
     try:
         tl = follow(settings, worker, exp, timeout_s, profile.attach if profile else None)
@@ -500,8 +531,7 @@ def run_pipeline(settings: Settings, exp: Expected, profile: Profiler | None,
         busy_until = max([tl.applied * 1000, *before])
         wait_ms = max(0.0, quiet - busy_until)
     total_s = last_ms / 1000 - tl.first_read
-    return Result(tl, total_s - wait_ms / 1000, total_s, wait_ms / 1000, lat, quiet,
-                  len(volumes))
+    return Result(tl, total_s - wait_ms / 1000, total_s, wait_ms / 1000, lat, quiet, len(volumes))
 
 
 def pct(xs: list[int], q: float) -> float:
@@ -515,41 +545,55 @@ def print_latency(r: Result) -> None:
     groups = {
         "all closes": [x.ms for x in r.latencies],
         f"closes of ≤ {BURST:,} windows per batch": [
-            x.ms for x in r.latencies if bursts[x.partition, x.closed_at_ms] <= BURST],
+            x.ms for x in r.latencies if bursts[x.partition, x.closed_at_ms] <= BURST
+        ],
         f"closes of > {BURST:,}": [
-            x.ms for x in r.latencies if bursts[x.partition, x.closed_at_ms] > BURST],
+            x.ms for x in r.latencies if bursts[x.partition, x.closed_at_ms] > BURST
+        ],
     }
     for name, xs in groups.items():
         if not xs:
             print(f"  window close → appended, {name}: none")
             continue
         xs.sort()
-        print(f"  window close → appended, {name}: p50 {statistics.median(xs):,.0f} ms, "
-              f"p99 {pct(xs, 0.99):,.0f} ms, max {xs[-1]:,} ms ({len(xs):,} records)")
-    print(f"  ({len(bursts):,} closing batches; the largest closed {max(bursts.values()):,} "
-          "windows of one symbol partition at once)")
+        print(
+            f"  window close → appended, {name}: p50 {statistics.median(xs):,.0f} ms, "
+            f"p99 {pct(xs, 0.99):,.0f} ms, max {xs[-1]:,} ms ({len(xs):,} records)"
+        )
+    print(
+        f"  ({len(bursts):,} closing batches; the largest closed {max(bursts.values()):,} "
+        "windows of one symbol partition at once)"
+    )
 
 
 def print_result(exp: Expected, bare: float, r: Result) -> None:
     tl = r.tl
     assert tl.first_read is not None and tl.fanned_out and tl.applied
     rate = exp.messages / r.work_s
-    print(f"pipeline: {rate:,.0f} raw msgs/s, {exp.mentions / r.work_s:,.0f} mentions/s "
-          f"({r.work_s:.1f} s from the first record read to the last window, without "
-          f"{r.wait_s:.1f} s spent only waiting for the idle close; {r.total_s:.1f} s in all)")
+    print(
+        f"pipeline: {rate:,.0f} raw msgs/s, {exp.mentions / r.work_s:,.0f} mentions/s "
+        f"({r.work_s:.1f} s from the first record read to the last window, without "
+        f"{r.wait_s:.1f} s spent only waiting for the idle close; {r.total_s:.1f} s in all)"
+    )
     print(f"ratio pipeline / bare loop: {rate / bare:.1%} (target ≥ 50 %)")
     fan_s = max(tl.fanned_out - tl.first_read, 0.02)  # within one poll for a tiny input
-    print(f"  fan-out read everything after {fan_s:.1f} s "
-          f"({exp.messages / fan_s:,.0f} msgs/s); the signals stage "
-          f"applied its first mention after {(tl.signals_first or 0) - tl.first_read:.1f} s and "
-          f"the last after {tl.applied - tl.first_read:.1f} s")
-    print(f"volume records: {r.volumes_read:,} read, {exp.volumes:,} expected "
-          f"({', '.join(f'{k} {v:,}' for k, v in exp.volumes_by_spec.items())})")
+    print(
+        f"  fan-out read everything after {fan_s:.1f} s "
+        f"({exp.messages / fan_s:,.0f} msgs/s); the signals stage "
+        f"applied its first mention after {(tl.signals_first or 0) - tl.first_read:.1f} s and "
+        f"the last after {tl.applied - tl.first_read:.1f} s"
+    )
+    print(
+        f"volume records: {r.volumes_read:,} read, {exp.volumes:,} expected "
+        f"({', '.join(f'{k} {v:,}' for k, v in exp.volumes_by_spec.items())})"
+    )
     print_latency(r)
     hwm = ", ".join(f"{k} {v / 1024:.0f}" for k, v in tl.hwm_kb.items())
-    print(f"peak RSS of the worker's processes: {tl.peak_rss_kb / 1024:.0f} MB sampled sum "
-          f"(target ≤ 400 MB); per-process peaks (VmHWM, MB): {hwm}; their sum "
-          f"{sum(tl.hwm_kb.values()) / 1024:.0f} MB")
+    print(
+        f"peak RSS of the worker's processes: {tl.peak_rss_kb / 1024:.0f} MB sampled sum "
+        f"(target ≤ 400 MB); per-process peaks (VmHWM, MB): {hwm}; their sum "
+        f"{sum(tl.hwm_kb.values()) / 1024:.0f} MB"
+    )
 
 
 def loadavg() -> str:
@@ -577,10 +621,12 @@ def measure(settings: Settings, args: argparse.Namespace) -> None:
     print(f"load average before: {loadavg()}")
     t = time.perf_counter()
     exp = preload(settings, args.messages, args.symbols, args.rate)
-    print(f"pre-loaded {exp.messages:,} raw messages ({exp.mentions:,} mentions, "
-          f"{args.symbols:,} symbols, {exp.span_ms / 60_000:,.1f} min of event time, "
-          f"{settings.raw_partitions} raw / {settings.symbol_partitions} symbol partitions, "
-          f"prefix {settings.topic_prefix}) in {time.perf_counter() - t:.1f} s")
+    print(
+        f"pre-loaded {exp.messages:,} raw messages ({exp.mentions:,} mentions, "
+        f"{args.symbols:,} symbols, {exp.span_ms / 60_000:,.1f} min of event time, "
+        f"{settings.raw_partitions} raw / {settings.symbol_partitions} symbol partitions, "
+        f"prefix {settings.topic_prefix}) in {time.perf_counter() - t:.1f} s"
+    )
     bare = bare_loop(settings, args.messages)
     print(f"bare confluent-kafka consume + Avro decode + count: {bare:,.0f} msgs/s")
     profile = Profiler(Path(settings.state_dir)) if args.profile else None
@@ -594,8 +640,9 @@ def measure(settings: Settings, args: argparse.Namespace) -> None:
 # --- the pure engine alone -------------------------------------------------------------------
 
 
-def engine_batches(n: int, n_symbols: int, rate: float, settings: Settings, tally: Tally,
-                   batch: int = BATCH_SIZE) -> list[tuple[int, Batch]]:
+def engine_batches(
+    n: int, n_symbols: int, rate: float, settings: Settings, tally: Tally, batch: int = BATCH_SIZE
+) -> list[tuple[int, Batch]]:
     """What the fan-out would write: per ``batch`` raw messages (round-robin over the raw
     partitions), one Batch per symbol partition; then one all-quiet Batch each (idle close)."""
     raw_n, raw_name = settings.raw_partitions, topics.MESSAGES.full_name(settings)
@@ -603,8 +650,9 @@ def engine_batches(n: int, n_symbols: int, rate: float, settings: Settings, tall
     builder, out = BatchBuilder(settings.symbol_partitions), []
 
     def flush(idle: bool) -> None:
-        marks = [ReadProgress(raw_name, p, offsets[p], event_ms[p], idle, idle)
-                 for p in range(raw_n)]
+        marks = [
+            ReadProgress(raw_name, p, offsets[p], event_ms[p], idle, idle) for p in range(raw_n)
+        ]
         for p, rows in enumerate(builder.rows):
             out.append((p, Batch(from_columns(columns(rows)), marks, raw_n)))
         builder.clear()
@@ -632,8 +680,9 @@ class EngineRun:
     spikes: int = 0
 
 
-def run_engine(messages: int, symbols: int, rate: float,
-               prof: cProfile.Profile | None = None) -> EngineRun:
+def run_engine(
+    messages: int, symbols: int, rate: float, prof: cProfile.Profile | None = None
+) -> EngineRun:
     """Drive one PartitionEngine per symbol partition as the signals stage would (decoded
     batches in, outputs and changed rows out), without Kafka or Avro."""
     settings = Settings()  # the defaults, no broker needed
@@ -664,10 +713,12 @@ def engine_only(args: argparse.Namespace) -> None:
     prof = cProfile.Profile() if args.profile else None
     r = run_engine(args.messages, args.symbols, args.rate, prof)
     exp = r.expected
-    print(f"pure engine: {exp.messages / r.seconds:,.0f} raw msgs/s = "
-          f"{exp.mentions / r.seconds:,.0f} mentions/s ({r.seconds:.1f} s, of which persist"
-          f" {r.persist_s:.1f} s; {r.batches:,} batches, {r.volumes:,} windows closed of "
-          f"{exp.volumes:,} expected, {r.late} late, {r.spikes} spikes)")
+    print(
+        f"pure engine: {exp.messages / r.seconds:,.0f} raw msgs/s = "
+        f"{exp.mentions / r.seconds:,.0f} mentions/s ({r.seconds:.1f} s, of which persist"
+        f" {r.persist_s:.1f} s; {r.batches:,} batches, {r.volumes:,} windows closed of "
+        f"{exp.volumes:,} expected, {r.late} late, {r.spikes} spikes)"
+    )
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
 
@@ -676,15 +727,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=500_000)
     ap.add_argument("--symbols", type=int, default=10_000)
-    ap.add_argument("--rate", type=float, default=2_000.0,
-                    help="event-time messages per second of the synthetic stream")
-    ap.add_argument("--day", action="store_true",
-                    help="spread the messages over 24 h of event time (the backfill case)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=2_000.0,
+        help="event-time messages per second of the synthetic stream",
+    )
+    ap.add_argument(
+        "--day",
+        action="store_true",
+        help="spread the messages over 24 h of event time (the backfill case)",
+    )
     ap.add_argument("--guarantee", default="at_least_once")
-    ap.add_argument("--engine-only", action="store_true",
-                    help="the pure engine in-process, no Kafka")
-    ap.add_argument("--profile", action="store_true",
-                    help="py-spy both stages (pipeline) or cProfile (--engine-only)")
+    ap.add_argument(
+        "--engine-only", action="store_true", help="the pure engine in-process, no Kafka"
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy both stages (pipeline) or cProfile (--engine-only)",
+    )
     ap.add_argument("--timeout", type=float, default=3_600.0)
     ap.add_argument("--keep", action="store_true", help="keep the bench's topics")
     args = ap.parse_args()

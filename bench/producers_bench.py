@@ -28,7 +28,6 @@ from pulse.producers.sse import SseEvent
 from pulse.producers.synthetic import Config, Generator, envelopes
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
-
 from pulse.settings import Settings
 
 

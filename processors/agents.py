@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 import faust
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
+
+from pulse import kafka
 from pulse.processors.engine import Batch, Outputs, PartitionEngine, partition_of_row_key
 from pulse.processors.mentions import from_columns, symbol_partition
 from pulse.processors.progress import ReadProgress
@@ -32,8 +34,6 @@ from pulse.processors.watchdog import Offsets, Partition, StallWatch
 from pulse.processors.windows import split_row_key
 from pulse.schemas import deadletter, topics
 from pulse.schemas.deadletter import Reason
-
-from pulse import kafka
 from pulse.settings import Settings
 
 STAGE = "signals"
@@ -42,8 +42,13 @@ BATCH_MAX, BATCH_WITHIN_S = 200, 0.05  # mention-batch records per agent batch
 STALL_CHECK_S, STALL_S, IDLE_BEFORE_CHECK_S = 5.0, 20.0, 10.0
 FLUSH_WAIT_S = 10.0  # one producer flush wait; repeated while records are still in flight
 CLOSED_AT_HEADER = "pulse.closed_at_ms"  # wall clock when the window closed (latency probes)
-OUTPUTS = (topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.SPIKES, topics.LATE_EVENTS,
-           topics.DEAD_LETTER)
+OUTPUTS = (
+    topics.VOLUME,
+    topics.SENTIMENT_WINDOWS,
+    topics.SPIKES,
+    topics.LATE_EVENTS,
+    topics.DEAD_LETTER,
+)
 log = logging.getLogger(__name__)
 
 
@@ -80,8 +85,10 @@ class Sink:
         # flushed per batch (pulse.kafka.FLUSHED: a bounded queue, a full one waits for
         # deliveries), and no Python callback for records that were delivered: only errors
         # need us
-        self.producer: Producer | None = None if exactly_once else kafka.producer(
-            kafka.producer_config(settings, role=STAGE, errors_only=True)
+        self.producer: Producer | None = (
+            None
+            if exactly_once
+            else kafka.producer(kafka.producer_config(settings, role=STAGE, errors_only=True))
         )
         self._errors: list[str] = []
         self._state: list[tuple[str, bytes, bytes | None, int]] = []
@@ -93,8 +100,14 @@ class Sink:
         if err is not None:
             self._errors.append(str(err))
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
-             headers: Any = None) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        headers: Any = None,
+    ) -> None:
         if self.producer is None:
             self._pending.append((topic, key, value, partition, headers))
             return
@@ -110,8 +123,14 @@ class Sink:
         else:
             self._state.append((topic, key, value, partition))
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 partition: int | None, headers: Any = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        headers: Any = None,
+    ) -> None:
         assert self.producer is not None
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if partition is not None:
@@ -132,8 +151,9 @@ class Sink:
         if not self._pending:
             return
         group = self.app.assignor.group_for_topic(msg.topic)
-        self._transactions.append((f"{self.app.conf.id}-{group}-{msg.partition}",
-                                   list(self._pending)))
+        self._transactions.append(
+            (f"{self.app.conf.id}-{group}-{msg.partition}", list(self._pending))
+        )
         self._pending.clear()
 
     async def _flush(self) -> None:
@@ -162,8 +182,13 @@ class Sink:
             if not left:
                 return
             waited_s += FLUSH_WAIT_S
-            log.warning("%s: %d records not delivered after %.0f s (broker unreachable?): "
-                        "waiting; the batch is not acked before they are", STAGE, left, waited_s)
+            log.warning(
+                "%s: %d records not delivered after %.0f s (broker unreachable?): "
+                "waiting; the batch is not acked before they are",
+                STAGE,
+                left,
+                waited_s,
+            )
 
     @contextlib.asynccontextmanager
     async def fence(self, batch: list[Any], stream: Any) -> AsyncIterator[None]:
@@ -252,9 +277,14 @@ class ReadGuard:
                 continue
             target = self.order.needs_seek(tp)
             if target is not None:
-                log.error("%s[%d]: offsets %d-%d were never delivered to the agent (a consumer "
-                          "defect, see processors/faust_fixes.py): reading them again",
-                          msg.topic, msg.partition, target, msg.offset - 1)
+                log.error(
+                    "%s[%d]: offsets %d-%d were never delivered to the agent (a consumer "
+                    "defect, see processors/faust_fixes.py): reading them again",
+                    msg.topic,
+                    msg.partition,
+                    target,
+                    msg.offset - 1,
+                )
                 self.metrics.offset_gaps.labels(msg.topic).inc(msg.offset - target)
                 self.seeks_due.append((tp, target))
         return kept
@@ -376,22 +406,29 @@ class Signals:
         out = Outputs(on_result=self._result_sender(msg.partition, emitted))
         engine.on_batch(batch, int(msg.timestamp * 1000), _now_ms(), msg.offset, out)
         if out.idle_close:
-            log.info("partition %d: every raw partition quiet, closed %d windows",
-                     msg.partition, out.closed_windows)
+            log.info(
+                "partition %d: every raw partition quiet, closed %d windows",
+                msg.partition,
+                out.closed_windows,
+            )
             self.m.idle_closes.inc()
         self.m.mentions.inc(len(batch.mentions))
         for size_ms, n in emitted.items():
             self.m.windows_emitted.labels(str(size_ms)).inc(n)
         self.publish(out, msg.partition)
 
-    def _result_sender(self, partition: int, emitted: dict[int, int]
-                       ) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    def _result_sender(
+        self, partition: int, emitted: dict[int, int]
+    ) -> Callable[[dict[str, Any], dict[str, Any]], None]:
         """Send each closed window's records as the engine produces them (a large close is
         never held as dicts); outputs go to the partition of their symbol, which is the
         partition being read; the wall-clock close time rides in a header, so the value
         stays identical on a replay."""
-        send, volume, sentiment = self.sink.send, self.out_names[topics.VOLUME.name], \
-            self.out_names[topics.SENTIMENT_WINDOWS.name]
+        send, volume, sentiment = (
+            self.sink.send,
+            self.out_names[topics.VOLUME.name],
+            self.out_names[topics.SENTIMENT_WINDOWS.name],
+        )
         encode_volume = self.encode[topics.VOLUME.name]
         encode_sentiment = self.encode[topics.SENTIMENT_WINDOWS.name]
 
@@ -419,7 +456,8 @@ class Signals:
         engine = self.engines.get(partition)
         if engine is None:
             engine = self.engines[partition] = PartitionEngine.from_rows(
-                self.p.cfg, self._rows_of(partition))
+                self.p.cfg, self._rows_of(partition)
+            )
         return engine
 
     def _rows_of(self, partition: int) -> Iterator[tuple[str, Any]]:
@@ -439,12 +477,20 @@ class Signals:
         results went out as they closed, :meth:`_result_sender`)."""
         send, enc, names, m = self.sink.send, self.encode, self.out_names, self.m
         for rec in out.spikes:
-            send(names[topics.SPIKES.name], rec["symbol"].encode(), enc[topics.SPIKES.name](rec),
-                 partition)
+            send(
+                names[topics.SPIKES.name],
+                rec["symbol"].encode(),
+                enc[topics.SPIKES.name](rec),
+                partition,
+            )
             m.spikes.inc()
         for rec, kind in zip(out.late, out.late_kinds, strict=True):
-            send(names[topics.LATE_EVENTS.name], rec["mention"]["symbol"].encode(),
-                 enc[topics.LATE_EVENTS.name](rec), partition)
+            send(
+                names[topics.LATE_EVENTS.name],
+                rec["mention"]["symbol"].encode(),
+                enc[topics.LATE_EVENTS.name](rec),
+                partition,
+            )
             m.late_events.labels(kind).inc()
         if out.corrections:
             m.corrections.inc(out.corrections)
@@ -462,32 +508,44 @@ class Signals:
         """
         table = self.p.symbols
         # keys in faust's "json" codec: what its recovery decodes
-        self.sink.send_state(table.changelog_topic.get_topic_name(), json.dumps(key).encode(),
-                             value, partition)
+        self.sink.send_state(
+            table.changelog_topic.get_topic_name(), json.dumps(key).encode(), value, partition
+        )
 
     def dead_letter(self, event: Any, reason: Reason, error: BaseException) -> None:
         msg = event.message
         stage = "decode" if reason is Reason.DECODE_FAILED else "process"
         record = deadletter.dead_letter(
-            event.value, source=msg.topic, stage=stage, reason=reason,
-            error=f"{type(error).__name__}: {error}", source_topic=msg.topic,
-            source_partition=msg.partition, source_offset=msg.offset,
+            event.value,
+            source=msg.topic,
+            stage=stage,
+            reason=reason,
+            error=f"{type(error).__name__}: {error}",
+            source_topic=msg.topic,
+            source_partition=msg.partition,
+            source_offset=msg.offset,
         )
-        self.sink.send(self.out_names[topics.DEAD_LETTER.name], msg.topic.encode(),
-                       self.encode[topics.DEAD_LETTER.name](record), None,
-                       deadletter.headers(reason, stage, msg.topic))
+        self.sink.send(
+            self.out_names[topics.DEAD_LETTER.name],
+            msg.topic.encode(),
+            self.encode[topics.DEAD_LETTER.name](record),
+            None,
+            deadletter.headers(reason, stage, msg.topic),
+        )
         self.m.dead_letters.labels(reason.value).inc()
 
     # --- broker offsets and stall checks ----------------------------------------------------
 
-    async def _broker_offsets_or_none(self, partitions: list[Partition]) -> dict[Partition,
-                                                                              Offsets]:
+    async def _broker_offsets_or_none(
+        self, partitions: list[Partition]
+    ) -> dict[Partition, Offsets]:
         """Where reading starts for partitions first read in this assignment: the group's
         commit, else the log start; asked before their first record is processed, so a first
         record beyond it is a hole."""
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                None, self.broker_offsets, partitions)
+                None, self.broker_offsets, partitions
+            )
         except Exception as exc:  # noqa: BLE001 - then holes are only found later
             log.warning("where reading starts is unknown (%r): first records taken as read", exc)
             return {}
@@ -502,14 +560,19 @@ class Signals:
         for tp in reader.committed([TopicPartition(t, n) for t, n in partitions], timeout=10):
             low, high = reader.get_watermark_offsets(tp, timeout=10)
             found[(tp.topic, tp.partition)] = Offsets(
-                tp.offset if tp.offset >= 0 else None, low, high)
+                tp.offset if tp.offset >= 0 else None, low, high
+            )
         return found
 
     def recovered(self) -> bool:
         recovery = getattr(self.app.tables, "recovery", None)
         completed = getattr(recovery, "completed", None)
-        return (not self.app.rebalancing and completed is not None and completed.is_set()
-                and bool(self.app.consumer.assignment()))
+        return (
+            not self.app.rebalancing
+            and completed is not None
+            and completed.is_set()
+            and bool(self.app.consumer.assignment())
+        )
 
     def recovery_positions(self) -> dict[Partition, tuple[int, int]]:
         """Changelog partitions being restored: (next offset to apply, high watermark)."""
@@ -517,9 +580,14 @@ class Signals:
         if recovery is None or not recovery.in_recovery:
             return {}
         # faust keeps the last offset applied and the last offset to reach (-1: none)
-        return {(tp.topic, tp.partition): (recovery.active_offsets.get(tp, -1) + 1,
-                                           recovery.active_highwaters.get(tp, -1) + 1)
-                for tp in recovery.active_tps if tp in recovery.active_highwaters}
+        return {
+            (tp.topic, tp.partition): (
+                recovery.active_offsets.get(tp, -1) + 1,
+                recovery.active_highwaters.get(tp, -1) + 1,
+            )
+            for tp in recovery.active_tps
+            if tp in recovery.active_highwaters
+        }
 
     async def stall_check(self) -> None:
         """faust-streaming #629: a partition (or a changelog partition being restored) that
@@ -527,29 +595,43 @@ class Signals:
         stands, only while the agent is idle so nothing is read twice."""
         positions = self.recovery_positions()
         if positions:
-            await self.seek_stalled(self.recovery_watch, positions,
-                                    "table recovery has %d records to read and none arrived")
+            await self.seek_stalled(
+                self.recovery_watch,
+                positions,
+                "table recovery has %d records to read and none arrived",
+            )
         else:
             self.recovery_watch.reset()
         if not self.recovered() or time.monotonic() - self.last_batch_at < IDLE_BEFORE_CHECK_S:
             self.stall_watch.reset()  # busy (or rebalancing): stalls are only judged when idle
             return
-        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
-                    if tp.topic == self.input_name]
+        assigned = [
+            (tp.topic, tp.partition)
+            for tp in self.app.consumer.assignment()
+            if tp.topic == self.input_name
+        ]
         offsets = await asyncio.get_running_loop().run_in_executor(
-            None, self.broker_offsets, assigned)
+            None, self.broker_offsets, assigned
+        )
         positions = {tp: (self.guard.order.position(tp, o), o.high) for tp, o in offsets.items()}
-        await self.seek_stalled(self.stall_watch, positions,
-                                "%d records waiting, none read while idle")
+        await self.seek_stalled(
+            self.stall_watch, positions, "%d records waiting, none read while idle"
+        )
 
     async def seek_stalled(
         self, watch: StallWatch, positions: dict[Partition, tuple[int, int]], what: str
     ) -> None:
         for topic, partition in watch.check(_now_ms(), positions):
             position, high = positions[(topic, partition)]
-            log.warning("%s[%d]: " + what + " for %.0f s: seeking it to offset %d "
-                        "(faust-streaming issue #629)", topic, partition, high - position,
-                        STALL_S, position)
+            log.warning(
+                "%s[%d]: " + what + " for %.0f s: seeking it to offset %d "
+                "(faust-streaming issue #629)",
+                topic,
+                partition,
+                high - position,
+                STALL_S,
+                position,
+            )
             self.m.stall_seeks.inc()
             await self.app.consumer.seek(TP(topic, partition), position)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
+
+from pulse import health, kafka
 from pulse.processors.faust_fixes import (
     gaps_exclude_the_record_read,
     keep_queues_on_redundant_resume,
@@ -26,8 +28,6 @@ from pulse.processors.metrics import Metrics
 from pulse.processors.windows import WindowConfig, window_config
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
-
-from pulse import health, kafka
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,15 @@ def broker_credentials(settings: Settings) -> Any:
     if protocol.endswith("SSL"):
         context = ssl.create_default_context(cafile=settings.ssl_ca_location or None)
         if settings.ssl_certificate_location:
-            context.load_cert_chain(settings.ssl_certificate_location,
-                                    settings.ssl_key_location or None)
+            context.load_cert_chain(
+                settings.ssl_certificate_location, settings.ssl_key_location or None
+            )
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(
-            username=settings.sasl_username, password=settings.sasl_password,
-            mechanism=settings.sasl_mechanism or "PLAIN", ssl_context=context,
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+            ssl_context=context,
         )
     return faust.SSLCredentials(context)
 
@@ -75,8 +78,10 @@ class Pipeline:
 
 
 def _state_dir(settings: Settings) -> Path:
-    return Path(settings.state_dir).expanduser() if settings.state_dir else (
-        settings.local_home_path / "faust"
+    return (
+        Path(settings.state_dir).expanduser()
+        if settings.state_dir
+        else (settings.local_home_path / "faust")
     )
 
 
@@ -113,12 +118,17 @@ def build(settings: Settings) -> Pipeline:
         metrics=Metrics(),
         cfg=cfg,
         mentions_topic=app.topic(
-            spec.full_name(settings), partitions=spec.partitions(settings), key_type=bytes,
-            value_type=bytes, key_serializer="raw", value_serializer="raw",
+            spec.full_name(settings),
+            partitions=spec.partitions(settings),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
         ),
         # values are bytes the engine encodes (processors.engine.PartitionEngine.persist)
-        symbols=app.Table("symbols", key_type=str, value_type=bytes,
-                          partitions=settings.symbol_partitions),
+        symbols=app.Table(
+            "symbols", key_type=str, value_type=bytes, partitions=settings.symbol_partitions
+        ),
     )
     from pulse.processors import agents  # attaches the agent, timers and pages to this app
 

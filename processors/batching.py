@@ -158,10 +158,10 @@ def partition_records(
         previous = [m.to_avro() for m in ledger.sent.get(p, [])]
         start = 0
         while len(rows) - start > max_mentions:
-            out.append((p, batch_record(rows[start : start + max_mentions], previous,
-                                        raw_partitions)))
+            out.append(
+                (p, batch_record(rows[start : start + max_mentions], previous, raw_partitions))
+            )
             start += max_mentions
         out.append((p, batch_record(rows[start:], new_marks, raw_partitions)))
         ledger.sent[p] = marks
     return out
-

@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pulse.durations import parse_duration_ms, parse_durations_ms
 from pulse.processors import spikes, surges
 from pulse.processors.spikes import Severity
-
-from pulse.durations import parse_duration_ms, parse_durations_ms
 
 
 class Kind(StrEnum):
@@ -146,7 +145,11 @@ def severity(score: float, threshold: float) -> Severity:
 
 
 def observe(
-    state: DetectorState, start_ms: int, size_ms: int, count: int, users: int,
+    state: DetectorState,
+    start_ms: int,
+    size_ms: int,
+    count: int,
+    users: int,
     rule: DetectorRule,
 ) -> Detection | None:
     """Score one closed tumbling window of a symbol with the detector for its size.
@@ -175,7 +178,12 @@ def is_warm(state: DetectorState, rule: DetectorRule) -> bool:
 
 
 def _burst(
-    state: DetectorState, start_ms: int, size_ms: int, value: int, count: int, users: int,
+    state: DetectorState,
+    start_ms: int,
+    size_ms: int,
+    value: int,
+    count: int,
+    users: int,
     rule: DetectorRule,
 ) -> Detection | None:
     baseline = state.bursts.setdefault(size_ms, spikes.Baseline())
@@ -187,9 +195,17 @@ def _burst(
     if not v.fired:
         return None
     return Detection(
-        kind=Kind.BURST, count=v.count, expected_count=v.expected_count, p_value=v.p_value,
-        score=v.score, ratio=v.ratio, severity=v.severity, scored=rule.scored,
-        span_ms=size_ms, message_count=count, users=users,
+        kind=Kind.BURST,
+        count=v.count,
+        expected_count=v.expected_count,
+        p_value=v.p_value,
+        score=v.score,
+        ratio=v.ratio,
+        severity=v.severity,
+        scored=rule.scored,
+        span_ms=size_ms,
+        message_count=count,
+        users=users,
     )
 
 
@@ -204,7 +220,12 @@ def _profile(state: DetectorState, start_ms: int, size_ms: int, rule: DetectorRu
 
 
 def _surge(
-    state: DetectorState, start_ms: int, size_ms: int, value: int, count: int, users: int,
+    state: DetectorState,
+    start_ms: int,
+    size_ms: int,
+    value: int,
+    count: int,
+    users: int,
     rule: DetectorRule,
 ) -> Detection | None:
     v = surges.observe(state.surge, start_ms, size_ms, value, rule.surge)
@@ -212,9 +233,17 @@ def _surge(
         return None
     threshold = surges.z_of_log_p(math.log(rule.surge.p))
     return Detection(
-        kind=Kind.SURGE, count=v.count, expected_count=v.expected_count, p_value=v.p_value,
-        score=v.score, ratio=v.ratio, severity=severity(v.score, threshold),
-        scored=rule.scored, span_ms=v.span_slots * size_ms, message_count=count, users=users,
+        kind=Kind.SURGE,
+        count=v.count,
+        expected_count=v.expected_count,
+        p_value=v.p_value,
+        score=v.score,
+        ratio=v.ratio,
+        severity=severity(v.score, threshold),
+        scored=rule.scored,
+        span_ms=v.span_slots * size_ms,
+        message_count=count,
+        users=users,
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from pulse.processors import detectors
 from pulse.processors.mentions import ANY_SYMBOL, Mention, MentionKind
 from pulse.processors.progress import ReadProgress, Watermark
@@ -50,7 +51,7 @@ def partition_row_key(partition: int) -> str:
 
 def partition_of_row_key(key: str) -> int | None:
     """The partition of a :func:`partition_row_key`; None for symbol and pane rows."""
-    return int(key[len(PARTITION_ROW):]) if key.startswith(PARTITION_ROW) else None
+    return int(key[len(PARTITION_ROW) :]) if key.startswith(PARTITION_ROW) else None
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ class Outputs:
     # holding them all as dicts until the batch ends costs hundreds of MB
     on_result: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
-    def add_result(self, result: WindowResult, emitted_at_ms: int, warm: bool | None = None
-                   ) -> None:
+    def add_result(
+        self, result: WindowResult, emitted_at_ms: int, warm: bool | None = None
+    ) -> None:
         volume = result.volume_record(emitted_at_ms)
         sentiment = result.sentiment_record(emitted_at_ms, warm)
         if self.on_result is not None:
@@ -207,8 +209,14 @@ class PartitionEngine:
         """Some window of this partition is still waiting for its close."""
         return any(st.earliest_end_ms(self.cfg.specs) is not None for st in self.states.values())
 
-    def on_batch(self, batch: Batch, trigger_ms: int, now_ms: int, offset: int = -1,
-                 out: Outputs | None = None) -> Outputs:
+    def on_batch(
+        self,
+        batch: Batch,
+        trigger_ms: int,
+        now_ms: int,
+        offset: int = -1,
+        out: Outputs | None = None,
+    ) -> Outputs:
         """Apply a batch's mentions, then its progress marks; close what became final.
 
         :param trigger_ms: Kafka timestamp of the batch record; becomes ``emitted_at_ms`` of
@@ -242,7 +250,12 @@ class PartitionEngine:
             self._idle_close(trigger_ms, out, offset)
 
     def _apply(
-        self, mention: Mention, out: Outputs, trigger_ms: int, now_ms: int, offset: int,
+        self,
+        mention: Mention,
+        out: Outputs,
+        trigger_ms: int,
+        now_ms: int,
+        offset: int,
         replaying: bool,
     ) -> None:
         symbol = mention.symbol
@@ -260,12 +273,14 @@ class PartitionEngine:
         if pane_start in state.panes:  # a retraction marks its pane even when not counted
             self._touch(symbol, pane_start)
         if applied.late:
-            out.late.append({
-                "mention": mention.to_avro(),
-                "watermark_ms": self.clock.watermark_ms,
-                "lateness_ms": applied.lateness_ms,
-                "detected_at_ms": now_ms,
-            })
+            out.late.append(
+                {
+                    "mention": mention.to_avro(),
+                    "watermark_ms": self.clock.watermark_ms,
+                    "lateness_ms": applied.lateness_ms,
+                    "detected_at_ms": now_ms,
+                }
+            )
             out.late_kinds.append(mention.kind.value)
         if applied.counted:
             out.changed.add(symbol)
@@ -357,8 +372,7 @@ class PartitionEngine:
         return None if rule is None else detectors.is_warm(state.detectors, rule)
 
     def _replayed(self, offset: int, trigger_ms: int, out: Outputs) -> None:
-        for _, _, start, symbol, spec in sorted(self._replay.pop(offset, []),
-                                                key=lambda e: e[:4]):
+        for _, _, start, symbol, spec in sorted(self._replay.pop(offset, []), key=lambda e: e[:4]):
             state = self.states[symbol]
             revision = state.emitted[spec.key][start]
             result = window_result(state, symbol, spec, start, revision, self.cfg.pane_ms)

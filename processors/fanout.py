@@ -33,14 +33,14 @@ import confluent_kafka as ck
 from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from pulse import health, kafka
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.processors.batching import BatchBuilder, MarksLedger, partition_records
 from pulse.processors.progress import RawPartition, ReadingTracker
 from pulse.schemas import deadletter, topics
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
-
-from pulse import health, kafka
-from pulse.lifecycle import Stop, stop_on_signals
 from pulse.settings import Settings
 
 log = logging.getLogger("pulse.processors.fanout")
@@ -55,8 +55,11 @@ FLUSH_TIMEOUT_S = 10.0  # one flush() wait; unflushed work is waited for again, 
 STOP_GRACE_S = 60.0  # after SIGTERM, how long to keep retrying a flush before giving up
 PROGRESS_EVERY_S = 10.0
 DEAD_LETTER_RAW_MAX = 256 * 1024  # a dead letter must itself fit in a Kafka record
-_GONE = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
-         KafkaError.UNKNOWN_MEMBER_ID}
+_GONE = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+}
 _AUTH = {
     KafkaError._AUTHENTICATION: "authentication failed: check PULSE_SECURITY_PROTOCOL, "
     "PULSE_SASL_MECHANISM, PULSE_SASL_USERNAME / PULSE_SASL_PASSWORD and the TLS files",
@@ -147,21 +150,32 @@ class FanOutMetrics(health.Metrics):
 
     def __init__(self) -> None:
         super().__init__()
-        self.events_in = self.counter("pulse_fanout_events_in", "Raw records read, by topic.",
-                                      ["topic"])
-        self.mentions = self.counter("pulse_fanout_mentions", "Mentions written, by kind.",
-                                     ["kind"])
-        self.batches = self.counter("pulse_fanout_batches_written",
-                                    "MentionBatch records written.")
-        self.dead_letters = self.counter("pulse_fanout_dead_letters",
-                                         "Raw records sent to the dead-letter topic, by reason.",
-                                         ["reason"])
-        self.retries = self.counter("pulse_fanout_retries", "Batches retried after an "
-                                    "infrastructure error, by cause.", ["cause"])
-        self.lag = self.gauge("pulse_fanout_lag", "Raw records waiting in the assigned "
-                              "partitions (cached high watermarks).")
-        self.read_event_ms = self.gauge("pulse_fanout_read_event_time_ms", "Highest event "
-                                        "time read per raw partition.", ["topic", "partition"])
+        self.events_in = self.counter(
+            "pulse_fanout_events_in", "Raw records read, by topic.", ["topic"]
+        )
+        self.mentions = self.counter(
+            "pulse_fanout_mentions", "Mentions written, by kind.", ["kind"]
+        )
+        self.batches = self.counter("pulse_fanout_batches_written", "MentionBatch records written.")
+        self.dead_letters = self.counter(
+            "pulse_fanout_dead_letters",
+            "Raw records sent to the dead-letter topic, by reason.",
+            ["reason"],
+        )
+        self.retries = self.counter(
+            "pulse_fanout_retries",
+            "Batches retried after an infrastructure error, by cause.",
+            ["cause"],
+        )
+        self.lag = self.gauge(
+            "pulse_fanout_lag",
+            "Raw records waiting in the assigned partitions (cached high watermarks).",
+        )
+        self.read_event_ms = self.gauge(
+            "pulse_fanout_read_event_time_ms",
+            "Highest event time read per raw partition.",
+            ["topic", "partition"],
+        )
 
 
 # --- one batch -------------------------------------------------------------------------------
@@ -200,8 +214,10 @@ def _fatal_of(err: KafkaError) -> str | None:
     if err.code() in _AUTH:
         return f"{_AUTH[err.code()]} ({err.str()})"
     if err.fatal():
-        return (f"fatal Kafka client error: {err.str()}. If another fan-out with the same "
-                "--instance-id runs, give each its own; else restart the stage.")
+        return (
+            f"fatal Kafka client error: {err.str()}. If another fan-out with the same "
+            "--instance-id runs, give each its own; else restart the stage."
+        )
     return None
 
 
@@ -213,15 +229,23 @@ def _fatal_error(err: KafkaError) -> Fatal:
 class FanOut:
     """The fan-out loop of one process. :meth:`run` until ``stop`` is set."""
 
-    def __init__(self, settings: Settings, *, instance_id: str, batch_size: int = BATCH_SIZE,
-                 serde: Serde | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance_id: str,
+        batch_size: int = BATCH_SIZE,
+        serde: Serde | None = None,
+    ) -> None:
         self.settings = settings
         self.batch_size = batch_size
         self.eos = settings.processing_guarantee == "exactly_once"
         self.metrics = FanOutMetrics()
         self.serde = serde or Serde(settings)
-        self.raw_topics = [topics.MESSAGES.full_name(settings),
-                           topics.RAW_SENTIMENT.full_name(settings)]
+        self.raw_topics = [
+            topics.MESSAGES.full_name(settings),
+            topics.RAW_SENTIMENT.full_name(settings),
+        ]
         self.out_topic = topics.MENTION_BATCHES.full_name(settings)
         self.dlq_topic = topics.DEAD_LETTER.full_name(settings)
         self.builder = BatchBuilder(settings.symbol_partitions)
@@ -304,26 +328,36 @@ class FanOut:
             raise Transient(f"schema registry: {exc}") from exc
         self._encode = encode
         messages, sentiment = self.raw_topics
-        self._decoders = {messages: self.serde.deserializer(topics.MESSAGES),
-                          sentiment: self.serde.deserializer(topics.RAW_SENTIMENT)}
-        self._adders = {messages: self.builder.add_message,
-                        sentiment: self.builder.add_sentiment}
+        self._decoders = {
+            messages: self.serde.deserializer(topics.MESSAGES),
+            sentiment: self.serde.deserializer(topics.RAW_SENTIMENT),
+        }
+        self._adders = {messages: self.builder.add_message, sentiment: self.builder.add_sentiment}
         if self.eos:
             self._init_transactions()
-        self.consumer.subscribe(self.raw_topics, on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.consumer.subscribe(
+            self.raw_topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
 
     def _count_raw_partitions(self) -> int:
         try:
             md = self.consumer.list_topics(timeout=BROKER_TIMEOUT_S * 5)
         except KafkaException as exc:
             raise Transient(f"broker metadata: {exc.args[0].str()}") from exc
-        missing = [t for t in [*self.raw_topics, self.out_topic, self.dlq_topic]
-                   if t not in md.topics or md.topics[t].error is not None]
+        missing = [
+            t
+            for t in [*self.raw_topics, self.out_topic, self.dlq_topic]
+            if t not in md.topics or md.topics[t].error is not None
+        ]
         if missing:
-            raise Fatal(f"topic(s) {', '.join(missing)} do not exist: run `pulse topics` "
-                        "(or `pulse local up`) first, with the same PULSE_TOPIC_PREFIX",
-                        CONFIG_ERROR)
+            raise Fatal(
+                f"topic(s) {', '.join(missing)} do not exist: run `pulse topics` "
+                "(or `pulse local up`) first, with the same PULSE_TOPIC_PREFIX",
+                CONFIG_ERROR,
+            )
         return sum(len(md.topics[t].partitions) for t in self.raw_topics)
 
     def _init_transactions(self) -> None:
@@ -362,9 +396,14 @@ class FanOut:
         """Batches until ``stop``; then the last batch is finished and committed. Exit code."""
         if not self.start(stop):
             return 0
-        log.info("fan-out %s → %s (%d symbol partitions, %d raw partitions, %s)",
-                 ", ".join(self.raw_topics), self.out_topic, self.settings.symbol_partitions,
-                 self.raw_partitions, self.settings.processing_guarantee)
+        log.info(
+            "fan-out %s → %s (%d symbol partitions, %d raw partitions, %s)",
+            ", ".join(self.raw_topics),
+            self.out_topic,
+            self.settings.symbol_partitions,
+            self.raw_partitions,
+            self.settings.processing_guarantee,
+        )
         while not stop.is_set():
             self.step(stop)
         return 0
@@ -441,8 +480,9 @@ class FanOut:
             raise _fatal_error(err)
         self._warn(f"consume:{err.code()}", "consume: %s (retrying)", err.str())
 
-    def _bad(self, batch: Batch, msg: ck.Message, reason: Reason, stage: str,
-             exc: BaseException) -> None:
+    def _bad(
+        self, batch: Batch, msg: ck.Message, reason: Reason, stage: str, exc: BaseException
+    ) -> None:
         raw = msg.value()
         error = f"{type(exc).__name__}: {exc}"
         if raw is not None and len(raw) > DEAD_LETTER_RAW_MAX:
@@ -450,14 +490,28 @@ class FanOut:
             raw = raw[:DEAD_LETTER_RAW_MAX]
         topic, partition, offset = kafka.position(msg)
         record = deadletter.dead_letter(
-            raw, source=topic, stage=STAGE, reason=reason, error=error,
-            source_topic=topic, source_partition=partition, source_offset=offset,
+            raw,
+            source=topic,
+            stage=STAGE,
+            reason=reason,
+            error=error,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
         )
-        batch.dead.append(Out(self.dlq_topic, None, topic.encode(), self._encode_dlq(record),
-                              deadletter.headers(reason, STAGE, topic)))
+        batch.dead.append(
+            Out(
+                self.dlq_topic,
+                None,
+                topic.encode(),
+                self._encode_dlq(record),
+                deadletter.headers(reason, STAGE, topic),
+            )
+        )
         batch.dead_reasons[reason.value] = batch.dead_reasons.get(reason.value, 0) + 1
-        log.warning("dead letter (%s) %s[%d]@%d: %s", reason.value, topic, partition, offset,
-                    error[:200])
+        log.warning(
+            "dead letter (%s) %s[%d]@%d: %s", reason.value, topic, partition, offset, error[:200]
+        )
 
     def _seek_back(self, msgs: list[ck.Message]) -> None:
         """Read a batch that could not be processed again from its first record."""
@@ -514,7 +568,8 @@ class FanOut:
             futures = self.admin.list_offsets(
                 {self._tps[k]: OffsetSpec.latest() for k in keys},
                 isolation_level=IsolationLevel.READ_COMMITTED,
-                request_timeout=BROKER_TIMEOUT_S)
+                request_timeout=BROKER_TIMEOUT_S,
+            )
         except (KafkaException, FutureTimeout) as exc:
             self._unreachable(exc)
             return
@@ -550,8 +605,11 @@ class FanOut:
         # after a broker restart the admin client keeps asking with the leader epochs it
         # knew (FENCED_LEADER_EPOCH, forever): a new one starts from fresh metadata
         self.admin = admin_client(self.settings, self._on_error)
-        self._warn("unreachable", "broker not answering (%s): no partition counts as caught "
-                   "up until it does", exc)
+        self._warn(
+            "unreachable",
+            "broker not answering (%s): no partition counts as caught up until it does",
+            exc,
+        )
 
     def _learn_starts(self, keys: list[RawPartition]) -> None:
         """Where reading starts in partitions nothing was read from yet: the committed
@@ -560,10 +618,13 @@ class FanOut:
             return
         tps = [self._tps[k] for k in keys]
         committed = self.consumer.committed(tps, timeout=BROKER_TIMEOUT_S)
-        earliest = self.admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps},
-                                           request_timeout=BROKER_TIMEOUT_S)
-        low = {(tp.topic, tp.partition): f.result(BROKER_TIMEOUT_S * 2).offset
-               for tp, f in earliest.items()}
+        earliest = self.admin.list_offsets(
+            {tp: OffsetSpec.earliest() for tp in tps}, request_timeout=BROKER_TIMEOUT_S
+        )
+        low = {
+            (tp.topic, tp.partition): f.result(BROKER_TIMEOUT_S * 2).offset
+            for tp, f in earliest.items()
+        }
         for tp in committed:
             key = (tp.topic, tp.partition)
             self._next[key] = max(tp.offset, low[key])
@@ -575,12 +636,14 @@ class FanOut:
         encode, topic = self._encode, self.out_topic
         return [
             Out(topic, p, str(p).encode(), encode(record))
-            for p, record in partition_records(self.builder, marks, self.ledger,
-                                               self.raw_partitions)
+            for p, record in partition_records(
+                self.builder, marks, self.ledger, self.raw_partitions
+            )
         ]
 
-    def _write(self, out: list[Out], offsets: dict[RawPartition, int], stop: threading.Event,
-               snapshot: Any) -> None:
+    def _write(
+        self, out: list[Out], offsets: dict[RawPartition, int], stop: threading.Event, snapshot: Any
+    ) -> None:
         if self.eos:
             if not self._transaction(out, offsets):
                 self._abort_and_rewind(snapshot, stop)
@@ -593,11 +656,18 @@ class FanOut:
         while True:
             try:
                 if rec.partition is None:
-                    self.producer.produce(rec.topic, rec.value, rec.key, headers=rec.headers,
-                                          on_delivery=on_delivery)
+                    self.producer.produce(
+                        rec.topic, rec.value, rec.key, headers=rec.headers, on_delivery=on_delivery
+                    )
                 else:
-                    self.producer.produce(rec.topic, rec.value, rec.key, rec.partition,
-                                          headers=rec.headers, on_delivery=on_delivery)
+                    self.producer.produce(
+                        rec.topic,
+                        rec.value,
+                        rec.key,
+                        rec.partition,
+                        headers=rec.headers,
+                        on_delivery=on_delivery,
+                    )
                 return
             except BufferError:
                 self.producer.poll(0.1)
@@ -615,14 +685,19 @@ class FanOut:
                 self._heartbeat = time.monotonic()  # waiting on purpose: alive, not stuck
                 self._check_fatal()
                 self.metrics.retries.labels("flush").inc()
-                self._warn("flush", "%d record(s) not yet acknowledged; waiting (nothing is "
-                           "committed before they are)", left)
+                self._warn(
+                    "flush",
+                    "%d record(s) not yet acknowledged; waiting (nothing is "
+                    "committed before they are)",
+                    left,
+                )
                 stop_deadline = self._stop_deadline(stop, stop_deadline)
             self._check_fatal()
             if failed:
                 self.metrics.retries.labels("delivery").inc()
-                self._warn("delivery", "%d record(s) not accepted; producing them again",
-                           len(failed))
+                self._warn(
+                    "delivery", "%d record(s) not accepted; producing them again", len(failed)
+                )
                 stop_deadline = self._stop_deadline(stop, stop_deadline)
                 stop.wait(0.5)
             pending = failed
@@ -634,8 +709,10 @@ class FanOut:
         now = time.monotonic()
         deadline = deadline or now + STOP_GRACE_S
         if now >= deadline:
-            raise Fatal("stopped with records the broker never acknowledged; their input "
-                        "was not committed and is read again by the next run")
+            raise Fatal(
+                "stopped with records the broker never acknowledged; their input "
+                "was not committed and is read again by the next run"
+            )
         return deadline
 
     def _commit(self, stop: threading.Event) -> None:
@@ -671,7 +748,9 @@ class FanOut:
             if offsets:
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    self.consumer.consumer_group_metadata(), BROKER_TIMEOUT_S * 15)
+                    self.consumer.consumer_group_metadata(),
+                    BROKER_TIMEOUT_S * 15,
+                )
             self._commit_transaction()
             return True
         except KafkaException as exc:
@@ -679,8 +758,11 @@ class FanOut:
             if err.fatal() or err.code() in _AUTH:
                 raise _fatal_error(err) from exc
             self.metrics.retries.labels("transaction").inc()
-            self._warn("txn", "transaction failed (%s): aborting, reading again from the "
-                       "committed offsets", err.str())
+            self._warn(
+                "txn",
+                "transaction failed (%s): aborting, reading again from the committed offsets",
+                err.str(),
+            )
             return False
 
     def _commit_transaction(self) -> None:
@@ -709,8 +791,12 @@ class FanOut:
                 self._check_fatal()
                 self._warn("rewind", "committed offsets unavailable (%s); retrying", exc)
                 stop.wait(1.0)
-        self._seek({(tp.topic, tp.partition): tp.offset if tp.offset >= 0
-                    else ck.OFFSET_BEGINNING for tp in committed})
+        self._seek(
+            {
+                (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else ck.OFFSET_BEGINNING
+                for tp in committed
+            }
+        )
         for tp in committed:
             if tp.offset < 0:
                 self._next.pop((tp.topic, tp.partition), None)
@@ -758,16 +844,26 @@ class FanOut:
         if elapsed < PROGRESS_EVERY_S:
             return
         if s["events"]:
-            log.info("read %d raw records in %.1f s (%.0f msgs/s), %d mentions in %d records, "
-                     "lag %d", s["events"], elapsed, s["events"] / elapsed, s["mentions"],
-                     s["records"], self._lag)
+            log.info(
+                "read %d raw records in %.1f s (%.0f msgs/s), %d mentions in %d records, lag %d",
+                s["events"],
+                elapsed,
+                s["events"] / elapsed,
+                s["mentions"],
+                s["records"],
+                self._lag,
+            )
         self._stats = {"events": 0, "mentions": 0, "records": 0, "since": now}
 
     def health(self) -> dict[str, Any]:
         stalled = time.monotonic() - self._heartbeat > 60
-        return {"healthy": self._fatal is None and not stalled, "stage": STAGE,
-                "broker_reachable": self._reachable,
-                "assigned": len(self.tracker.readings), "fatal": self._fatal}
+        return {
+            "healthy": self._fatal is None and not stalled,
+            "stage": STAGE,
+            "broker_reachable": self._reachable,
+            "assigned": len(self.tracker.readings),
+            "fatal": self._fatal,
+        }
 
     def close(self) -> None:
         """Flush what is left, leave the group (the offsets are committed per batch)."""
@@ -781,6 +877,7 @@ def _delivery(rec: Out, failed: list[Out]) -> Callable[[KafkaError | None, Any],
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             failed.append(rec)
+
     return on_delivery
 
 
@@ -789,13 +886,17 @@ def _decode_failure(exc: Exception) -> Exception:
     be asked: then it is :class:`Transient` and the batch is read again later."""
     if isinstance(exc, SchemaRegistryError):
         if exc.http_status_code in (401, 403):
-            raise Fatal(f"schema registry refused us ({exc}): check "
-                        "PULSE_SCHEMA_REGISTRY_AUTH", CONFIG_ERROR) from exc
+            raise Fatal(
+                f"schema registry refused us ({exc}): check PULSE_SCHEMA_REGISTRY_AUTH",
+                CONFIG_ERROR,
+            ) from exc
         if exc.http_status_code == 404 or 400 <= exc.http_status_code < 500:
             return exc  # unknown schema id: the record is bad
         raise Transient(f"schema registry: {exc}") from exc
-    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError, EOFError, AttributeError,
-                        UnicodeDecodeError)) or type(exc).__module__.startswith("fastavro"):
+    if isinstance(
+        exc,
+        (ValueError, TypeError, KeyError, IndexError, EOFError, AttributeError, UnicodeDecodeError),
+    ) or type(exc).__module__.startswith("fastavro"):
         return exc
     raise Transient(f"decode: {type(exc).__name__}: {exc}") from exc
 
@@ -826,12 +927,18 @@ def run(
     :param port: /metrics and /healthz (None: ``PULSE_FAN_OUT_PORT``; 0 picks one; -1 none).
     """
     if not logging.getLogger().handlers:  # run on its own, not under the pulse command
-        logging.basicConfig(level=settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     stop = Stop()
     with stop_on_signals(stop):  # from the start: a SIGTERM while connecting is a clean stop
-        return _run(settings, stop, instance_id or socket.gethostname(), batch_size or BATCH_SIZE,
-                    settings.fan_out_port if port is None else port)
+        return _run(
+            settings,
+            stop,
+            instance_id or socket.gethostname(),
+            batch_size or BATCH_SIZE,
+            settings.fan_out_port if port is None else port,
+        )
 
 
 def _run(settings: Settings, stop: Stop, instance_id: str, batch_size: int, port: int) -> int:

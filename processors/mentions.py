@@ -95,15 +95,29 @@ def mentions_of_sentiment(event: dict[str, Any]) -> list[Mention]:
     """The SCORE mentions of one /sentiment event (sentiment_event.avsc)."""
     score = float(event["sentiment_score"])
     return [
-        Mention(MentionKind.SCORE, sym, event["message_id"], event["created_at_ms"],
-                event.get("user_id"), None, score)
+        Mention(
+            MentionKind.SCORE,
+            sym,
+            event["message_id"],
+            event["created_at_ms"],
+            event.get("user_id"),
+            None,
+            score,
+        )
         for sym in distinct_symbols(event.get("symbols") or [])
     ]
 
 
 _KINDS = {k.value: k for k in MentionKind}
-COLUMNS = ("kind", "symbol", "message_id", "created_at_ms", "user_id", "sentiment",
-           "sentiment_score")
+COLUMNS = (
+    "kind",
+    "symbol",
+    "message_id",
+    "created_at_ms",
+    "user_id",
+    "sentiment",
+    "sentiment_score",
+)
 
 
 def to_columns(mentions: list[Mention]) -> dict[str, list[Any]]:
@@ -122,10 +136,7 @@ def to_columns(mentions: list[Mention]) -> dict[str, list[Any]]:
 def from_columns(record: dict[str, Any]) -> list[Mention]:
     """The mentions of a decoded MentionBatch record, in order."""
     kinds = [_KINDS[k] for k in record["kind"]]
-    return [
-        Mention(*row)
-        for row in zip(kinds, *(record[c] for c in COLUMNS[1:]), strict=True)
-    ]
+    return [Mention(*row) for row in zip(kinds, *(record[c] for c in COLUMNS[1:]), strict=True)]
 
 
 def symbol_partition(symbol: str, partitions: int) -> int:

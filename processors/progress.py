@@ -158,8 +158,14 @@ class Watermark:
             if old is not None and (old.event_ms > mark.event_ms or old.offset > mark.offset):
                 # a re-read after a fan-out restart, or a former owner's late word: event
                 # time never goes back, the idle verdict is the newest one
-                mark = ReadProgress(mark.topic, mark.partition, max(old.offset, mark.offset),
-                                    max(old.event_ms, mark.event_ms), mark.idle, mark.quiet)
+                mark = ReadProgress(
+                    mark.topic,
+                    mark.partition,
+                    max(old.offset, mark.offset),
+                    max(old.event_ms, mark.event_ms),
+                    mark.idle,
+                    mark.quiet,
+                )
             self.marks[tp] = mark
         candidate = self.event_time_ms()
         if candidate is None or candidate - self.grace_ms <= self.watermark_ms:

@@ -52,8 +52,8 @@ class ReadingOrder:
 
     def admit(self, tp: Partition, offset: int, *, contiguous: bool = True) -> Admission:
         """:param contiguous: False for a topic written in transactions, whose commit
-            markers and aborted records leave holes that are not ours to fill: there only
-            repeats are refused."""
+        markers and aborted records leave holes that are not ours to fill: there only
+        repeats are refused."""
         expected = self._next.get(tp)
         if expected is None or offset == expected or (offset > expected and not contiguous):
             self._next[tp] = offset + 1

@@ -50,8 +50,11 @@ class UserSentiment:
         """From the user votes of :func:`user_votes` (what a window result keeps)."""
         interval = wilson_interval(bullish, bullish + bearish)
         return cls(
-            bullish, bearish, bullish_ratio(bullish, bearish),
-            interval[0] if interval else None, interval[1] if interval else None,
+            bullish,
+            bearish,
+            bullish_ratio(bullish, bearish),
+            interval[0] if interval else None,
+            interval[1] if interval else None,
         )
 
     def record_fields(self) -> dict[str, Any]:

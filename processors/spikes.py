@@ -127,7 +127,11 @@ def severity(z: float, rule: SpikeRule) -> Severity:
 
 
 def observe(
-    b: Baseline, start_ms: int, size_ms: int, count: int, rule: SpikeRule,
+    b: Baseline,
+    start_ms: int,
+    size_ms: int,
+    count: int,
+    rule: SpikeRule,
     profile_count: float | None = None,
 ) -> WindowScore:
     """Score one closed window of a symbol, then update the baseline in place.

@@ -63,8 +63,9 @@ def main(argv: Sequence[str]) -> int:
     """``python -m pulse.processors.supervisor LOG_LEVEL STAGE...``: what ``pulse worker``
     (no ``--stage``) becomes once the topics are ready (:mod:`pulse.processors.worker`)."""
     level, *stages = argv
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return supervise({name: stage_command(name) for name in stages})
 
 

@@ -136,6 +136,7 @@ class SurgeVerdict:
 
 # --- negative-binomial tail --------------------------------------------------------------
 
+
 def _log_betacf(a: float, b: float, x: float) -> float:
     """log of the continued fraction of the incomplete beta (modified Lentz)."""
     tiny, eps = 1e-300, 1e-14
@@ -145,8 +146,10 @@ def _log_betacf(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 10_000):
         m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
             d = 1.0 + aa * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + aa / c
@@ -165,8 +168,7 @@ def log_betainc(a: float, b: float, x: float) -> float:
     if x >= 1.0:
         return 0.0
     log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-        + a * math.log(x) + b * math.log1p(-x)
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     )
     if x < (a + 1.0) / (a + b + 2.0):
         return log_front + _log_betacf(a, b, x) - math.log(a)
@@ -202,6 +204,7 @@ def z_of_log_p(log_p: float) -> float:
 
 
 # --- the model ---------------------------------------------------------------------------
+
 
 def day_type(day_ms: int) -> int:
     """WEEKEND for Saturday and Sunday (UTC), else WEEKDAY; epoch day 0 was a Thursday."""
@@ -284,7 +287,11 @@ def _learn_dispersion(state: SurgeState, rule: SurgeRule) -> None:
 
 
 def _enter_slot(
-    state: SurgeState, start_ms: int, size_ms: int, x: float, rule: SurgeRule,
+    state: SurgeState,
+    start_ms: int,
+    size_ms: int,
+    x: float,
+    rule: SurgeRule,
     learn: bool = True,
 ) -> None:
     """Account one slot (observed or an empty one of a gap): day roll-over, recent, φ."""
@@ -302,7 +309,7 @@ def _enter_slot(
     if mu is None:
         state.recent = []
         return
-    state.recent = [*state.recent, [x, mu]][-max(rule.spans):]
+    state.recent = [*state.recent, [x, mu]][-max(rule.spans) :]
     if learn and state.days_seen >= rule.warmup_days and state.last_elevated_ms is None:
         # not inside an episode: a surge must not teach the model that surges are normal
         _learn_dispersion(state, rule)
@@ -364,14 +371,17 @@ def observe(
     state.last_elevated_ms = start_ms
     state.episode_peak = max(state.episode_peak, ratio)
     return SurgeVerdict(
-        count=x, expected_count=m, p_value=math.exp(log_p), score=z_of_log_p(log_p),
-        ratio=ratio, span_slots=span, fired=fired,
+        count=x,
+        expected_count=m,
+        p_value=math.exp(log_p),
+        score=z_of_log_p(log_p),
+        ratio=ratio,
+        span_slots=span,
+        fired=fired,
     )
 
 
-def _close_episode_if_calm(
-    state: SurgeState, start_ms: int, size_ms: int, rule: SurgeRule
-) -> None:
+def _close_episode_if_calm(state: SurgeState, start_ms: int, size_ms: int, rule: SurgeRule) -> None:
     """An episode ends after more than ``cooldown_slots`` slots without an elevated one."""
     if state.last_elevated_ms is not None and (
         (start_ms - state.last_elevated_ms) // size_ms > rule.cooldown_slots

@@ -27,13 +27,12 @@ from functools import cached_property, reduce
 from itertools import compress
 from typing import Any
 
+from pulse.durations import parse_duration_ms
 from pulse.processors import detectors
 from pulse.processors.detectors import DetectorRule, DetectorState
 from pulse.processors.mentions import Mention, MentionKind
 from pulse.processors.progress import NO_WATERMARK
 from pulse.processors.sentiment import bullish_ratio, wilson_interval
-
-from pulse.durations import parse_duration_ms
 from pulse.settings import Settings
 
 SAMPLE_IDS = 5
@@ -59,7 +58,8 @@ class WindowSpec:
 def parse_windows(tumbling: str, hopping: str) -> tuple[WindowSpec, ...]:
     """Window specs from settings: ``"1m,5m,1h"`` and ``"1h/5m"`` (comma-separated)."""
     specs = [
-        WindowSpec(parse_duration_ms(t), parse_duration_ms(t)) for t in tumbling.split(",")
+        WindowSpec(parse_duration_ms(t), parse_duration_ms(t))
+        for t in tumbling.split(",")
         if t.strip()
     ]
     for h in hopping.split(","):
@@ -165,24 +165,28 @@ def _column(typecode: str, data: bytes | memoryview) -> array[Any]:
     return column
 
 
-def decode_chunk(chunk: bytes) -> tuple[int, list[tuple[int, int | None, str | None]],
-                                          list[tuple[int, float]], list[int]]:
+def decode_chunk(
+    chunk: bytes,
+) -> tuple[int, list[tuple[int, int | None, str | None]], list[tuple[int, float]], list[int]]:
     """A binary chunk row (:meth:`Pane.take_chunk`): (the symbol's last offset, messages as
     (id, user, label), scores as (id, score), destroyed ids)."""
     _, last_offset, n_m, n_s, n_r = _CHUNK_HEAD.unpack_from(chunk)
     view, at = memoryview(chunk), _CHUNK_HEAD.size
-    m_ids = _column("q", view[at:at + 8 * n_m])
-    m_users = _column("q", view[at + 8 * n_m:at + 16 * n_m])
-    m_codes = bytes(view[at + 16 * n_m:at + 17 * n_m])
+    m_ids = _column("q", view[at : at + 8 * n_m])
+    m_users = _column("q", view[at + 8 * n_m : at + 16 * n_m])
+    m_codes = bytes(view[at + 16 * n_m : at + 17 * n_m])
     at += 17 * n_m
-    s_ids = _column("q", view[at:at + 8 * n_s])
-    s_values = _column("d", view[at + 8 * n_s:at + 16 * n_s])
+    s_ids = _column("q", view[at : at + 8 * n_s])
+    s_values = _column("d", view[at + 8 * n_s : at + 16 * n_s])
     at += 16 * n_s
-    r_ids = _column("q", view[at:at + 8 * n_r])
-    odd = json.loads(bytes(view[at + 8 * n_r:])) if len(chunk) > at + 8 * n_r else {}
+    r_ids = _column("q", view[at : at + 8 * n_r])
+    odd = json.loads(bytes(view[at + 8 * n_r :])) if len(chunk) > at + 8 * n_r else {}
     messages = [
-        (i, u if c & _HAS_USER else None,
-         odd.get(str(i)) if c & 3 == _OTHER_LABEL else _LABELS[c & 3])
+        (
+            i,
+            u if c & _HAS_USER else None,
+            odd.get(str(i)) if c & 3 == _OTHER_LABEL else _LABELS[c & 3],
+        )
         for i, u, c in zip(m_ids, m_users, m_codes, strict=True)
     ]
     return last_offset, messages, list(zip(s_ids, s_values, strict=True)), list(r_ids)
@@ -191,8 +195,11 @@ def decode_chunk(chunk: bytes) -> tuple[int, list[tuple[int, int | None, str | N
 def chunk_json(chunk: bytes) -> dict[str, Any]:
     """A binary chunk row as the JSON-able dict of :meth:`Pane.to_json` (tests, debugging)."""
     _, messages, scores, destroys = decode_chunk(chunk)
-    return {"m": {str(i): [u, label] for i, u, label in messages},
-            "s": {str(i): v for i, v in scores}, "r": destroys}
+    return {
+        "m": {str(i): [u, label] for i, u, label in messages},
+        "s": {str(i): v for i, v in scores},
+        "r": destroys,
+    }
 
 
 class _Chunk:
@@ -208,13 +215,20 @@ class _Chunk:
         self.s_ids, self.s_values, self.r_ids = array("q"), array("d"), array("q")
 
     def encode(self, last_offset: int) -> bytes:
-        return b"".join((
-            _CHUNK_HEAD.pack(_CHUNK_VERSION, last_offset, len(self.m_ids), len(self.s_ids),
-                             len(self.r_ids)),
-            _column_bytes(self.m_ids), _column_bytes(self.m_users), bytes(self.m_codes),
-            _column_bytes(self.s_ids), _column_bytes(self.s_values), _column_bytes(self.r_ids),
-            json.dumps(self.odd).encode() if self.odd else b"",
-        ))
+        return b"".join(
+            (
+                _CHUNK_HEAD.pack(
+                    _CHUNK_VERSION, last_offset, len(self.m_ids), len(self.s_ids), len(self.r_ids)
+                ),
+                _column_bytes(self.m_ids),
+                _column_bytes(self.m_users),
+                bytes(self.m_codes),
+                _column_bytes(self.s_ids),
+                _column_bytes(self.s_values),
+                _column_bytes(self.r_ids),
+                json.dumps(self.odd).encode() if self.odd else b"",
+            )
+        )
 
 
 class Pane:
@@ -270,12 +284,16 @@ class Pane:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pane) and (
-            self.messages, self.scores, set(self.retracted), self.chunks) == (
-            other.messages, other.scores, set(other.retracted), other.chunks)
+            self.messages,
+            self.scores,
+            set(self.retracted),
+            self.chunks,
+        ) == (other.messages, other.scores, set(other.retracted), other.chunks)
 
     def __repr__(self) -> str:
-        return f"Pane(messages={self.messages}, scores={self.scores}, " \
-               f"retracted={set(self.retracted)})"
+        return (
+            f"Pane(messages={self.messages}, scores={self.scores}, retracted={set(self.retracted)})"
+        )
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -296,8 +314,7 @@ class Pane:
     def counts(self, message_id: int) -> bool:
         """``message_id`` is counted here."""
         ids = self.ids
-        return bool(ids) and ids[0] <= message_id <= ids[-1] and \
-            self._index(ids, message_id) >= 0
+        return bool(ids) and ids[0] <= message_id <= ids[-1] and self._index(ids, message_id) >= 0
 
     def has_score(self, message_id: int) -> bool:
         return self._index(self.score_ids, message_id) >= 0
@@ -312,8 +329,9 @@ class Pane:
     def _user_label_at(self, at: int) -> tuple[int | None, str | None]:
         code = self.codes[at]
         user = self.users[at] if code & _HAS_USER else None
-        label = self.odd[self.ids[at]] if code & 3 == _OTHER_LABEL and self.odd else \
-            _LABELS[code & 3]
+        label = (
+            self.odd[self.ids[at]] if code & 3 == _OTHER_LABEL and self.odd else _LABELS[code & 3]
+        )
         return user, label
 
     def user_label(self, message_id: int) -> tuple[int | None, str | None] | None:
@@ -495,12 +513,16 @@ class SymbolState:
     # (specs, earliest_end_ms(specs)) until `pending` changes: the engine asks before and after
     # every mention; only _mark_pending and close_windows change `pending`
     _earliest: tuple[tuple[WindowSpec, ...], int | None] | None = field(
-        default=None, init=False, repr=False, compare=False)
+        default=None, init=False, repr=False, compare=False
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as one JSON-able dict (tests; see :meth:`meta_json` for rows)."""
-        return {"panes": {str(k): p.to_json() for k, p in self.panes.items()},
-                "pending": self.pending, **self.meta_json()}
+        return {
+            "panes": {str(k): p.to_json() for k, p in self.panes.items()},
+            "pending": self.pending,
+            **self.meta_json(),
+        }
 
     def meta_json(self) -> dict[str, Any]:
         """Everything but the panes and the open windows: the symbol's own table row.
@@ -528,13 +550,15 @@ class SymbolState:
     def from_json(cls, row: dict[str, Any], panes: dict[int, Pane] | None = None) -> SymbolState:
         """From :meth:`to_json`, or from :meth:`meta_json` plus the symbol's pane rows."""
         return cls(
-            panes=panes if panes is not None else {
-                int(k): Pane.from_json(p) for k, p in row["panes"].items()},
+            panes=panes
+            if panes is not None
+            else {int(k): Pane.from_json(p) for k, p in row["panes"].items()},
             pending={k: list(v) for k, v in row.get("pending", {}).items()},
             emitted={s: {int(k): v for k, v in e.items()} for s, e in row["emitted"].items()},
             # a row of v1 (per-spec "baselines") starts cold: v2 learns other quantities
-            detectors=(DetectorState.from_json(row["detectors"]) if "detectors" in row
-                       else DetectorState()),
+            detectors=(
+                DetectorState.from_json(row["detectors"]) if "detectors" in row else DetectorState()
+            ),
             watermark_ms=row["watermark_ms"],
             emitted_by={
                 k: {int(st): o for st, o in e.items()} for k, e in row["emitted_by"].items()
@@ -735,8 +759,13 @@ _NOTHING, _COUNTED = Applied(), Applied(counted=True)  # (shared: an Applied is 
 
 
 def window_result(
-    state: SymbolState, symbol: str, spec: WindowSpec, start_ms: int, revision: int,
-    pane_ms: int, memo: dict[tuple[int, ...], Any] | None = None,
+    state: SymbolState,
+    symbol: str,
+    spec: WindowSpec,
+    start_ms: int,
+    revision: int,
+    pane_ms: int,
+    memo: dict[tuple[int, ...], Any] | None = None,
 ) -> WindowResult:
     """The window's tallies, merged from its panes' (see :class:`Pane`).
 
@@ -819,8 +848,10 @@ def _small_window_users(parts: list[Pane]) -> tuple[int, tuple[int, int]]:
                     net[user] = net.get(user, 0) + 1
                 elif label == 2:
                     net[user] = net.get(user, 0) - 1
-    return len(users), (sum(1 for v in net.values() if v > 0),
-                        sum(1 for v in net.values() if v < 0))
+    return len(users), (
+        sum(1 for v in net.values() if v > 0),
+        sum(1 for v in net.values() if v < 0),
+    )
 
 
 def _distinct_users(parts: list[Pane]) -> int:
@@ -917,9 +948,7 @@ def _already_in(pane: Pane | None, mention: Mention) -> bool:
     return pane.counts(mention.message_id) or mention.message_id in pane.retracted
 
 
-def _retract(
-    state: SymbolState, mention: Mention, watermark_ms: int, cfg: WindowConfig
-) -> Applied:
+def _retract(state: SymbolState, mention: Mention, watermark_ms: int, cfg: WindowConfig) -> Applied:
     t = mention.created_at_ms
     pane_start = window_start_ms(t, cfg.pane_ms)
     if pane_start + cfg.retain_ms <= watermark_ms:
@@ -972,8 +1001,14 @@ def close_windows(
         # a window left without messages (destroys, /sentiment scores only) is a gap to the
         # detectors, as it is in the evaluation (bench/evaluate.py), which sees messages only
         if rule is not None and result.message_count and spec in scored:
-            verdict = detectors.observe(state.detectors, start, spec.size_ms,
-                                        result.message_count, result.distinct_users, rule)
+            verdict = detectors.observe(
+                state.detectors,
+                start,
+                spec.size_ms,
+                result.message_count,
+                result.distinct_users,
+                rule,
+            )
             warm = detectors.is_warm(state.detectors, rule)
         closed.append(Closed(result, verdict, warm))
     state.watermark_ms = max(state.watermark_ms, watermark_ms)

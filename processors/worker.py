@@ -22,12 +22,17 @@ from pulse.processors.windows import window_config
 from pulse.schemas import topics
 from pulse.schemas.admin import AuthenticationFailed, check_credentials, ensure_topics
 from pulse.schemas.serde import Serde
-
 from pulse.settings import Settings
 
 STAGES = ("fan-out", "signals")
-OUTPUTS = (topics.MENTION_BATCHES, topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.SPIKES,
-           topics.LATE_EVENTS, topics.DEAD_LETTER)
+OUTPUTS = (
+    topics.MENTION_BATCHES,
+    topics.VOLUME,
+    topics.SENTIMENT_WINDOWS,
+    topics.SPIKES,
+    topics.LATE_EVENTS,
+    topics.DEAD_LETTER,
+)
 
 
 def prepare(settings: Settings) -> None:
@@ -106,5 +111,7 @@ def _become_supervisor(settings: Settings) -> NoReturn:
     ~20 MB (this one has the CLI, the admin client and the registry client in its RSS)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "pulse.processors.supervisor",
-                              settings.log_level, *STAGES])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "pulse.processors.supervisor", settings.log_level, *STAGES],
+    )

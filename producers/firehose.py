@@ -20,6 +20,10 @@ from typing import Any
 
 import aiohttp
 import confluent_kafka as ck
+
+from pulse import kafka
+from pulse.backoff import Backoff
+from pulse.lifecycle import stop_on_signals
 from pulse.producers import metrics, native, parse
 from pulse.producers.httpbody import read_body
 from pulse.producers.parse import Parsed, ParseError
@@ -45,10 +49,6 @@ from pulse.schemas.topics import (
     SOCIAL,
     TopicSpec,
 )
-
-from pulse import kafka
-from pulse.backoff import Backoff
-from pulse.lifecycle import stop_on_signals
 from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)

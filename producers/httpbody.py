@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 
 import aiohttp
+
 from pulse.producers.parse import MAX_PAYLOAD_BYTES, ParseError
 from pulse.schemas.deadletter import Reason
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
+
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.topics import (
     LIKES,

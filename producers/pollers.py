@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 import aiohttp
 import confluent_kafka as ck
+
+from pulse.backoff import Backoff, retry_after_s, throttle_s
+from pulse.lifecycle import stop_on_signals
 from pulse.producers import metrics, parse
 from pulse.producers.httpbody import ACCEPT_ENCODING, BodyTooLarge, read_body
 from pulse.producers.parse import MAX_PAYLOAD_BYTES, ParseError, Rejected
@@ -32,9 +35,6 @@ from pulse.producers.publish import (
 )
 from pulse.producers.upstream import FatalUpstreamError, userinfo_error
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING, TopicSpec
-
-from pulse.backoff import Backoff, retry_after_s, throttle_s
-from pulse.lifecycle import stop_on_signals
 from pulse.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)

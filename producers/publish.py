@@ -16,14 +16,14 @@ from typing import Any
 
 import confluent_kafka as ck
 import orjson
+
+from pulse import kafka
 from pulse.producers import metrics
 from pulse.producers.parse import Parsed, ParseError
 from pulse.schemas import deadletter
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, TopicSpec
-
-from pulse import kafka
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)

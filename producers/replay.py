@@ -21,12 +21,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.producers import metrics, parse
 from pulse.producers.parse import Parsed, ParseError
 from pulse.producers.publish import Publisher
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
-
-from pulse.lifecycle import Stop, stop_on_signals
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)

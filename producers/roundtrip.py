@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pulse import kafka
 from pulse.producers import parse
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
-
-from pulse import kafka
 from pulse.settings import Settings
 
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pulse.lifecycle import Stop, stop_on_signals
 from pulse.producers import metrics, parse
 from pulse.producers.publish import Publisher, now_ms
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
-
-from pulse.lifecycle import Stop, stop_on_signals
 from pulse.settings import Settings
 
 HEAD = [

@@ -72,12 +72,14 @@ class Settings:
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once.")
     store: str = _setting("memory", "Table store: memory, or rocksdb (needs rocksdict).")
     web_port: int = _setting(
-        6066, "Port of the signals stage's /metrics, /healthz and /readyz "
-        "(`pulse worker --stage signals`)."
+        6066,
+        "Port of the signals stage's /metrics, /healthz and /readyz "
+        "(`pulse worker --stage signals`).",
     )
     fan_out_port: int = _setting(
-        6067, "Port of the fan-out stage's /metrics, /healthz and /readyz "
-        "(`pulse worker --stage fan-out`)."
+        6067,
+        "Port of the fan-out stage's /metrics, /healthz and /readyz "
+        "(`pulse worker --stage fan-out`).",
     )
     spike_min_count: int = _setting(
         10, "A burst needs at least this much scored volume (`spike_scored`) in its window."
@@ -101,12 +103,14 @@ class Settings:
         "is not a crowd) or `messages`. Message counts are reported either way.",
     )
     surge_window: str = _setting(
-        "1h", "Tumbling window the hour-scale surge detector scores (must divide a day and "
-        "be in `windows`); empty: no surge detector."
+        "1h",
+        "Tumbling window the hour-scale surge detector scores (must divide a day and "
+        "be in `windows`); empty: no surge detector.",
     )
     surge_spans: str = _setting(
-        "1h,3h,6h", "Spans the surge detector tests, each summing the windows ending at the "
-        "closed one (multiples of `surge_window`)."
+        "1h,3h,6h",
+        "Spans the surge detector tests, each summing the windows ending at the "
+        "closed one (multiples of `surge_window`).",
     )
     surge_p: float = _setting(
         1e-5, "Surge threshold: negative-binomial p-value (Bonferroni over the spans)."
@@ -178,8 +182,9 @@ class Settings:
         "~/.cache/stocktwits-pulse", "Where `pulse local` keeps jars, data and logs."
     )
     local_downloads: str = _setting(
-        "", "Where `pulse local` keeps the Kafka and registry downloads (shareable between "
-        "homes, e.g. a CI cache); empty: `<local_home>`."
+        "",
+        "Where `pulse local` keeps the Kafka and registry downloads (shareable between "
+        "homes, e.g. a CI cache); empty: `<local_home>`.",
     )
     local_kafka_port: int = _setting(9092, "Embedded broker port (127.0.0.1).")
     local_controller_port: int = _setting(9093, "Embedded KRaft controller port.")

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
-from pulse.schemas import topics
-from pulse.schemas.topics import TopicSpec
 
 from pulse import kafka
+from pulse.schemas import topics
+from pulse.schemas.topics import TopicSpec
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)

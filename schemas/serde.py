@@ -29,9 +29,9 @@ from confluent_kafka.schema_registry import (
     Schema,
     SchemaRegistryClient,
 )
+
 from pulse.schemas import avro_writer
 from pulse.schemas.topics import TopicSpec
-
 from pulse.settings import Settings, redact_url
 
 SCHEMA_DIR = Path(__file__).resolve().parent

@@ -65,13 +65,9 @@ CHECKPOINTS = TopicSpec(
 )
 # processor topics
 # what the fan-out writes and the signals stage reads: mentions batched per symbol partition
-MENTION_BATCHES = TopicSpec(
-    "pulse.mention-batches", "mention_batch.avsc", Keyed.SYMBOL, _delete(3)
-)
+MENTION_BATCHES = TopicSpec("pulse.mention-batches", "mention_batch.avsc", Keyed.SYMBOL, _delete(3))
 VOLUME = TopicSpec("pulse.volume", "window_volume.avsc", Keyed.SYMBOL, _delete(30))
-SENTIMENT_WINDOWS = TopicSpec(
-    "pulse.sentiment", "window_sentiment.avsc", Keyed.SYMBOL, _delete(30)
-)
+SENTIMENT_WINDOWS = TopicSpec("pulse.sentiment", "window_sentiment.avsc", Keyed.SYMBOL, _delete(30))
 SPIKES = TopicSpec("pulse.spikes", "spike.avsc", Keyed.SYMBOL, _delete(30))
 LATE_EVENTS = TopicSpec("pulse.late-events", "late_mention.avsc", Keyed.SYMBOL, _delete(7))
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import TopicSpec
-
 from pulse.settings import Settings
 
 
@@ -139,8 +139,10 @@ def records_in(settings: Settings, topic: str) -> int:
     consumer = Consumer({**settings.kafka_config(), "group.id": f"test-{uuid.uuid4().hex}"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                   for p in partitions)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
     finally:
         consumer.close()
 

@@ -24,17 +24,19 @@ def command(
 ) -> argparse.ArgumentParser:
     """A subcommand: ``summary`` is its line in the parent's --help, ``description`` (or the
     summary) heads its own."""
-    parser = sub.add_parser(
-        name, help=summary, description=description or summary, epilog=epilog
-    )
+    parser = sub.add_parser(name, help=summary, description=description or summary, epilog=epilog)
     parser.set_defaults(handler=handler, parser=parser)  # parser: for errors in the handler
     return parser
 
 
 def metrics_port(parser: argparse.ArgumentParser) -> None:
     """``--metrics-port``, shared by the producers."""
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="/metrics and /healthz port (default PULSE_METRICS_PORT; -1: off)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="/metrics and /healthz port (default PULSE_METRICS_PORT; -1: off)",
+    )
 
 
 def port_or(port: int | None, default: int) -> int:

@@ -26,13 +26,26 @@ def _tail_parser(sub: Subcommands) -> None:
         + ", ".join(spec.name for spec in ALL),
     )  # fmt: skip
     p.add_argument("topic", help="topic name, with or without the prefix")
-    p.add_argument("--from-beginning", action="store_true",
-                   help="start at the oldest record (default: only new records)")
-    p.add_argument("--key", action="append", default=[], metavar="KEY",
-                   help="print only records with this key (repeatable), e.g. --key AAPL")
+    p.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the oldest record (default: only new records)",
+    )
+    p.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="print only records with this key (repeatable), e.g. --key AAPL",
+    )
     p.add_argument("--max", type=int, default=0, metavar="N", help="stop after N records")
-    p.add_argument("--idle-exit", type=float, default=0.0, metavar="S",
-                   help="stop after S seconds without a new record (default: never)")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop after S seconds without a new record (default: never)",
+    )
     p.add_argument("--value-only", action="store_true", help="print only the decoded value")
 
 
@@ -51,14 +64,24 @@ def _board_parser(sub: Subcommands) -> None:
         description="Live board of the signals: top symbols by current volume, bullish "
         "ratios with their intervals, cold symbols, spikes. Ctrl-C stops it.",
     )  # fmt: skip
-    p.add_argument("--window", type=window_ms, metavar="DURATION",
-                   help="window size to show, e.g. 1m (default: the smallest of PULSE_WINDOWS)")
+    p.add_argument(
+        "--window",
+        type=window_ms,
+        metavar="DURATION",
+        help="window size to show, e.g. 1m (default: the smallest of PULSE_WINDOWS)",
+    )
     p.add_argument("--top", type=int, default=15, help="symbols to show (default 15)")
-    p.add_argument("--lookback", type=float, default=3600.0, metavar="S",
-                   help="read records from S seconds ago (default 3600)")
+    p.add_argument(
+        "--lookback",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="read records from S seconds ago (default 3600)",
+    )
     p.add_argument("--web", type=int, metavar="PORT", help="also serve the board as a web page")
-    p.add_argument("--web-host", default="127.0.0.1",
-                   help="address of the web page (default 127.0.0.1)")
+    p.add_argument(
+        "--web-host", default="127.0.0.1", help="address of the web page (default 127.0.0.1)"
+    )
 
 
 def window_ms(text: str) -> int:
@@ -87,10 +110,19 @@ def _alerts_parser(sub: Subcommands) -> None:
         sub, "alerts", _alerts, summary="POST every spike to webhooks",
         description="POST every spike of pulse.spikes as JSON to webhooks (at least once).",
     )  # fmt: skip
-    p.add_argument("--webhook", action="append", default=[], metavar="URL",
-                   help="webhook URL (repeatable); added to PULSE_ALERT_WEBHOOK_URLS")
-    p.add_argument("--health-port", type=int, metavar="PORT",
-                   help="port of /healthz and /metrics (default PULSE_METRICS_PORT; <0: off)")
+    p.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="webhook URL (repeatable); added to PULSE_ALERT_WEBHOOK_URLS",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="port of /healthz and /metrics (default PULSE_METRICS_PORT; <0: off)",
+    )
 
 
 def _alerts(settings: Settings, args: argparse.Namespace) -> int:

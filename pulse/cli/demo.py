@@ -93,22 +93,46 @@ def register(sub: Subcommands) -> None:
         description="Embedded Kafka + registry, topics, the worker, a producer and the "
         "live board, in one command. Ctrl-C stops everything.",
     )  # fmt: skip
-    p.add_argument("--replay", nargs="+", metavar="PATH", default=[],
-                   help="replay captured files instead of the synthetic generator")
-    p.add_argument("--keep-stack", action="store_true",
-                   help="leave Kafka and the registry running afterwards")
-    p.add_argument("--no-stack", action="store_true",
-                   help="use the cluster of PULSE_BOOTSTRAP_SERVERS instead of the embedded one")
-    p.add_argument("--instance", default="default",
-                   help="embedded stack instance (default: default)")
-    p.add_argument("--speed", type=float, metavar="N",
-                   help=f"synthetic or replayed stream time ×N (synthetic default {DEMO_SPEED:g})")
-    p.add_argument("--window", type=window_ms, metavar="DURATION",
-                   help="window size on the board, e.g. 1m (default: smallest)")
-    p.add_argument("--web", type=int, metavar="PORT",
-                   help="also serve the board as a web page on this port")
-    p.add_argument("--duration", type=float, default=0.0, metavar="S",
-                   help="stop by itself after S seconds (default: run until Ctrl-C)")
+    p.add_argument(
+        "--replay",
+        nargs="+",
+        metavar="PATH",
+        default=[],
+        help="replay captured files instead of the synthetic generator",
+    )
+    p.add_argument(
+        "--keep-stack", action="store_true", help="leave Kafka and the registry running afterwards"
+    )
+    p.add_argument(
+        "--no-stack",
+        action="store_true",
+        help="use the cluster of PULSE_BOOTSTRAP_SERVERS instead of the embedded one",
+    )
+    p.add_argument(
+        "--instance", default="default", help="embedded stack instance (default: default)"
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        metavar="N",
+        help=f"synthetic or replayed stream time ×N (synthetic default {DEMO_SPEED:g})",
+    )
+    p.add_argument(
+        "--window",
+        type=window_ms,
+        metavar="DURATION",
+        help="window size on the board, e.g. 1m (default: smallest)",
+    )
+    p.add_argument(
+        "--web", type=int, metavar="PORT", help="also serve the board as a web page on this port"
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop by itself after S seconds (default: run until Ctrl-C)",
+    )
 
 
 @dataclass(frozen=True)
@@ -264,8 +288,10 @@ class FirstArrivals:
 
         self.started = started
         self.at: dict[str, float] = {}
-        self._names = {topics.VOLUME.full_name(settings): "window",
-                       topics.SPIKES.full_name(settings): "spike"}
+        self._names = {
+            topics.VOLUME.full_name(settings): "window",
+            topics.SPIKES.full_name(settings): "spike",
+        }
         self._consumer = kafka.consumer(kafka.reader_config(settings, "demo-first", role="demo"))
         self._consumer.subscribe(list(self._names))
 
@@ -283,8 +309,10 @@ class FirstArrivals:
             self._consumer.close()
 
     def line(self) -> str:
-        parts = [f"first {what} after {self.at[what]:.0f} s" if what in self.at
-                 else f"no {what} yet" for what in ("window", "spike")]
+        parts = [
+            f"first {what} after {self.at[what]:.0f} s" if what in self.at else f"no {what} yet"
+            for what in ("window", "spike")
+        ]
         return " · ".join(parts) + " (since `pulse demo` started)"
 
 

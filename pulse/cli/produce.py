@@ -76,8 +76,13 @@ def _firehose(kinds: Subcommands, kind: str, path: str, summary: str) -> None:
     p.add_argument("--from-seq-id", help="resume after this seq_id instead of the checkpoint")
     p.add_argument("--no-resume", action="store_true", help="ignore the checkpoint: live edge")
     p.add_argument("--max-events", type=int, help="stop after this many events (demos, tests)")
-    p.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="S",
-                   help="seconds between checkpoint writes (default 1)")
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between checkpoint writes (default 1)",
+    )
     metrics_port(p)
 
 
@@ -100,8 +105,13 @@ def _trending(kinds: Subcommands) -> None:
         description="Poll the trending-symbols API (X-API-Key from PULSE_TRENDING_API_KEY) "
         "into stocktwits.trending.",
     )  # fmt: skip
-    p.add_argument("--class", dest="asset_class", default="all",
-                   choices=["all", "equity", "crypto"], help="asset class (default all)")
+    p.add_argument(
+        "--class",
+        dest="asset_class",
+        default="all",
+        choices=["all", "equity", "crypto"],
+        help="asset class (default all)",
+    )
     p.add_argument("--region", choices=["US", "CA", "X"], help="market region (default: any)")
     p.add_argument("--limit", type=int, default=30, help="rows per page, at most 30")
     p.add_argument("--interval", type=float, help="seconds, default PULSE_TRENDING_INTERVAL_S")
@@ -123,8 +133,11 @@ def _chart(kinds: Subcommands) -> None:
         "PULSE_FIREHOSE_PASSWORD); only points newer than those already in Kafka are written.",
     )  # fmt: skip
     p.add_argument("--symbols", help="comma-separated; default PULSE_CHART_SYMBOLS")
-    p.add_argument("--zoom", choices=["1D", "1W", "1M", "3M", "6M", "1Y", "ALL"],
-                   help="chart range (default PULSE_CHART_ZOOM)")
+    p.add_argument(
+        "--zoom",
+        choices=["1D", "1W", "1M", "3M", "6M", "1Y", "ALL"],
+        help="chart range (default PULSE_CHART_ZOOM)",
+    )
     p.add_argument("--interval", type=float, default=300.0, help="seconds (default 300)")
     _poller_options(p)
 
@@ -144,12 +157,21 @@ def _rest(kinds: Subcommands) -> None:
         "PULSE_REST_TOKEN.",
     )  # fmt: skip
     p.add_argument("--streams", help="e.g. trending,all,symbol:AAPL; default PULSE_REST_STREAMS")
-    p.add_argument("--min-interval", type=float, metavar="S",
-                   help="least seconds between requests (default 18, 9 with a token: the "
-                   "hourly limits of 200 / 400 requests)")
-    p.add_argument("--dedup-window", type=float, default=3600.0, metavar="S",
-                   help="seconds of the messages topic read back at start for ids already "
-                   "written (default 3600)")
+    p.add_argument(
+        "--min-interval",
+        type=float,
+        metavar="S",
+        help="least seconds between requests (default 18, 9 with a token: the "
+        "hourly limits of 200 / 400 requests)",
+    )
+    p.add_argument(
+        "--dedup-window",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="seconds of the messages topic read back at start for ids already "
+        "written (default 3600)",
+    )
     _poller_options(p)
 
 
@@ -174,10 +196,19 @@ def _replay(kinds: Subcommands) -> None:
         description="Replay Firehose JSONL captures, REST API JSON responses and history CSV "
         "files (optionally .gz) into Kafka, in event-time order, duplicates removed.",
     )  # fmt: skip
-    p.add_argument("files", nargs="+", type=existing_file, metavar="FILE",
-                   help="captured files; the format is recognised by content")
-    p.add_argument("--speed", type=float, default=0.0,
-                   help="×N real time, keeping the gaps between events; 0 = as fast as possible")
+    p.add_argument(
+        "files",
+        nargs="+",
+        type=existing_file,
+        metavar="FILE",
+        help="captured files; the format is recognised by content",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="×N real time, keeping the gaps between events; 0 = as fast as possible",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     metrics_port(p)
 
@@ -198,13 +229,26 @@ def _synthetic(kinds: Subcommands) -> None:
         "labelled sentiment, multi-symbol messages) into stocktwits.messages, origin synthetic.",
     )  # fmt: skip
     p.add_argument("--count", type=int, help="stop after this many messages (default: forever)")
-    p.add_argument("--rate", type=float, default=20.0,
-                   help="messages/s of stream time, daily average (default 20)")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="stream time ×N wall time; 0 = as fast as possible (default 1)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="messages/s of stream time, daily average (default 20)",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="stream time ×N wall time; 0 = as fast as possible (default 1)",
+    )
     p.add_argument("--symbols", type=int, default=500, help="how many symbols (default 500)")
-    p.add_argument("--burst", action="append", default=[], metavar="SYM@START+DURxMULT",
-                   help="e.g. GME@600+300x20: GME from 600 s for 300 s at ×20 (repeatable)")
+    p.add_argument(
+        "--burst",
+        action="append",
+        default=[],
+        metavar="SYM@START+DURxMULT",
+        help="e.g. GME@600+300x20: GME from 600 s for 300 s at ×20 (repeatable)",
+    )
     p.add_argument("--start", help="stream start, ISO-8601 UTC (default: now)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--jsonl", metavar="FILE", help="write Firehose JSON lines here, not Kafka")

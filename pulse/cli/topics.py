@@ -21,8 +21,9 @@ def register(sub: Subcommands) -> None:
         description="Parse captured Stocktwits files, produce them Avro-encoded, read them "
         "back and decode them: the contracts checked end to end against the cluster.",
     )  # fmt: skip
-    roundtrip.add_argument("files", nargs="+", metavar="FILE",
-                           help="REST API JSON responses or Firehose JSONL")
+    roundtrip.add_argument(
+        "files", nargs="+", metavar="FILE", help="REST API JSON responses or Firehose JSONL"
+    )
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> int:

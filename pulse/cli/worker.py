@@ -18,19 +18,29 @@ def register(sub: Subcommands) -> None:
         "signals (windowed volume, sentiment, spikes, late events). Without --stage both run, "
         "as two child processes. Configured by PULSE_* variables.",
     )  # fmt: skip
-    p.add_argument("--stage", choices=STAGES,
-                   help="run one stage in this process (deployments scale each on its own)")
-    p.add_argument("--no-prepare", action="store_true",
-                   help="do not create topics / register schemas first")
+    p.add_argument(
+        "--stage",
+        choices=STAGES,
+        help="run one stage in this process (deployments scale each on its own)",
+    )
+    p.add_argument(
+        "--no-prepare", action="store_true", help="do not create topics / register schemas first"
+    )
     fan_out = p.add_argument_group("fan-out stage options (with --stage fan-out)")
-    fan_out.add_argument("--instance-id", metavar="NAME",
-                         help="stable name of this instance, unique among running fan-outs; "
-                         "exactly_once derives the transactional id from it (default: host name)")
-    fan_out.add_argument("--batch-size", type=int, metavar="N",
-                         help="records per consume() (default 10000)")
-    fan_out.add_argument("--port", type=int,
-                         help="/metrics and /healthz port; 0 picks one, -1 none "
-                         "(default PULSE_FAN_OUT_PORT)")
+    fan_out.add_argument(
+        "--instance-id",
+        metavar="NAME",
+        help="stable name of this instance, unique among running fan-outs; "
+        "exactly_once derives the transactional id from it (default: host name)",
+    )
+    fan_out.add_argument(
+        "--batch-size", type=int, metavar="N", help="records per consume() (default 10000)"
+    )
+    fan_out.add_argument(
+        "--port",
+        type=int,
+        help="/metrics and /healthz port; 0 picks one, -1 none (default PULSE_FAN_OUT_PORT)",
+    )
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -251,13 +251,15 @@ def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
             ratio_text(r.bullish_ratio, r.low, r.high),
             ratio_text(r.user_ratio, r.user_low, r.user_high),
             str(r.labelled),
-            Text(f"⚡ {printable(r.spike, 12)}") if r.spike
-            else Text("cold", style="dim") if r.cold else "",
+            Text(f"⚡ {printable(r.spike, 12)}")
+            if r.spike
+            else Text("cold", style="dim")
+            if r.cold
+            else "",
             style=style,
         )
     spikes = Table(title="Latest spikes", expand=True, title_justify="left")
-    for col in ("symbol", "window", "kind", "scored", "expected", "× baseline", "z",
-                "severity"):
+    for col in ("symbol", "window", "kind", "scored", "expected", "× baseline", "z", "severity"):
         spikes.add_column(col)
     for s in board.spikes:
         sev = printable(_severity(s), 12)
@@ -271,10 +273,12 @@ def render(board: Board, n: int = 15, waiting: str | None = None) -> Group:
             f"{float(s['score']):.1f}",
             Text(sev, style=_SEVERITY_STYLE.get(sev, "")),
         )
-    legend = Text("cold: its spike baselines are still learning (5 days of history), so it "
-                  "cannot alert yet; see docs/signals.md on warm start", style="dim")
-    return Group(head, top, *([legend] if any(r.cold for r in top_rows(board, n)) else []),
-                 spikes)
+    legend = Text(
+        "cold: its spike baselines are still learning (5 days of history), so it "
+        "cannot alert yet; see docs/signals.md on warm start",
+        style="dim",
+    )
+    return Group(head, top, *([legend] if any(r.cold for r in top_rows(board, n)) else []), spikes)
 
 
 SPIKE_FIELDS = (
@@ -304,11 +308,15 @@ def snapshot(board: Board, n: int = 15, waiting: str | None = None) -> dict[str,
         "seen": dict(board.seen),
         "rows": [dataclasses.asdict(r) for r in rows],
         "spikes": [
-            {k: s.get(k) for k in SPIKE_FIELDS} | {
-                "severity": _severity(s), "kind": _enum(s.get("kind"), "BURST"),
-                "scored": _enum(s.get("scored"), "MESSAGES"), "scored_text": scored_text(s),
+            {k: s.get(k) for k in SPIKE_FIELDS}
+            | {
+                "severity": _severity(s),
+                "kind": _enum(s.get("kind"), "BURST"),
+                "scored": _enum(s.get("scored"), "MESSAGES"),
+                "scored_text": scored_text(s),
                 "window_text": spike_window_text(s),
-            } for s in board.spikes
+            }
+            for s in board.spikes
         ],
         "history": {r.symbol: [list(p) for p in board.history.get(r.symbol, ())] for r in rows},
     }

@@ -42,8 +42,9 @@ def test_every_shipped_module_and_package_is_copied() -> None:
     copied = instructions("COPY")
     ignored = (ROOT / ".dockerignore").read_text().split()
     # each installed package's source folder: its package-dir entry, or the dotted path
-    folders = {tool["package-dir"].get(p, p.replace(".", "/")).split("/")[0]
-               for p in tool["packages"]}
+    folders = {
+        tool["package-dir"].get(p, p.replace(".", "/")).split("/")[0] for p in tool["packages"]
+    }
     for folder in folders:
         assert any(line.split()[:2] == [f"{folder}/", f"{folder}/"] for line in copied), folder
         assert folder not in ignored and f"{folder}/" not in ignored

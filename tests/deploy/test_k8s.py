@@ -15,9 +15,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from pulse.schemas import topics
 
 from pulse.cli.produce import REQUIRED
+from pulse.schemas import topics
 from pulse.settings import PREFIX, Settings
 from tests.support.kustomize import K8S, kustomize
 

@@ -26,8 +26,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("pulse", "producers", "processors", "schemas"):
         shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
-                    str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (built,) = out.glob("stocktwits_pulse-*.whl")
     return built
 
@@ -48,21 +52,40 @@ def test_the_installed_layout_imports_from_any_directory(wheel: Path, tmp_path: 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    probe = ("import pulse.processors.windows as w, pulse.cli, pulse.schemas.serde as s; "
-             "print(w.__file__); print(s.SCHEMA_DIR)")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=60)
+    probe = (
+        "import pulse.processors.windows as w, pulse.cli, pulse.schemas.serde as s; "
+        "print(w.__file__); print(s.SCHEMA_DIR)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     windows_file, schema_dir = done.stdout.split()
     assert Path(windows_file).is_relative_to(site)  # the wheel's copy, not the repository's
     assert (Path(schema_dir) / "message_event.avsc").exists()
-    done = subprocess.run([sys.executable, "-m", "pulse.cli", "--help"], cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "pulse.cli", "--help"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "worker" in done.stdout, done.stderr
 
 
 def test_the_console_script_runs_from_any_directory(tmp_path: Path) -> None:
-    done = subprocess.run([str(BIN / "pulse"), "worker", "--help"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(BIN / "pulse"), "worker", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "--stage" in done.stdout

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from confluent_kafka import Consumer, Producer, TopicPartition
-from pulse.schemas import topics
-from pulse.schemas.admin import ensure_topics
-from pulse.schemas.serde import Serde
 
 from pulse.consumers import tail
 from pulse.consumers.alerts import AlertConsumer, redact
 from pulse.consumers.tail import TailOptions
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
+from pulse.schemas.serde import Serde
 from pulse.settings import Settings
 from tests.conftest import consume
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulse.schemas import topics
-from pulse.schemas.admin import ensure_topics
 
 from pulse.consumers.board import BoardReader
 from pulse.local.stack import LocalStack
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
 from pulse.settings import Settings
 from tests.integration.test_consumers import M, Webhook, publish, spike, volume
 

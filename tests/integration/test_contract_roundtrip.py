@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+
 from pulse.producers import parse
 from pulse.producers.publish import Publisher
 from pulse.producers.roundtrip import load_file, roundtrip
@@ -17,7 +18,6 @@ from pulse.schemas import deadletter
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import Serde, schema_str
 from pulse.schemas.topics import DEAD_LETTER
-
 from pulse.settings import Settings
 from tests.support.data import API_JSON, COLLECTOR, SEEDS
 from tests.unit.producers.test_parse import clean_json, envelope, rest_seed_responses, seed_sample

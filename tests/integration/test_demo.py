@@ -61,8 +61,17 @@ def test_demo_runs_the_pipeline_shows_the_board_and_leaves_nothing_behind(
     }
     # stream time ×60: a 1-minute window closes every wall second; the first is out ~6 s after
     # the start (worker start-up), so 25 s leaves room for a slow machine
-    cmd = [sys.executable, "-m", "pulse.cli", "demo", "--no-stack",
-           "--speed", "60", "--duration", "25"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pulse.cli",
+        "demo",
+        "--no-stack",
+        "--speed",
+        "60",
+        "--duration",
+        "25",
+    ]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+
+from pulse.lifecycle import Child
 from pulse.processors.mentions import (
     ANY_SYMBOL,
     Mention,
@@ -32,8 +34,6 @@ from pulse.processors.mentions import (
 from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde, frame_header
-
-from pulse.lifecycle import Child
 from pulse.settings import Settings
 from tests.conftest import consume, records_in
 from tests.support.harness import (
@@ -74,10 +74,16 @@ def fo_settings(settings: Settings) -> Settings:
     """Default partition counts (6 raw × 6 symbol), short idle timers, a free metrics port."""
     # an app id of its own: the consumer group (<app id>-fan-out) is not namespaced by the
     # topic prefix, and tests sharing one would keep rebalancing each other
-    s = settings.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500,
-                         idle_close_s=3.0, app_id=f"fanout-test-{uuid.uuid4().hex[:8]}")
-    ensure_topics(s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES,
-                      topics.DEAD_LETTER))
+    s = settings.replace(
+        raw_partitions=6,
+        symbol_partitions=6,
+        raw_idle_ms=500,
+        idle_close_s=3.0,
+        app_id=f"fanout-test-{uuid.uuid4().hex[:8]}",
+    )
+    ensure_topics(
+        s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES, topics.DEAD_LETTER)
+    )
     return s
 
 
@@ -89,21 +95,28 @@ def fan_out(fo_settings: Settings, tmp_path: Path) -> Iterator[list[FanOutProces
         proc.stop()
 
 
-def start(fan_out: list[FanOutProcess], settings: Settings, tmp_path: Path,
-          *args: str) -> FanOutProcess:
+def start(
+    fan_out: list[FanOutProcess], settings: Settings, tmp_path: Path, *args: str
+) -> FanOutProcess:
     proc = FanOutProcess(settings, tmp_path / f"fanout-{len(fan_out)}.log", *args)
     fan_out.append(proc)
     return proc
 
 
-def read_batches(settings: Settings, *, idle_s: float = 3.0, timeout_s: float = 60.0,
-                 read_committed: bool = True) -> list[tuple[int, bytes, dict[str, Any]]]:
+def read_batches(
+    settings: Settings, *, idle_s: float = 3.0, timeout_s: float = 60.0, read_committed: bool = True
+) -> list[tuple[int, bytes, dict[str, Any]]]:
     """(partition, key, decoded MentionBatch) of every record on the topic, in order."""
     decode = Serde(settings).deserializer(topics.MENTION_BATCHES)
-    c = Consumer({**settings.kafka_config(), "group.id": f"read-{time.monotonic_ns()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed" if read_committed
-                  else "read_uncommitted"})
+    c = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"read-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
     c.subscribe([topics.MENTION_BATCHES.full_name(settings)])
     out: list[tuple[int, bytes, dict[str, Any]]] = []
     start_t = last = time.monotonic()
@@ -137,16 +150,50 @@ def scripted_events() -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = []
     for i in range(300):
         syms = [SYMS[i % len(SYMS)], SYMS[(i * 7) % len(SYMS)]]
-        events.append(("m", message_event(i + 1, T0 + i * 1_000, syms, user_id=i % 13,
-                                          sentiment=("Bullish", "Bearish", None)[i % 3])))
+        events.append(
+            (
+                "m",
+                message_event(
+                    i + 1,
+                    T0 + i * 1_000,
+                    syms,
+                    user_id=i % 13,
+                    sentiment=("Bullish", "Bearish", None)[i % 3],
+                ),
+            )
+        )
     events += [events[i] for i in range(0, 60, 3)]  # repeats (a producer resumed)
-    events += [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % len(SYMS)]],
-                                   action="destroy", event_time_ms=T0 + 400_000))
-               for i in range(100, 110)]
-    events += [("m", message_event(i + 1, T0 + i * 1_000, [], action="destroy", body=False,
-                                   event_time_ms=T0 + 401_000 + i)) for i in range(110, 120)]
-    events += [("s", sentiment_event(i + 1, T0 + i * 1_000, [SYMS[i % 5]], (i % 9 - 4) / 4))
-               for i in range(0, 300, 10)]
+    events += [
+        (
+            "m",
+            message_event(
+                i + 1,
+                T0 + i * 1_000,
+                [SYMS[i % len(SYMS)]],
+                action="destroy",
+                event_time_ms=T0 + 400_000,
+            ),
+        )
+        for i in range(100, 110)
+    ]
+    events += [
+        (
+            "m",
+            message_event(
+                i + 1,
+                T0 + i * 1_000,
+                [],
+                action="destroy",
+                body=False,
+                event_time_ms=T0 + 401_000 + i,
+            ),
+        )
+        for i in range(110, 120)
+    ]
+    events += [
+        ("s", sentiment_event(i + 1, T0 + i * 1_000, [SYMS[i % 5]], (i % 9 - 4) / 4))
+        for i in range(0, 300, 10)
+    ]
     return events
 
 
@@ -161,9 +208,13 @@ def raw_ends(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
     """(topic, partition) → (high watermark, highest event time) of both raw topics."""
     serde = Serde(settings)
     out: dict[tuple[str, int], tuple[int, int]] = {}
-    for spec, field_of in ((topics.MESSAGES, lambda r: r["message"]["created_at_ms"]
-                            if r["message"] else r["event_time_ms"]),
-                           (topics.RAW_SENTIMENT, lambda r: r["created_at_ms"])):
+    for spec, field_of in (
+        (
+            topics.MESSAGES,
+            lambda r: r["message"]["created_at_ms"] if r["message"] else r["event_time_ms"],
+        ),
+        (topics.RAW_SENTIMENT, lambda r: r["created_at_ms"]),
+    ):
         name = spec.full_name(settings)
         decode = serde.deserializer(spec)
         for p in range(spec.partitions(settings)):
@@ -172,8 +223,9 @@ def raw_ends(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
         for p in range(spec.partitions(settings)):
             out[(name, p)] = (c.get_watermark_offsets(TopicPartition(name, p), 10)[1], -1)
         c.close()
-        for msg in consume(settings, name, sum(h for (t, _), (h, _) in out.items()
-                                               if t == name), 30.0):
+        for msg in consume(
+            settings, name, sum(h for (t, _), (h, _) in out.items() if t == name), 30.0
+        ):
             key = (name, msg.partition())
             try:
                 t = field_of(decode(msg.value()))
@@ -202,8 +254,10 @@ def test_every_mention_reaches_its_partition_with_marks_then_idle_and_quiet(
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     n_messages = sum(1 for kind, _ in events if kind == "m")
-    assert (f'pulse_fanout_events_in_total{{topic="{topics.MESSAGES.full_name(s)}"}} '
-            f"{float(n_messages)}") in text
+    assert (
+        f'pulse_fanout_events_in_total{{topic="{topics.MESSAGES.full_name(s)}"}} '
+        f"{float(n_messages)}"
+    ) in text
     assert proc.stop() == 0, proc.log()
     assert got_mentions(batches) == expected(events, 6)
     assert {p for p, _, _ in batches} == set(range(6))
@@ -270,9 +324,10 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
     fo_settings: Settings, fan_out: list[FanOutProcess], tmp_path: Path, guarantee: str
 ) -> None:
     s = fo_settings.replace(processing_guarantee=guarantee)
-    events = [("m", message_event(i + 1, T0 + i * 10, [SYMS[i % 12], SYMS[i * 5 % 12]],
-                                  user_id=i % 50))
-              for i in range(20_000)]
+    events = [
+        ("m", message_event(i + 1, T0 + i * 10, [SYMS[i % 12], SYMS[i * 5 % 12]], user_id=i % 50))
+        for i in range(20_000)
+    ]
     write(s, events)
     first = start(fan_out, s, tmp_path, "--batch-size", "200", "--instance-id", "a")
     assert wait_until(lambda: output_records(s) > 150, 60, 0.05), first.log()
@@ -294,8 +349,7 @@ def private_broker(settings: Settings) -> Iterator[tuple[Any, Settings]]:
     other test); the shared registry."""
     from pulse.local.stack import LocalStack, free_ports
 
-    stack = LocalStack(settings.local_home_path, name=f"fanout-{os.getpid()}",
-                       ports=free_ports())
+    stack = LocalStack(settings.local_home_path, name=f"fanout-{os.getpid()}", ports=free_ports())
     try:
         endpoints = stack.up(timeout_s=240, registry=False)
         yield stack, settings.replace(bootstrap_servers=endpoints.bootstrap_servers)
@@ -308,18 +362,26 @@ def batches_with_time(settings: Settings) -> list[tuple[int, int, dict[str, Any]
     decode = Serde(settings).deserializer(topics.MENTION_BATCHES)
     name = topics.MENTION_BATCHES.full_name(settings)
     total = output_records(settings)
-    return [(m.partition(), m.timestamp()[1], decode(m.value()))
-            for m in consume(settings, name, total, 60.0)]
+    return [
+        (m.partition(), m.timestamp()[1], decode(m.value()))
+        for m in consume(settings, name, total, 60.0)
+    ]
 
 
 def test_broker_outage_is_not_a_quiet_stream(
     private_broker: tuple[Any, Settings], fan_out: list[FanOutProcess], tmp_path: Path
 ) -> None:
     stack, base = private_broker
-    s = base.replace(raw_partitions=6, symbol_partitions=6, raw_idle_ms=500, idle_close_s=3.0,
-                     app_id=f"fanout-test-{uuid.uuid4().hex[:8]}")
-    ensure_topics(s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES,
-                      topics.DEAD_LETTER))
+    s = base.replace(
+        raw_partitions=6,
+        symbol_partitions=6,
+        raw_idle_ms=500,
+        idle_close_s=3.0,
+        app_id=f"fanout-test-{uuid.uuid4().hex[:8]}",
+    )
+    ensure_topics(
+        s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES, topics.DEAD_LETTER)
+    )
     first = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]])) for i in range(300)]
     write(s, first)
     proc = start(fan_out, s, tmp_path)
@@ -331,8 +393,7 @@ def test_broker_outage_is_not_a_quiet_stream(
     assert proc.proc.poll() is None, proc.log()
     up_ms = int(time.time() * 1000)
     stack.up(timeout_s=240, registry=False)
-    second = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]]))
-              for i in range(300, 600)]
+    second = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]])) for i in range(300, 600)]
     write(s, second)
     wait_fanned_out(s, timeout_s=180)
 

@@ -15,10 +15,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+
 from pulse.schemas import topics
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde, schema_str
-
 from pulse.settings import Settings
 from tests.conftest import consume, create_topic
 
@@ -175,19 +175,41 @@ def test_a_record_of_an_older_schema_version_decodes_to_todays_shape(
     serde = Serde(settings)
     spec = topics.SENTIMENT_CHART
     today = json.loads(schema_str(spec))
-    old = dict(today, fields=[f for f in today["fields"]
-                              if f["name"] not in ("sentiment_label", "message_volume_label")])
-    old_id = serde.client.register_schema(f"old-{uuid.uuid4().hex}", Schema(json.dumps(old),
-                                                                            "AVRO"))
+    old = dict(
+        today,
+        fields=[
+            f
+            for f in today["fields"]
+            if f["name"] not in ("sentiment_label", "message_volume_label")
+        ],
+    )
+    old_id = serde.client.register_schema(
+        f"old-{uuid.uuid4().hex}", Schema(json.dumps(old), "AVRO")
+    )
     body = io.BytesIO()
-    fastavro.schemaless_writer(body, fastavro.parse_schema(old), {
-        "symbol": "AAPL", "zoom": "1D", "time_ms": 5, "message_volume_normalized": 1.5,
-        "sentiment_normalized": None, "fetched_at_ms": 6})
+    fastavro.schemaless_writer(
+        body,
+        fastavro.parse_schema(old),
+        {
+            "symbol": "AAPL",
+            "zoom": "1D",
+            "time_ms": 5,
+            "message_volume_normalized": 1.5,
+            "sentiment_normalized": None,
+            "fetched_at_ms": 6,
+        },
+    )
     data = struct.pack(">bI", 0, old_id) + body.getvalue()
     assert serde.decode(spec, data) == {
-        "symbol": "AAPL", "zoom": "1D", "time_ms": 5, "message_volume_normalized": 1.5,
-        "message_volume_label": None, "sentiment_normalized": None, "sentiment_label": None,
-        "fetched_at_ms": 6}
+        "symbol": "AAPL",
+        "zoom": "1D",
+        "time_ms": 5,
+        "message_volume_normalized": 1.5,
+        "message_volume_label": None,
+        "sentiment_normalized": None,
+        "sentiment_label": None,
+        "fetched_at_ms": 6,
+    }
     with pytest.raises(ValueError, match="not a Confluent Avro frame"):
         serde.decode(spec, b"\x01" + data[1:])
     with pytest.raises(Exception):  # noqa: B017 - fastavro's own error for a cut body

@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+
+from pulse.local.stack import LocalStack
 from pulse.processors.agents import CLOSED_AT_HEADER
 from pulse.processors.worker import prepare
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
-
-from pulse.local.stack import LocalStack
 from pulse.settings import Settings
 from tests.integration.test_processors_e2e import worker_settings
 from tests.integration.test_processors_recovery import events_in, ready, wait_windows
@@ -89,8 +89,12 @@ class LiveWriter(threading.Thread):
                 self.sent += 1
                 picked = sorted(set(rng.choices(SYMBOLS, k=rng.choice((1, 1, 2)))))
                 label = rng.choice(("Bullish", "Bearish", None))
-                self.writer.send(topics.MESSAGES, message_event(
-                    self.sent, int(time.time() * 1000), picked, rng.randrange(1, 40), label))
+                self.writer.send(
+                    topics.MESSAGES,
+                    message_event(
+                        self.sent, int(time.time() * 1000), picked, rng.randrange(1, 40), label
+                    ),
+                )
             self.writer.producer.flush(120)
         except BaseException as exc:  # noqa: BLE001 - reported by finish()
             self.error = exc
@@ -102,12 +106,19 @@ class LiveWriter(threading.Thread):
         assert len(self.writer.producer) == 0, "raw messages left undelivered"
 
 
-def volumes_with_close_times(settings: Settings, expected: int, timeout_s: float
-                             ) -> list[tuple[dict[str, Any], int]]:
+def volumes_with_close_times(
+    settings: Settings, expected: int, timeout_s: float
+) -> list[tuple[dict[str, Any], int]]:
     """(volume record, its ``pulse.closed_at_ms``), once ``expected`` records are read."""
     decode = Serde(settings).deserializer(topics.VOLUME)
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"read-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topics.VOLUME.full_name(settings)])
     out: list[tuple[dict[str, Any], int]] = []
     deadline = time.monotonic() + timeout_s
@@ -136,8 +147,10 @@ def raw_windows(settings: Settings, sent: int) -> dict[tuple[str, int], int]:
 
 def wait_for_kill_moment(not_before: float) -> None:
     """Until ``time.monotonic()`` is ``not_before`` or later, at a second in KILL_AT_SECOND."""
-    while (time.monotonic() < not_before
-           or not KILL_AT_SECOND[0] <= time.time() % 60 < KILL_AT_SECOND[1]):
+    while (
+        time.monotonic() < not_before
+        or not KILL_AT_SECOND[0] <= time.time() % 60 < KILL_AT_SECOND[1]
+    ):
         time.sleep(0.2)
 
 
@@ -145,11 +158,14 @@ def test_broker_killed_under_a_live_stream_closes_nothing_and_loses_nothing(
     private_broker: tuple[LocalStack, Settings], tmp_path: Path
 ) -> None:
     stack, base = private_broker
-    s = worker_settings(base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
-                        surge_window="")  # default grace and idle close
+    s = worker_settings(
+        base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m", surge_window=""
+    )  # default grace and idle close
     prepare(s)
-    stages = [WorkerProcess(s, tmp_path / f"{stage}.log", stage=stage).start()
-              for stage in ("fan-out", "signals")]
+    stages = [
+        WorkerProcess(s, tmp_path / f"{stage}.log", stage=stage).start()
+        for stage in ("fan-out", "signals")
+    ]
     writer = LiveWriter(s)
     try:
         assert wait_until(lambda: ready(s.web_port), 120), stages[1].log_tail()
@@ -175,14 +191,16 @@ def test_broker_killed_under_a_live_stream_closes_nothing_and_loses_nothing(
         writer.stopping.set()
         for p in stages:
             p.stop()
-    closed_in_outage = [(v["symbol"], v["window_start_ms"], at) for v, at in got
-                        if down_at <= at <= back_at]
+    closed_in_outage = [
+        (v["symbol"], v["window_start_ms"], at) for v, at in got if down_at <= at <= back_at
+    ]
     assert not closed_in_outage, f"closed while the broker was down: {closed_in_outage}"
     windows = {(v["symbol"], v["window_start_ms"]): v["message_count"] for v, _ in got}
     assert len(windows) == len(got), "a window was emitted twice"
     assert windows == expected, (  # the late events are read only to describe a failure
         f"{len(read_records(s, topics.LATE_EVENTS, idle_s=2, timeout_s=6))} late events; differ: "
-        f"{ {k: (windows.get(k), n) for k, n in expected.items() if windows.get(k) != n} }")
+        f"{ {k: (windows.get(k), n) for k, n in expected.items() if windows.get(k) != n} }"
+    )
     assert any(down_at <= start < back_at for _, start in windows), "no window in the outage"
 
 
@@ -202,8 +220,9 @@ def test_broker_killed_while_signals_is_busy(
     private_broker: tuple[LocalStack, Settings], tmp_path: Path
 ) -> None:
     stack, base = private_broker
-    s = worker_settings(base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
-                        surge_window="")
+    s = worker_settings(
+        base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m", surge_window=""
+    )
     prepare(s)
     writer = RawWriter(s)
     t0, expected = 1_767_225_600_000, defaultdict(int)
@@ -228,7 +247,8 @@ def test_broker_killed_while_signals_is_busy(
         assert wait_until(busy, 120, interval_s=0.1), signals_.log_tail()
         kill_kafka(stack)  # the signals stage is mid-backlog: a batch's records wait
         assert not wait_until(lambda: not all(p.alive() for p in stages), 25, interval_s=1), (
-            "\n".join(p.log_tail() for p in stages))
+            "\n".join(p.log_tail() for p in stages)
+        )
         stack.up(timeout_s=120, registry=False)
         got = wait_windows(s, len(expected), timeout_s=180)  # (a repeat is possible)
         assert all(p.alive() for p in stages), "\n".join(p.log_tail() for p in stages)

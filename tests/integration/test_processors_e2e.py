@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pulse.processors import detectors
 from pulse.processors.sentiment import wilson_interval
 from pulse.processors.worker import prepare
 from pulse.schemas import topics
-
 from pulse.settings import Settings
 from tests.conftest import records_in
 from tests.support.harness import (
@@ -55,12 +55,21 @@ def worker_settings(settings: Settings, tmp_path: Path, **changes: Any) -> Setti
 @pytest.fixture
 def e2e_settings(settings: Settings, tmp_path: Path) -> Settings:
     s = worker_settings(
-        settings, tmp_path,
-        raw_partitions=1, symbol_partitions=1,  # one partition: input order is the script's
-        windows="1m", hopping_windows="2m/1m", grace_ms=GRACE, idle_close_s=600.0,
+        settings,
+        tmp_path,
+        raw_partitions=1,
+        symbol_partitions=1,  # one partition: input order is the script's
+        windows="1m",
+        hopping_windows="2m/1m",
+        grace_ms=GRACE,
+        idle_close_s=600.0,
         raw_idle_ms=500,
-        spike_windows="1m", spike_warmup_windows=5, spike_min_count=8, spike_z=3.0,
-        spike_cooldown_windows=2, spike_alpha=0.2,
+        spike_windows="1m",
+        spike_warmup_windows=5,
+        spike_min_count=8,
+        spike_z=3.0,
+        spike_cooldown_windows=2,
+        spike_alpha=0.2,
         surge_window="",  # no hour-scale detector: the script spans minutes
     )
     prepare(s)
@@ -101,8 +110,12 @@ def script(writer: RawWriter) -> dict[str, Any]:
     # window 1: m4 destroyed while open; m5 destroyed after its window was emitted
     w(msg, message_event(4, T0 + M + 1_000, ["AAPL"], user_id=3, sentiment="Bullish"))
     w(msg, message_event(5, T0 + M + 20_000, ["AAPL", "TSLA"], user_id=4))
-    w(msg, message_event(4, T0 + M + 1_000, [], action="destroy", body=False,
-                         event_time_ms=T0 + M + 25_000))
+    w(
+        msg,
+        message_event(
+            4, T0 + M + 1_000, [], action="destroy", body=False, event_time_ms=T0 + M + 25_000
+        ),
+    )
     phase()
     w(msg, message_event(7, T0 + 2 * M + 5_000, ["AAPL"], user_id=6))  # watermark 2M-5s
     phase()
@@ -111,16 +124,24 @@ def script(writer: RawWriter) -> dict[str, Any]:
     w(msg, message_event(8, T0 + 2 * M + 15_000, ["AAPL"], user_id=7))  # closes window 1
     phase()
     w(msg, message_event(9, T0 + M + 30_000, ["AAPL"], user_id=8))  # beyond grace: late
-    w(msg, message_event(5, T0 + M + 20_000, [], action="destroy", body=False,
-                         event_time_ms=T0 + 2 * M + 16_000))
+    w(
+        msg,
+        message_event(
+            5, T0 + M + 20_000, [], action="destroy", body=False, event_time_ms=T0 + 2 * M + 16_000
+        ),
+    )
     writer.send_bytes(msg, b"bad", b"\x00not avro at all")
     # steady AAPL traffic, a 2-window burst, calm again
     next_id = 100
     counts = {2: 2, 3: 2, 4: 2, 5: 2, 6: 2, 7: 2, 8: 2, 9: 20, 10: 20, 11: 2, 12: 2}
     for window, n in counts.items():
         for i in range(n - (2 if window == 2 else 0)):  # window 2 already has m7, m8
-            w(msg, message_event(next_id, T0 + window * M + 30_000 + i * 100, ["AAPL"],
-                                 user_id=1000 + i))
+            w(
+                msg,
+                message_event(
+                    next_id, T0 + window * M + 30_000 + i * 100, ["AAPL"], user_id=1000 + i
+                ),
+            )
             next_id += 1
     # far in the future, another symbol: pushes the watermark past everything above
     w(msg, message_event(99_999, T0 + 3_600_000, ["ZZZZ"], user_id=9))
@@ -135,35 +156,62 @@ def test_scripted_events_give_exact_records(e2e_settings: Settings, worker: Work
     sentiments = read_records(
         e2e_settings, topics.SENTIMENT_WINDOWS, expected=len(volumes), timeout_s=30
     )
+
     # the spike, the late event and the dead letter were written before the last windows
     # (their input came first, or in the same batch): read every record those topics now hold
     def all_of(spec: topics.TopicSpec) -> list[dict[str, Any]]:
         held = records_in(e2e_settings, spec.full_name(e2e_settings))
         return read_records(e2e_settings, spec, expected=held, timeout_s=15)
 
-    spike_records, late, dead = all_of(topics.SPIKES), all_of(topics.LATE_EVENTS), all_of(
-        topics.DEAD_LETTER)
+    spike_records, late, dead = (
+        all_of(topics.SPIKES),
+        all_of(topics.LATE_EVENTS),
+        all_of(topics.DEAD_LETTER),
+    )
 
     def strip(rec: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in rec.items() if k != "emitted_at_ms"}
 
     one_minute = {
         (r["symbol"], r["window_start_ms"] - T0, r["revision"]): strip(r)
-        for r in volumes if r["window_size_ms"] == M
+        for r in volumes
+        if r["window_size_ms"] == M
     }
     # each (symbol, window size, advance, start, revision) exactly once
     keys = Counter(
-        (r["symbol"], r["window_size_ms"], r["window_advance_ms"], r["window_start_ms"],
-         r["revision"]) for r in volumes
+        (
+            r["symbol"],
+            r["window_size_ms"],
+            r["window_advance_ms"],
+            r["window_start_ms"],
+            r["revision"],
+        )
+        for r in volumes
     )
     assert max(keys.values()) == 1
 
-    def vol(symbol: str, start: int, count: int, users: int, bull: int, bear: int, unl: int,
-            revision: int = 0, size: int = M) -> dict[str, Any]:
+    def vol(
+        symbol: str,
+        start: int,
+        count: int,
+        users: int,
+        bull: int,
+        bear: int,
+        unl: int,
+        revision: int = 0,
+        size: int = M,
+    ) -> dict[str, Any]:
         return {
-            "symbol": symbol, "window_start_ms": T0 + start, "window_end_ms": T0 + start + size,
-            "window_size_ms": size, "window_advance_ms": M, "message_count": count,
-            "distinct_users": users, "bullish": bull, "bearish": bear, "unlabelled": unl,
+            "symbol": symbol,
+            "window_start_ms": T0 + start,
+            "window_end_ms": T0 + start + size,
+            "window_size_ms": size,
+            "window_advance_ms": M,
+            "message_count": count,
+            "distinct_users": users,
+            "bullish": bull,
+            "bearish": bear,
+            "unlabelled": unl,
             "revision": revision,
         }
 
@@ -185,7 +233,8 @@ def test_scripted_events_give_exact_records(e2e_settings: Settings, worker: Work
     # hopping 2m/1m: the whole two minutes, not the last step
     hop = {
         (r["symbol"], r["window_start_ms"] - T0, r["revision"]): r["message_count"]
-        for r in volumes if r["window_size_ms"] == 2 * M
+        for r in volumes
+        if r["window_size_ms"] == 2 * M
     }
     assert hop[("AAPL", 0, 0)] == 3 + 2
     assert hop[("AAPL", 0, 1)] == 3 + 1
@@ -221,13 +270,18 @@ def test_scripted_events_give_exact_records(e2e_settings: Settings, worker: Work
     verdicts = {}
     for window in range(0, 13):
         first = one_minute[("AAPL", window * M, 0)]
-        verdicts[window] = detectors.observe(state, T0 + window * M, M, first["message_count"],
-                                             first["distinct_users"], rule)
+        verdicts[window] = detectors.observe(
+            state, T0 + window * M, M, first["message_count"], first["distinct_users"], rule
+        )
     assert [w for w, v in verdicts.items() if v is not None] == [9]
     fields = verdicts[9].record_fields()  # type: ignore[union-attr]
     assert {k: spike[k] for k in fields} == pytest.approx(fields)
     assert (spike["kind"], spike["scored"], spike["count"], spike["distinct_users"]) == (
-        "BURST", "USERS", 20, 20)
+        "BURST",
+        "USERS",
+        20,
+        20,
+    )
     assert spike["sample_message_ids"] == sorted(spike["sample_message_ids"])
     assert len(spike["sample_message_ids"]) == 5
 

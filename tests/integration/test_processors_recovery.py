@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+
 from pulse.processors.worker import prepare
 from pulse.schemas import topics
 from pulse.schemas.serde import Serde
-
 from pulse.settings import Settings
 from tests.integration.test_processors_e2e import free_port, worker_settings
 from tests.support.harness import (
@@ -61,23 +61,31 @@ def scripted_input(n: int, seed: int, step_ms: int = 150) -> list[Row]:
 def expected_windows(rows: list[Row]) -> dict[tuple[str, int], dict[str, int]]:
     """(symbol, 1m window start) → the window's tallies, as an uninterrupted run emits them."""
     acc: dict[tuple[str, int], dict[str, Any]] = defaultdict(
-        lambda: {"message_count": 0, "bullish": 0, "bearish": 0, "unlabelled": 0,
-                 "users": set()})
+        lambda: {"message_count": 0, "bullish": 0, "bearish": 0, "unlabelled": 0, "users": set()}
+    )
     for _, t, syms, user, label in rows:
         for s in syms:
             w = acc[(s, t - t % M)]
             w["message_count"] += 1
             w[{"Bullish": "bullish", "Bearish": "bearish"}.get(label or "", "unlabelled")] += 1
             w["users"].add(user)
-    return {k: {**{f: v for f, v in w.items() if f != "users"}, "distinct_users": len(w["users"])}
-            for k, w in acc.items()}
+    return {
+        k: {**{f: v for f, v in w.items() if f != "users"}, "distinct_users": len(w["users"])}
+        for k, w in acc.items()
+    }
 
 
 def recovery_settings(settings: Settings, tmp_path: Path, **changes: Any) -> Settings:
     """1m windows only (the spike detector on them, no surge detector), default grace."""
     s = worker_settings(
-        settings, tmp_path, windows="1m", hopping_windows="", spike_windows="1m",
-        surge_window="", idle_close_s=IDLE_CLOSE_S, **changes,
+        settings,
+        tmp_path,
+        windows="1m",
+        hopping_windows="",
+        spike_windows="1m",
+        surge_window="",
+        idle_close_s=IDLE_CLOSE_S,
+        **changes,
     )
     prepare(s)
     return s
@@ -114,10 +122,13 @@ class StreamWriter(threading.Thread):
         assert self.error is None, repr(self.error)
 
 
-def read_windows(settings: Settings, want: dict[topics.TopicSpec, int],
-                 enough: Callable[[dict[str, list[dict[str, Any]]]], bool] = lambda _: True,
-                 idle_s: float = 3.0,
-                 timeout_s: float = 240.0) -> dict[str, list[dict[str, Any]]]:
+def read_windows(
+    settings: Settings,
+    want: dict[topics.TopicSpec, int],
+    enough: Callable[[dict[str, list[dict[str, Any]]]], bool] = lambda _: True,
+    idle_s: float = 3.0,
+    timeout_s: float = 240.0,
+) -> dict[str, list[dict[str, Any]]]:
     """Records of the ``want`` topics (read_committed, from the beginning) by topic name, read
     by one consumer until each topic holds its number of distinct windows (``KEY``) and
     ``enough(records so far)``, then until nothing new came for ``idle_s`` (a repeat or a late
@@ -127,9 +138,15 @@ def read_windows(settings: Settings, want: dict[topics.TopicSpec, int],
     need = {spec.full_name(settings): n for spec, n in want.items()}
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in need}
     seen: dict[str, set[tuple[Any, ...]]] = {name: set() for name in need}
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"read-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe(list(need))
     deadline = last = time.monotonic()
     deadline += timeout_s
@@ -150,15 +167,18 @@ def read_windows(settings: Settings, want: dict[topics.TopicSpec, int],
     return out
 
 
-def wait_windows(settings: Settings, n_windows: int, timeout_s: float = 240.0
-                 ) -> list[dict[str, Any]]:
+def wait_windows(
+    settings: Settings, n_windows: int, timeout_s: float = 240.0
+) -> list[dict[str, Any]]:
     """Every volume record, once at least ``n_windows`` distinct windows are out."""
     return read_windows(settings, {topics.VOLUME: n_windows}, timeout_s=timeout_s)[
-        topics.VOLUME.full_name(settings)]
+        topics.VOLUME.full_name(settings)
+    ]
 
 
-def wait_some_windows(settings: Settings, n: int, alive: Callable[[], bool],
-                      timeout_s: float = 180.0) -> None:
+def wait_some_windows(
+    settings: Settings, n: int, alive: Callable[[], bool], timeout_s: float = 180.0
+) -> None:
     """Block until at least ``n`` volume records are out (the pipeline is mid-run)."""
     name = topics.VOLUME.full_name(settings)
 
@@ -170,8 +190,12 @@ def wait_some_windows(settings: Settings, n: int, alive: Callable[[], bool],
     assert len(records[name]) >= n, "no windows came out"
 
 
-def check_outputs(volumes: list[dict[str, Any]], sentiments: list[dict[str, Any]],
-                  expected: dict[tuple[str, int], dict[str, int]], exactly_once: bool) -> None:
+def check_outputs(
+    volumes: list[dict[str, Any]],
+    sentiments: list[dict[str, Any]],
+    expected: dict[tuple[str, int], dict[str, int]],
+    exactly_once: bool,
+) -> None:
     for records in (volumes, sentiments):
         by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
         for r in records:
@@ -193,8 +217,9 @@ def check_outputs(volumes: list[dict[str, Any]], sentiments: list[dict[str, Any]
     assert len({(s["symbol"], s["window_start_ms"]) for s in sentiments}) == len(expected)
 
 
-def final_outputs(settings: Settings, expected: dict[tuple[str, int], dict[str, int]]
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def final_outputs(
+    settings: Settings, expected: dict[tuple[str, int], dict[str, int]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Volume, sentiment and late-event records once every expected window is out on both
     window topics and nothing new came for 3 s."""
     specs = (topics.VOLUME, topics.SENTIMENT_WINDOWS, topics.LATE_EVENTS)
@@ -216,8 +241,11 @@ def events_in(port: int) -> float:
     """pulse_events_in total from a signals worker's /metrics page."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("pulse_events_in_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pulse_events_in_total{")
+    )
 
 
 @pytest.fixture
@@ -243,7 +271,10 @@ TAKEOVER_RATE = 200.0
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 @pytest.mark.parametrize("killed", ["signals", "fan-out"])
 def test_sigkill_of_a_stage_mid_run_then_restart(
-    settings: Settings, tmp_path: Path, processes: list[WorkerProcess], killed: str,
+    settings: Settings,
+    tmp_path: Path,
+    processes: list[WorkerProcess],
+    killed: str,
     guarantee: str,
 ) -> None:
     s = recovery_settings(settings, tmp_path, processing_guarantee=guarantee)
@@ -294,8 +325,9 @@ def test_two_signals_workers_share_partitions_and_one_takes_over(
     writer = StreamWriter(base, rows, TAKEOVER_RATE)
     writer.start()
     # both take part: each has read input
-    assert wait_until(lambda: events_in(a.web_port) > 0 and events_in(b.web_port) > 0, 90), (
-        logs(processes))
+    assert wait_until(lambda: events_in(a.web_port) > 0 and events_in(b.web_port) > 0, 90), logs(
+        processes
+    )
     assert writer.written < len(rows) * 3 // 4, "the stream ended before the kill"
     wb.kill()
     writer.finish()

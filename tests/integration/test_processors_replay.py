@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pulse.processors.windows import WindowSpec, window_starts
 from pulse.producers.parse import cashtags
 from pulse.schemas import topics
-
 from pulse.settings import Settings
 from tests.conftest import records_in
 from tests.integration.test_processors_e2e import free_port
@@ -44,9 +44,13 @@ def default_settings(base: Settings, tmp_path: Path) -> Settings:
     """Nothing but what makes this run its own: topics, group, state, ports."""
     defaults = Settings()
     return base.replace(
-        topic_prefix=f"r{uuid.uuid4().hex[:8]}.", app_id=f"replay-{uuid.uuid4().hex[:8]}",
-        raw_partitions=defaults.raw_partitions, symbol_partitions=defaults.symbol_partitions,
-        state_dir=str(tmp_path / "state"), web_port=free_port(), fan_out_port=free_port(),
+        topic_prefix=f"r{uuid.uuid4().hex[:8]}.",
+        app_id=f"replay-{uuid.uuid4().hex[:8]}",
+        raw_partitions=defaults.raw_partitions,
+        symbol_partitions=defaults.symbol_partitions,
+        state_dir=str(tmp_path / "state"),
+        web_port=free_port(),
+        fan_out_port=free_port(),
         metrics_port=free_port(),
     )
 
@@ -98,8 +102,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def check_every_window(settings: Settings, expected: dict[Key, dict[str, int]],
-                       tmp_path: Path) -> None:
+def check_every_window(
+    settings: Settings, expected: dict[Key, dict[str, int]], tmp_path: Path
+) -> None:
     volumes = read_records(settings, topics.VOLUME, expected=len(expected), timeout_s=420)
     log = (tmp_path / "worker.log").read_text(errors="replace")[-3_000:]
     got = windows_of(volumes)
@@ -107,7 +112,8 @@ def check_every_window(settings: Settings, expected: dict[Key, dict[str, int]],
     extra = sorted(set(got) - set(expected))
     assert not missing and not extra, (
         f"{len(got)} of {len(expected)}; missing {len(missing)}, e.g. {missing[:5]}; "
-        f"unexpected {len(extra)}, e.g. {extra[:5]}\n{log}")
+        f"unexpected {len(extra)}, e.g. {extra[:5]}\n{log}"
+    )
     wrong = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
     assert not wrong, f"{len(wrong)} windows differ, e.g. {list(wrong.items())[:3]}"
     # nothing late: a late event is written while its input is processed, and the last windows
@@ -126,8 +132,15 @@ def aal_messages() -> list[tuple[str, int, int, int, str | None]]:
         created = datetime.strptime(row["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         label = row["bear_bull_tag"] if row["bear_bull_tag"] in ("Bullish", "Bearish") else None
         for symbol in cashtags(row["text"]) or ["AAL"]:
-            out.append((symbol, int(row["message_id"]), int(created.timestamp() * 1000),
-                        int(row["user_id"]), label))
+            out.append(
+                (
+                    symbol,
+                    int(row["message_id"]),
+                    int(created.timestamp() * 1000),
+                    int(row["user_id"]),
+                    label,
+                )
+            )
     return out
 
 
@@ -138,8 +151,13 @@ def test_pulse_produce_replay_of_real_history_with_default_settings_is_exact(
     messages = aal_messages()
     assert len({m[1] for m in messages}) == 14_104
     env = {**os.environ, **settings_env(replay_settings)}
-    done = subprocess.run([PULSE, "produce", "replay", str(AAL), "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [PULSE, "produce", "replay", str(AAL), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     check_every_window(replay_settings, tally(messages), tmp_path)
     assert worker.poll() is None

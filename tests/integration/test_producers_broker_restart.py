@@ -11,12 +11,12 @@ import time
 from collections import Counter
 
 import pytest
+
+from pulse.local.stack import LocalStack
 from pulse.producers.firehose import STREAM, FirehoseClient, Resume
 from pulse.producers.publish import Publisher
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, SOCIAL
-
-from pulse.local.stack import LocalStack
 from pulse.settings import Settings
 from tests.conftest import consume, records_in
 from tests.integration.test_producers_firehose import fake_settings, fast_backoff

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 
+from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.support.stocktwits_server import FakeStocktwits, message, message_events

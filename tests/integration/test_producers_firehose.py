@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from pulse.backoff import Backoff
 from pulse.producers.firehose import (
     SENTIMENT,
     SEQ_HEADER,
@@ -27,8 +29,6 @@ from pulse.producers.upstream import FatalUpstreamError
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, LIKES, MESSAGES, RAW_SENTIMENT, SOCIAL
-
-from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.support.stocktwits_server import FakeStocktwits, envelope, message, message_events

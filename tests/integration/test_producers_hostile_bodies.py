@@ -11,14 +11,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from pulse.backoff import Backoff
 from pulse.producers.parse import MAX_PAYLOAD_BYTES
 from pulse.producers.pollers import ChartPoller, Http, RestPoller, TrendingPoller
 from pulse.producers.publish import Publisher
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
-
-from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.support.stocktwits_server import BOMB_INFLATED_BYTES, FakeStocktwits, message

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from pulse.backoff import Backoff
 from pulse.producers.parse import chart_key
 from pulse.producers.pollers import (
     ChartPoller,
@@ -24,8 +26,6 @@ from pulse.producers.upstream import FatalUpstreamError
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES, SENTIMENT_CHART, TRENDING
-
-from pulse.backoff import Backoff
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.support.data import API_JSON

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from pulse.producers import parse
 from pulse.producers.publish import Publisher
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
-
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE, envelope

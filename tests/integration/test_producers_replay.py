@@ -11,12 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from pulse.producers.publish import Publisher
 from pulse.producers.replay import load, replay
 from pulse.schemas.admin import ensure_topics
 from pulse.schemas.serde import Serde
 from pulse.schemas.topics import DEAD_LETTER, MESSAGES
-
 from pulse.settings import Settings
 from tests.conftest import consume
 from tests.support.data import API_JSON, COLLECTOR, HISTORY

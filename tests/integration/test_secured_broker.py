@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulse.schemas import topics
-from pulse.schemas.admin import ensure_topics
 
 from pulse.local import tls
 from pulse.local.stack import LocalStack, SaslSsl, free_port, free_ports
+from pulse.schemas import topics
+from pulse.schemas.admin import ensure_topics
 from pulse.settings import Settings
 from tests.integration.test_consumers import M, Webhook, publish, spike
 from tests.support.harness import read_records, settings_env

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulse.processors import detectors
-from pulse.schemas import topics
 
 from bench import evaluate
+from pulse.processors import detectors
+from pulse.schemas import topics
 from pulse.settings import Settings
 from tests.integration.test_processors_replay import (
     AAL,
@@ -34,14 +34,24 @@ pytestmark = [
 Alert = tuple[Any, ...]
 
 
-def alert_key(symbol: str, start_ms: int, size_ms: int, v: dict[str, Any],
-              approx: bool = False) -> Alert:
+def alert_key(
+    symbol: str, start_ms: int, size_ms: int, v: dict[str, Any], approx: bool = False
+) -> Alert:
     """What must agree between the evaluation and the pipeline (floats to 1e-9 when
     ``approx``: the expected side)."""
     floats = [v["scored_count"], v["expected_count"], v["p_value"]]
-    return (symbol, start_ms, size_ms, v["kind"], v["count"], v["distinct_users"], v["scored"],
-            v["span_ms"], v["severity"],
-            *(pytest.approx(f, rel=1e-9) if approx else f for f in floats))
+    return (
+        symbol,
+        start_ms,
+        size_ms,
+        v["kind"],
+        v["count"],
+        v["distinct_users"],
+        v["scored"],
+        v["span_ms"],
+        v["severity"],
+        *(pytest.approx(f, rel=1e-9) if approx else f for f in floats),
+    )
 
 
 def predicted(rule: detectors.DetectorRule) -> list[Alert]:
@@ -73,13 +83,19 @@ def test_replayed_history_gives_the_spikes_the_evaluation_predicts(
     data = evaluate.load(tmp_path / "history")
     by_command = evaluate.run(evaluate.tally(data["AAL"], [300_000, 3_600_000]), rule)
     assert [(e, v.kind.value) for e, v in by_command] == [
-        (a[1] + a[2], a[3]) for a in expected if a[0] == "AAL"]
+        (a[1] + a[2], a[3]) for a in expected if a[0] == "AAL"
+    ]
     found = evaluate.summarise("AAL", data["AAL"], by_command).found
     assert all(found.values()) and len(found) == 2, found  # both earnings mornings
 
     env = {**os.environ, **settings_env(replay_settings)}
-    done = subprocess.run([PULSE, "produce", "replay", str(AAL), "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [PULSE, "produce", "replay", str(AAL), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # every window closed, exact, nothing late: then every spike has been published
     check_every_window(replay_settings, tally(aal_messages()), tmp_path)
@@ -88,7 +104,9 @@ def test_replayed_history_gives_the_spikes_the_evaluation_predicts(
         (alert_key(r["symbol"], r["window_start_ms"], r["window_size_ms"], r) for r in records),
         key=lambda a: (a[1], a[2], a[0]),
     )
-    print(f"\n{len(got)} spikes from the pipeline, {len(expected)} predicted: "
-          + ", ".join(f"{a[0]} {a[3]} {a[1]}" for a in got))
+    print(
+        f"\n{len(got)} spikes from the pipeline, {len(expected)} predicted: "
+        + ", ".join(f"{a[0]} {a[3]} {a[1]}" for a in got)
+    )
     assert got == expected
     assert worker.poll() is None

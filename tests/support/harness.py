@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
-from pulse.schemas import topics
-from pulse.schemas.serde import Serde
-from pulse.schemas.topics import TopicSpec
 
 from pulse import kafka
 from pulse.lifecycle import Child
+from pulse.schemas import topics
+from pulse.schemas.serde import Serde
+from pulse.schemas.topics import TopicSpec
 from pulse.settings import PREFIX, Settings
 
 

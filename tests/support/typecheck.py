@@ -44,9 +44,20 @@ def main() -> int:
     tree = ROOT / ".mypy_cache" / "tree"
     mirror(tree)
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-         "--cache-dir", str(ROOT / ".mypy_cache"), "-p", "pulse"],
-        cwd=tree, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "-p",
+            "pulse",
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
     )
     print(repository_paths(done.stdout), done.stderr, sep="\n" if done.stderr else "")
     return done.returncode
@@ -55,15 +66,17 @@ def main() -> int:
 def repository_paths(report: str) -> str:
     """mypy's lines with the mirror's paths (pulse/processors/x.py) as the repository's."""
     prefixes = sorted(
-        ((name.replace(".", "/") + "/", folder.relative_to(ROOT).as_posix() + "/")
-         for name, folder in package_dirs().items()),
+        (
+            (name.replace(".", "/") + "/", folder.relative_to(ROOT).as_posix() + "/")
+            for name, folder in package_dirs().items()
+        ),
         key=lambda pair: -len(pair[0]),
     )
     lines = []
     for line in report.splitlines():
         for mirrored, real in prefixes:
             if line.startswith(mirrored):
-                line = real + line[len(mirrored):]
+                line = real + line[len(mirrored) :]
                 break
         lines.append(line)
     return "\n".join(lines)

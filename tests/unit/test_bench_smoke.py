@@ -32,4 +32,6 @@ def test_windows_with_data_counts_every_window_holding_a_pane(bench: ModuleType)
     # 1m: A 3, B 1. Hopping: A's first two panes share their 12 windows, the third adds one
     # (12 each, 11 shared); B 12
     assert bench.windows_with_data(panes, specs) == {
-        f"{minute}/{minute}": 4, f"{hour}/{5 * minute}": 13 + 12}
+        f"{minute}/{minute}": 4,
+        f"{hour}/{5 * minute}": 13 + 12,
+    }

@@ -151,9 +151,8 @@ def test_a_wrong_option_is_one_usage_error_exit_2(
 def test_the_fan_out_batch_size_help_names_the_real_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pulse.processors.fanout import BATCH_SIZE
-
     from pulse import cli
+    from pulse.processors.fanout import BATCH_SIZE
 
     with pytest.raises(SystemExit):
         cli.main(["worker", "--help"])

@@ -121,8 +121,7 @@ def test_floors_never_run_back_down() -> None:
     wrong = [
         f"{rel}:{line}: {module} ({floor(module)}) imports {imported} ({floor(imported)})"
         for rel, line, module, imported in IMPORTS
-        if (target := floor(imported)) is not None
-        and not may_import(floor(module) or "", target)
+        if (target := floor(imported)) is not None and not may_import(floor(module) or "", target)
     ]
     assert not wrong, "\n".join(wrong)
 

@@ -64,8 +64,13 @@ def test_each_pulse_command_parses(command: str) -> None:
 @pytest.mark.parametrize("command", BENCH)
 def test_each_benchmark_command_has_its_options(command: str) -> None:
     module, *args = shlex.split(command)[2:]
-    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     for option in (a for a in args if a.startswith("--")):
         assert option in done.stdout, f"{module} has no {option}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pulse.schemas.serde import HTTP_LOGGERS, RedactUrls
 
+from pulse.schemas.serde import HTTP_LOGGERS, RedactUrls
 from pulse.settings import Settings, redact_url
 
 

@@ -273,6 +273,7 @@ def test_render_shows_the_waiting_line() -> None:
 
 # --- signals v2: per-user ratio, cold symbols, the detector that fired ------------------------
 
+
 def sent2(symbol: str, start: int, ratio: float | None, user_ratio: float | None,
           warm: bool | None, low: float | None = None, high: float | None = None,
           size: int = M) -> dict[str, Any]:  # fmt: skip
@@ -283,8 +284,15 @@ def sent2(symbol: str, start: int, ratio: float | None, user_ratio: float | None
 
 
 def surge(symbol: str, end: int, span: int, users: float) -> dict[str, Any]:
-    return {**spike(symbol, end - M), "kind": "SURGE", "scored": "USERS",
-            "scored_count": users, "span_ms": span, "distinct_users": 12, "count": 20}
+    return {
+        **spike(symbol, end - M),
+        "kind": "SURGE",
+        "scored": "USERS",
+        "scored_count": users,
+        "span_ms": span,
+        "distinct_users": 12,
+        "count": 20,
+    }
 
 
 def test_rows_carry_both_ratios_and_whether_the_symbol_is_cold() -> None:
@@ -296,8 +304,7 @@ def test_rows_carry_both_ratios_and_whether_the_symbol_is_cold() -> None:
         (VOLUME, vol("LAG", 10 * M, 9)), (SENTIMENT, sent2("LAG", 9 * M, 0.5, 0.5, False)),
     ])  # fmt: skip
     rows = {r.symbol: r for r in top_rows(board)}
-    assert (rows["NEW"].bullish_ratio, rows["NEW"].user_ratio, rows["NEW"].cold) == (
-        0.8, 0.5, True)
+    assert (rows["NEW"].bullish_ratio, rows["NEW"].user_ratio, rows["NEW"].cold) == (0.8, 0.5, True)
     assert (rows["NEW"].user_low, rows["NEW"].user_high) == (0.1, 0.9)
     assert (rows["OLD"].user_ratio, rows["OLD"].cold) == (0.25, False)
     assert (rows["V1"].user_ratio, rows["V1"].cold) == (None, False)  # cannot tell: not cold
@@ -323,8 +330,10 @@ def test_render_shows_both_ratios_cold_symbols_and_the_detector_that_fired() -> 
     assert "00:20:00 3h" in surge_row  # the 3 hours tested, ending at the window's end
     old = next(line for line in text.splitlines() if "$OLDREC" in line)
     assert "BURST" in old and "40 msgs" in old  # a v1 record: messages, its own window
-    warm_only = fold_all(Board(window_ms=M), [
-        (VOLUME, vol("AAPL", 0, 1)), (SENTIMENT, sent2("AAPL", 0, None, None, True))])
+    warm_only = fold_all(
+        Board(window_ms=M),
+        [(VOLUME, vol("AAPL", 0, 1)), (SENTIMENT, sent2("AAPL", 0, None, None, True))],
+    )
     console = Console(width=200, record=True, color_system=None)
     console.print(render(warm_only))
     assert "cold" not in console.export_text()
@@ -340,9 +349,18 @@ def test_snapshot_has_the_new_row_and_spike_fields() -> None:
     snap = json.loads(json.dumps(snapshot(board)))
     row = snap["rows"][0]
     assert (row["user_ratio"], row["user_low"], row["user_high"], row["cold"]) == (
-        0.5, 0.1, 0.9, True)
+        0.5,
+        0.1,
+        0.9,
+        True,
+    )
     s = snap["spikes"][0]
     assert (s["kind"], s["scored"], s["scored_text"], s["window_text"], s["span_ms"]) == (
-        "SURGE", "USERS", "36 users", "00:08:00 3m", 3 * M)
+        "SURGE",
+        "USERS",
+        "36 users",
+        "00:08:00 3m",
+        3 * M,
+    )
     old = json.loads(json.dumps(snapshot(fold(board, SPIKES, spike("X", 0)))))["spikes"][-1]
     assert (old["kind"], old["scored"], old["scored_text"]) == ("BURST", "MESSAGES", "40 msgs")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from pulse.processors.app import window_config
 from pulse.processors.detectors import Scored
 from pulse.processors.windows import WindowSpec
-
 from pulse.settings import Settings
 
 M, H = 60_000, 3_600_000
@@ -22,8 +22,15 @@ def test_defaults_score_five_minute_bursts_and_hourly_surges_of_distinct_users()
 
 
 def test_settings_reach_the_rule() -> None:
-    cfg = window_config(Settings(spike_windows="1m", spike_z=3.0, spike_scored="messages",
-                                 surge_p=1e-7, surge_warmup_days=2))
+    cfg = window_config(
+        Settings(
+            spike_windows="1m",
+            spike_z=3.0,
+            spike_scored="messages",
+            surge_p=1e-7,
+            surge_warmup_days=2,
+        )
+    )
     assert cfg.rule is not None and cfg.rule.burst_sizes_ms == (M,)
     assert (cfg.rule.burst.z, cfg.rule.scored) == (3.0, Scored.MESSAGES)
     assert (cfg.rule.surge.p, cfg.rule.surge.warmup_days) == (1e-7, 2)
@@ -44,7 +51,8 @@ def test_no_surge_detector_when_its_window_is_empty() -> None:
         ({"surge_spans": "1h,90m"}, "multiple of it"),
     ],
 )
-def test_detector_windows_that_cannot_be_scored_are_refused(changes: dict[str, str],
-                                                             message: str) -> None:
+def test_detector_windows_that_cannot_be_scored_are_refused(
+    changes: dict[str, str], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         window_config(Settings(**changes))

@@ -5,6 +5,7 @@ from typing import Any
 
 import fastavro
 import pytest
+
 from pulse.processors.batching import BatchBuilder, MarksLedger, columns, partition_records
 from pulse.processors.mentions import (
     ANY_SYMBOL,
@@ -20,19 +21,29 @@ from pulse.schemas.serde import load_schema
 SYMS = ["AAPL", "TSLA", "SPY", "NVDA", "BTC.X", "GME", "AMC", "F", "QQQ"]
 
 
-def message(mid: int, syms: list[str], action: str = "create", body: bool = True,
-            t: int = 1_000) -> dict[str, Any]:
+def message(
+    mid: int, syms: list[str], action: str = "create", body: bool = True, t: int = 1_000
+) -> dict[str, Any]:
     msg = None
     if body:
-        msg = {"id": mid, "created_at_ms": t, "user": {"id": mid % 7 + 1},
-               "symbols": [{"symbol": s} for s in syms],
-               "sentiment": random.choice([None, "Bullish", "Bearish"])}
+        msg = {
+            "id": mid,
+            "created_at_ms": t,
+            "user": {"id": mid % 7 + 1},
+            "symbols": [{"symbol": s} for s in syms],
+            "sentiment": random.choice([None, "Bullish", "Bearish"]),
+        }
     return {"action": action, "message_id": mid, "event_time_ms": t + 3, "message": msg}
 
 
 def sentiment(mid: int, syms: list[str], t: int = 2_000) -> dict[str, Any]:
-    return {"message_id": mid, "user_id": None, "created_at_ms": t, "sentiment_score": 0.25,
-            "symbols": [{"symbol": s} for s in syms]}
+    return {
+        "message_id": mid,
+        "user_id": None,
+        "created_at_ms": t,
+        "sentiment_score": 0.25,
+        "symbols": [{"symbol": s} for s in syms],
+    }
 
 
 def events(n: int, seed: int = 3) -> list[tuple[str, dict[str, Any]]]:
@@ -66,8 +77,11 @@ def test_builder_gives_exactly_the_mentions_of_the_pure_functions(partitions: in
             assert builder.add_sentiment(event) == event["created_at_ms"]
             mentions = mentions_of_sentiment(event)
         for m in mentions:
-            targets = (range(partitions) if m.symbol == ANY_SYMBOL
-                       else [symbol_partition(m.symbol, partitions)])
+            targets = (
+                range(partitions)
+                if m.symbol == ANY_SYMBOL
+                else [symbol_partition(m.symbol, partitions)]
+            )
             for p in targets:
                 expected[p].append(m)
     got = [from_columns(columns(rows)) for rows in builder.rows]

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+
 from pulse.processors import detectors, surges
 from pulse.processors.detectors import Detection, DetectorRule, DetectorState, Kind, Scored
 
@@ -46,8 +47,10 @@ def traffic(rng: random.Random, sym: Symbol, days: int) -> list[tuple[int, int]]
     at the top of the hour (a jump would be a genuine burst for the fast detector).
     """
     out = []
-    factors = [1.0 if sym.size is None else rng.gammavariate(sym.size, 1 / sym.size)
-               for _ in range(days * 24 + 1)]
+    factors = [
+        1.0 if sym.size is None else rng.gammavariate(sym.size, 1 / sym.size)
+        for _ in range(days * 24 + 1)
+    ]
     for hour_index in range(days * 24):
         hour_start = T0 + hour_index * HOUR
         weekend = (hour_start // DAY + 3) % 7 >= 5
@@ -110,11 +113,15 @@ def test_synthetic_month_pairs_few_false_alerts_and_every_injected_event_fires_o
             if not in_event:
                 false_alerts.append((i, a_start, v.kind))
         if event is not None:
-            hits[event].append(sum(
-                1 for a_start, v in alerts
-                if v.kind is kind and start <= a_start + v.span_ms - 1 and a_start < start + span
-                + 6 * HOUR
-            ))
+            hits[event].append(
+                sum(
+                    1
+                    for a_start, v in alerts
+                    if v.kind is kind
+                    and start <= a_start + v.span_ms - 1
+                    and a_start < start + span + 6 * HOUR
+                )
+            )
     assert len(false_alerts) <= 4, false_alerts
     assert hits == {k: [1] * len(v) for k, v in hits.items()}, hits
 
@@ -208,8 +215,10 @@ def test_state_survives_a_json_round_trip_mid_stream() -> None:
     hourly: dict[int, int] = {}
     for s, c in counts:
         hourly[s - s % HOUR] = hourly.get(s - s % HOUR, 0) + c
-    windows = sorted([(s, FIVE_MIN, c) for s, c in counts] + [(s, HOUR, c) for s, c in
-                      hourly.items()], key=lambda w: (w[0] + w[1], w[1]))
+    windows = sorted(
+        [(s, FIVE_MIN, c) for s, c in counts] + [(s, HOUR, c) for s, c in hourly.items()],
+        key=lambda w: (w[0] + w[1], w[1]),
+    )
     for n, (s, size, c) in enumerate(windows):
         if n == half:
             state = DetectorState.from_json(json.loads(json.dumps(state.to_json())))
@@ -233,12 +242,31 @@ def test_windows_no_detector_scores_return_none() -> None:
 
 
 def test_verdict_fields_fill_a_spike_record() -> None:
-    v = Detection(Kind.SURGE, 40.0, 4.0, 1e-9, 6.0, 10.0, detectors.Severity.MEDIUM,
-                Scored.USERS, 3 * HOUR, 55, 40)
+    v = Detection(
+        Kind.SURGE,
+        40.0,
+        4.0,
+        1e-9,
+        6.0,
+        10.0,
+        detectors.Severity.MEDIUM,
+        Scored.USERS,
+        3 * HOUR,
+        55,
+        40,
+    )
     assert v.record_fields() == {
-        "kind": "SURGE", "count": 55, "distinct_users": 40, "scored": "USERS",
-        "scored_count": 40.0, "expected_count": 4.0, "span_ms": 3 * HOUR, "score": 6.0,
-        "p_value": 1e-9, "ratio": 10.0, "severity": "MEDIUM",
+        "kind": "SURGE",
+        "count": 55,
+        "distinct_users": 40,
+        "scored": "USERS",
+        "scored_count": 40.0,
+        "expected_count": 4.0,
+        "span_ms": 3 * HOUR,
+        "score": 6.0,
+        "p_value": 1e-9,
+        "ratio": 10.0,
+        "severity": "MEDIUM",
     }
 
 
@@ -246,15 +274,28 @@ def _direct_nb_sf(k: int, mean: float, disp: float) -> float:
     r = 1 / disp
     q = mean / (mean + r)
     return 1 - sum(
-        math.exp(math.lgamma(j + r) - math.lgamma(r) - math.lgamma(j + 1)
-                 + r * math.log1p(-q) + j * math.log(q))
+        math.exp(
+            math.lgamma(j + r)
+            - math.lgamma(r)
+            - math.lgamma(j + 1)
+            + r * math.log1p(-q)
+            + j * math.log(q)
+        )
         for j in range(k)
     )
 
 
 @pytest.mark.parametrize(
-    "k, mean, disp", [(1, 3.0, 0.5), (10, 3.0, 0.5), (50, 10.0, 0.5), (30, 10.0, 0.1),
-                      (5, 5.0, 0.001), (3, 0.2, 0.3), (40, 12.0, 2.0)],
+    "k, mean, disp",
+    [
+        (1, 3.0, 0.5),
+        (10, 3.0, 0.5),
+        (50, 10.0, 0.5),
+        (30, 10.0, 0.1),
+        (5, 5.0, 0.001),
+        (3, 0.2, 0.3),
+        (40, 12.0, 2.0),
+    ],
 )
 def test_nb_tail_matches_the_summed_pmf(k: int, mean: float, disp: float) -> None:
     assert math.exp(surges.nb_log_sf(k, mean, disp)) == pytest.approx(
@@ -266,8 +307,9 @@ def test_nb_tail_far_out_and_its_score() -> None:
     log_p = surges.nb_log_sf(100, 20.0, 0.01)
     assert -70 < log_p < -55  # ≈ 1e-27: summing the pmf would lose it to rounding
     assert surges.z_of_log_p(math.log(1e-6)) == pytest.approx(4.753424, abs=1e-5)
-    assert surges.z_of_log_p(-3000.0) == pytest.approx(math.sqrt(6000 - math.log(6000 * 2 *
-                                                       math.pi)), rel=1e-3)
+    assert surges.z_of_log_p(-3000.0) == pytest.approx(
+        math.sqrt(6000 - math.log(6000 * 2 * math.pi)), rel=1e-3
+    )
 
 
 def test_hand_written_to_json_is_asdict_and_cached_until_observe() -> None:

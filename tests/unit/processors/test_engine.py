@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+
 from pulse.processors import detectors
 from pulse.processors.engine import Batch, Outputs, PartitionEngine
 from pulse.processors.mentions import ANY_SYMBOL, Mention, MentionKind
@@ -20,13 +21,15 @@ def mention(message_id: int, t: int, symbol: str = "AAPL") -> Mention:
     return Mention(MentionKind.MESSAGE, symbol, message_id, t, message_id, None)
 
 
-def mark(event_ms: int, partition: int = 0, idle: bool = False, quiet: bool = False
-         ) -> ReadProgress:
+def mark(
+    event_ms: int, partition: int = 0, idle: bool = False, quiet: bool = False
+) -> ReadProgress:
     return ReadProgress("raw", partition, 0, event_ms, idle, quiet)
 
 
-def feed(engine: PartitionEngine, m: Mention, trigger_ms: int, now_ms: int, offset: int = -1
-         ) -> Outputs:
+def feed(
+    engine: PartitionEngine, m: Mention, trigger_ms: int, now_ms: int, offset: int = -1
+) -> Outputs:
     """One mention as a batch from a single raw partition read in event-time order (the
     mark is the highest event time read so far)."""
     seen = engine.clock.marks.get(("raw", 0))
@@ -40,7 +43,9 @@ def test_watermark_of_one_symbol_closes_windows_of_the_others() -> None:
     feed(engine, mention(2, 2_000, "TSLA"), trigger_ms=12, now_ms=0)
     out = feed(engine, mention(3, M + 5_000, "NVDA"), trigger_ms=13, now_ms=0)
     assert sorted((v["symbol"], v["message_count"]) for v in out.volumes) == [
-        ("AAPL", 1), ("TSLA", 1)]
+        ("AAPL", 1),
+        ("TSLA", 1),
+    ]
     assert {v["emitted_at_ms"] for v in out.volumes} == {13}
     assert out.changed == {"AAPL", "TSLA", "NVDA"}
 
@@ -69,7 +74,8 @@ def test_watermark_waits_for_the_slowest_raw_partition_unless_it_is_idle() -> No
     # partition 1 is read on to 2.5 min: minute 0 closes, minutes after it wait
     out = engine.on_batch(Batch([mention(3, 2 * M + 30_000)], [mark(150_000, 1)], 2), 3, 0)
     assert [v["window_start_ms"] for v in out.volumes] == [0, M] or [
-        v["window_start_ms"] for v in out.volumes] == [0]
+        v["window_start_ms"] for v in out.volumes
+    ] == [0]
     assert engine.watermark_ms == 150_000 - CFG.grace_ms
     # partition 1 caught up and idle: the newest event time read anywhere counts
     out = engine.on_batch(Batch([], [mark(150_000, 1, idle=True)], 2), 4, 0)
@@ -94,7 +100,9 @@ def test_destroy_without_body_retracts_from_every_symbol_that_counted_it() -> No
     feed(engine, bodyless, 3, 0)
     out = feed(engine, mention(9, M + 6_000, "NVDA"), 4, 0)
     assert sorted((v["symbol"], v["message_count"]) for v in out.volumes) == [
-        ("AAPL", 1), ("TSLA", 0)]
+        ("AAPL", 1),
+        ("TSLA", 0),
+    ]
 
 
 def test_destroy_without_body_before_its_create_keeps_the_create_out() -> None:
@@ -138,15 +146,17 @@ def test_correction_goes_out_with_the_retraction() -> None:
     retraction = Mention(MentionKind.RETRACTION, "AAPL", 1, 1_000, 1, None)
     out = feed(engine, retraction, 4, 0)
     assert [(v["window_start_ms"], v["message_count"], v["revision"]) for v in out.volumes] == [
-        (0, 1, 1)]
+        (0, 1, 1)
+    ]
     assert out.corrections == 1
 
 
 def test_replay_after_crash_re_emits_identical_records() -> None:
     """Rows persisted up to offset 14, offsets committed up to 5: a restart replays 5..19."""
     # marks are kept for the revision horizon, which must outlast the uncommitted input
-    cfg = WindowConfig(specs=(WindowSpec(M, M), WindowSpec(2 * M, M)), grace_ms=5_000,
-                       revision_horizon_ms=10 * M)
+    cfg = WindowConfig(
+        specs=(WindowSpec(M, M), WindowSpec(2 * M, M)), grace_ms=5_000, revision_horizon_ms=10 * M
+    )
     inputs = [mention(i, i * 20_000, "AAPL" if i % 3 else "TSLA") for i in range(20)]
     live = PartitionEngine(cfg)
     outputs: dict[int, list[dict[str, object]]] = {}
@@ -162,12 +172,15 @@ def test_replay_after_crash_re_emits_identical_records() -> None:
         offset: feed(restarted, inputs[offset], 1_000 + offset, 0, offset).volumes
         for offset in range(5, 20)
     }
+
     def by_window(records: list[dict[str, object]]) -> list[dict[str, object]]:
-        return sorted(records, key=lambda r: (r["symbol"], r["window_size_ms"],
-                                              r["window_start_ms"]))  # type: ignore[return-value]
+        return sorted(
+            records, key=lambda r: (r["symbol"], r["window_size_ms"], r["window_start_ms"])
+        )  # type: ignore[return-value]
 
     assert {o: by_window(v) for o, v in replayed.items()} == {
-        o: by_window(outputs[o]) for o in range(5, 20)}
+        o: by_window(outputs[o]) for o in range(5, 20)
+    }
     assert any(replayed[o] for o in range(5, 15))  # the replayed part did emit windows
 
 
@@ -198,7 +211,8 @@ def test_rows_written_per_batch_rebuild_the_same_engine() -> None:
     # the horizon of one minute dropped old panes: their rows were deleted, not left behind
     chunk_rows = [k for k in table if "\t" in k]
     assert len({k.rsplit("\t", 1)[0] for k in chunk_rows}) == sum(
-        len(s.panes) for s in live.states.values())
+        len(s.panes) for s in live.states.values()
+    )
     assert len(chunk_rows) == sum(p.chunks for s in live.states.values() for p in s.panes.values())
     # a batch (70 s) writes, per symbol, a chunk of the (at most 2) panes it touched, the
     # tombstones of a dropped pane's chunks and its meta row, plus the partition's row:
@@ -211,9 +225,13 @@ def test_crash_between_pane_and_meta_rows_loses_nothing() -> None:
     windows and re-applies the batch's mentions, and the counts come out whole."""
     inputs = [mention(i, i * 4_000, "AAPL") for i in range(30)]  # 2 min of AAPL
     uninterrupted = PartitionEngine(CFG)
-    expected = {o: [(v["window_start_ms"], v["message_count"])
-                    for v in feed(uninterrupted, m, 1_000 + o, 0, o).volumes]
-                for o, m in enumerate(inputs)}
+    expected = {
+        o: [
+            (v["window_start_ms"], v["message_count"])
+            for v in feed(uninterrupted, m, 1_000 + o, 0, o).volumes
+        ]
+        for o, m in enumerate(inputs)
+    }
     live = PartitionEngine(CFG)
     table: dict[str, object] = {}
     for offset, m in enumerate(inputs[:20]):
@@ -223,9 +241,13 @@ def test_crash_between_pane_and_meta_rows_loses_nothing() -> None:
     panes_only = [(k, r) for k, r in live.persist(0) if "\t" in k]  # crash before the meta
     _apply(table, panes_only)
     restarted = PartitionEngine.from_rows(CFG, table.items())
-    replayed = {o: [(v["window_start_ms"], v["message_count"])  # committed up to offset 9
-                    for v in feed(restarted, inputs[o], 1_000 + o, 0, o).volumes]
-                for o in range(10, 30)}
+    replayed = {
+        o: [
+            (v["window_start_ms"], v["message_count"])  # committed up to offset 9
+            for v in feed(restarted, inputs[o], 1_000 + o, 0, o).volumes
+        ]
+        for o in range(10, 30)
+    }
     assert replayed == {o: expected[o] for o in range(10, 30)}
     assert (0, 15) in replayed[17]  # the first minute, whole, closed in the replayed part
 
@@ -247,10 +269,20 @@ def test_crash_anywhere_then_replay_from_an_older_commit_loses_nothing(seed: int
     rng = random.Random(seed)
     cfg = WindowConfig(specs=(WindowSpec(M, M),), grace_ms=30 * M, revision_horizon_ms=60 * M)
     symbols = [f"R{i}" for i in range(6)]
-    inputs = [Mention(MentionKind.MESSAGE, rng.choice(symbols), i + 1,
-                      i * 150 + rng.randrange(0, 40_000), i % 50, None) for i in range(1_200)]
-    inputs += [Mention(MentionKind.MESSAGE, s, 10_000 + k, 200 * M, 1, None)
-               for k, s in enumerate(symbols)]  # pushes the watermark past everything
+    inputs = [
+        Mention(
+            MentionKind.MESSAGE,
+            rng.choice(symbols),
+            i + 1,
+            i * 150 + rng.randrange(0, 40_000),
+            i % 50,
+            None,
+        )
+        for i in range(1_200)
+    ]
+    inputs += [
+        Mention(MentionKind.MESSAGE, s, 10_000 + k, 200 * M, 1, None) for k, s in enumerate(symbols)
+    ]  # pushes the watermark past everything
     reference = PartitionEngine(cfg)
     expected = _counts([feed(reference, m, o, 0, o) for o, m in enumerate(inputs)])
 
@@ -278,9 +310,15 @@ def test_crash_anywhere_then_replay_from_an_older_commit_loses_nothing(seed: int
 FIVE, HOUR, DAY = 5 * M, 60 * M, 1_440 * M
 T_DAY0 = 1_641_168_000_000  # 2022-01-03T00:00Z, a Monday
 DETECTOR_CFG = WindowConfig(
-    specs=(WindowSpec(M, M), WindowSpec(FIVE, FIVE), WindowSpec(HOUR, HOUR),
-           WindowSpec(HOUR, FIVE)),
-    grace_ms=5_000, revision_horizon_ms=HOUR, rule=detectors.DetectorRule(),
+    specs=(
+        WindowSpec(M, M),
+        WindowSpec(FIVE, FIVE),
+        WindowSpec(HOUR, HOUR),
+        WindowSpec(HOUR, FIVE),
+    ),
+    grace_ms=5_000,
+    revision_horizon_ms=HOUR,
+    rule=detectors.DetectorRule(),
 )
 
 
@@ -300,22 +338,34 @@ def chatter(days: int = 8, seed: int = 3) -> list[Mention]:
     out += [(last + 3 * HOUR + i * 40_000, 7, "Bullish") for i in range(80)]
     out += [(last + 15 * HOUR + 20 * M + i * 4_000, 1_000 + i, "Bearish") for i in range(60)]
     out.sort()
-    return [Mention(MentionKind.MESSAGE, "AAL", i + 1, t, u, label)
-            for i, (t, u, label) in enumerate(out)]
+    return [
+        Mention(MentionKind.MESSAGE, "AAL", i + 1, t, u, label)
+        for i, (t, u, label) in enumerate(out)
+    ]
 
 
-def run_batches(engine: PartitionEngine, mentions: list[Mention], size: int = 150,
-                first_offset: int = 0) -> list[Outputs]:
+def run_batches(
+    engine: PartitionEngine, mentions: list[Mention], size: int = 150, first_offset: int = 0
+) -> list[Outputs]:
     """Mentions in batches of one raw partition read in time order, then a quiet mark
     (every open window closes, as at the end of a replay)."""
     outs = []
     for n, i in enumerate(range(0, len(mentions), size)):
-        chunk = mentions[i:i + size]
-        outs.append(engine.on_batch(Batch(chunk, [mark(chunk[-1].created_at_ms)], 1),
-                                    chunk[-1].created_at_ms, 0, first_offset + n))
+        chunk = mentions[i : i + size]
+        outs.append(
+            engine.on_batch(
+                Batch(chunk, [mark(chunk[-1].created_at_ms)], 1),
+                chunk[-1].created_at_ms,
+                0,
+                first_offset + n,
+            )
+        )
     end = mentions[-1].created_at_ms
-    outs.append(engine.on_batch(Batch([], [mark(end, idle=True, quiet=True)], 1), end, 0,
-                                first_offset + len(outs)))
+    outs.append(
+        engine.on_batch(
+            Batch([], [mark(end, idle=True, quiet=True)], 1), end, 0, first_offset + len(outs)
+        )
+    )
     return outs
 
 
@@ -328,8 +378,9 @@ def predicted(mentions: list[Mention], rule: detectors.DetectorRule) -> list[tup
             count, users = windows.get((start, size), (0, set()))
             windows[(start, size)] = (count + 1, users | {m.user_id})  # type: ignore[arg-type]
     state, alerts = detectors.DetectorState(), []
-    for (start, size), (count, users) in sorted(windows.items(),
-                                                key=lambda w: (w[0][0] + w[0][1], w[0][1])):
+    for (start, size), (count, users) in sorted(
+        windows.items(), key=lambda w: (w[0][0] + w[0][1], w[0][1])
+    ):
         v = detectors.observe(state, start, size, count, len(users), rule)
         if v is not None:
             alerts.append((start, size, *v.record_fields().values()))
@@ -337,10 +388,26 @@ def predicted(mentions: list[Mention], rule: detectors.DetectorRule) -> list[tup
 
 
 def spikes_of(outs: list[Outputs]) -> list[tuple[Any, ...]]:
-    fields = list(detectors.Detection(detectors.Kind.BURST, 0, 0, 0, 0, 0, detectors.Severity.LOW,
-                                    detectors.Scored.USERS, 0, 0, 0).record_fields())
-    return [(s["window_start_ms"], s["window_size_ms"], *(s[f] for f in fields))
-            for out in outs for s in out.spikes]
+    fields = list(
+        detectors.Detection(
+            detectors.Kind.BURST,
+            0,
+            0,
+            0,
+            0,
+            0,
+            detectors.Severity.LOW,
+            detectors.Scored.USERS,
+            0,
+            0,
+            0,
+        ).record_fields()
+    )
+    return [
+        (s["window_start_ms"], s["window_size_ms"], *(s[f] for f in fields))
+        for out in outs
+        for s in out.spikes
+    ]
 
 
 def test_engine_alerts_are_what_the_pure_detectors_say_for_the_same_windows() -> None:
@@ -361,13 +428,15 @@ def test_scoring_messages_the_one_account_flood_is_a_surge() -> None:
     """The engine hands the detectors messages and users apart: scoring messages (not the
     default) the flood hour alerts, with 80-odd messages from 3 users."""
     cfg = dataclasses.replace(
-        DETECTOR_CFG, rule=detectors.DetectorRule(scored=detectors.Scored.MESSAGES))
+        DETECTOR_CFG, rule=detectors.DetectorRule(scored=detectors.Scored.MESSAGES)
+    )
     mentions = chatter()
     got = spikes_of(run_batches(PartitionEngine(cfg), mentions))
     assert got == predicted(mentions, cfg.rule)  # type: ignore[arg-type]
     flood = T_DAY0 + 7 * DAY + 3 * HOUR
     assert [(s[0], s[1], s[2], s[5]) for s in got if s[0] == flood] == [
-        (flood, HOUR, "SURGE", "MESSAGES")]
+        (flood, HOUR, "SURGE", "MESSAGES")
+    ]
     assert next(s[4] for s in got if s[0] == flood) <= 3  # distinct users in the window
 
 

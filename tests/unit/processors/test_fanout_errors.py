@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError
+
 from pulse.processors.fanout import CONFIG_ERROR, _fatal_error, _fatal_of
 from pulse.processors.supervisor import FATAL
 

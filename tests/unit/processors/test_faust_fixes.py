@@ -8,6 +8,7 @@ import faust
 import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
+
 from pulse.processors import faust_fixes
 from pulse.processors.faust_fixes import keep_queues_on_redundant_resume
 
@@ -47,7 +48,6 @@ def test_a_resume_after_a_rebalance_suspension_still_clears() -> None:
     app.flow_control.resume()
     assert queue.qsize() == 0
     assert app.flow_control.is_active()
-
 
 
 @pytest.fixture

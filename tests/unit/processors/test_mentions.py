@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from pulse.processors.mentions import (
     ANY_SYMBOL,
     Mention,
@@ -17,12 +18,24 @@ from pulse.processors.mentions import (
 )
 
 
-def create(message_id: int, symbols: list[str], t: int = 1_000, user: int = 7,
-           sentiment: str | None = "Bullish") -> dict[str, Any]:
+def create(
+    message_id: int,
+    symbols: list[str],
+    t: int = 1_000,
+    user: int = 7,
+    sentiment: str | None = "Bullish",
+) -> dict[str, Any]:
     return {
-        "action": "create", "message_id": message_id, "event_time_ms": t + 5,
-        "message": {"id": message_id, "created_at_ms": t, "user": {"id": user},
-                    "symbols": [{"symbol": s} for s in symbols], "sentiment": sentiment},
+        "action": "create",
+        "message_id": message_id,
+        "event_time_ms": t + 5,
+        "message": {
+            "id": message_id,
+            "created_at_ms": t,
+            "user": {"id": user},
+            "symbols": [{"symbol": s} for s in symbols],
+            "sentiment": sentiment,
+        },
     }
 
 
@@ -54,32 +67,42 @@ def test_destroy_with_body_retracts_each_symbol_at_its_created_at() -> None:
     body = create(1, ["NVDA", "AMD"])["message"]
     got = mentions_of_message(destroy(1, body=body))
     assert [(m.kind, m.symbol, m.created_at_ms) for m in got] == [
-        (MentionKind.RETRACTION, "NVDA", 1_000), (MentionKind.RETRACTION, "AMD", 1_000)]
+        (MentionKind.RETRACTION, "NVDA", 1_000),
+        (MentionKind.RETRACTION, "AMD", 1_000),
+    ]
 
 
 def test_destroy_without_body_is_one_retraction_for_any_symbol() -> None:
     assert mentions_of_message(destroy(9, t=7_000)) == [
-        Mention(MentionKind.RETRACTION, ANY_SYMBOL, 9, 7_000)]
+        Mention(MentionKind.RETRACTION, ANY_SYMBOL, 9, 7_000)
+    ]
 
 
 def test_create_without_body_is_an_error() -> None:
     with pytest.raises(ValueError):
-        mentions_of_message({"action": "create", "message_id": 1, "event_time_ms": 1,
-                             "message": None})
+        mentions_of_message(
+            {"action": "create", "message_id": 1, "event_time_ms": 1, "message": None}
+        )
 
 
 @pytest.mark.parametrize("event, t", [(create(1, ["A"], t=10), 10), (destroy(1, t=99), 99)])
-def test_message_event_time_is_created_at_or_the_envelope_time(event: dict[str, Any],
-                                                               t: int) -> None:
+def test_message_event_time_is_created_at_or_the_envelope_time(
+    event: dict[str, Any], t: int
+) -> None:
     assert message_event_time_ms(event) == t
 
 
 def test_sentiment_event_gives_one_score_per_symbol() -> None:
-    event = {"message_id": 5, "user_id": 3, "created_at_ms": 9, "sentiment_score": 0.75,
-             "symbols": [{"symbol": "AAPL"}, {"symbol": "MSFT"}, {"symbol": "AAPL"}]}
-    assert [(m.kind, m.symbol, m.sentiment_score, m.user_id) for m in
-            mentions_of_sentiment(event)] == [
-        (MentionKind.SCORE, "AAPL", 0.75, 3), (MentionKind.SCORE, "MSFT", 0.75, 3)]
+    event = {
+        "message_id": 5,
+        "user_id": 3,
+        "created_at_ms": 9,
+        "sentiment_score": 0.75,
+        "symbols": [{"symbol": "AAPL"}, {"symbol": "MSFT"}, {"symbol": "AAPL"}],
+    }
+    assert [
+        (m.kind, m.symbol, m.sentiment_score, m.user_id) for m in mentions_of_sentiment(event)
+    ] == [(MentionKind.SCORE, "AAPL", 0.75, 3), (MentionKind.SCORE, "MSFT", 0.75, 3)]
 
 
 def test_columns_round_trip() -> None:
@@ -106,4 +129,3 @@ def test_symbol_partition_is_stable_and_in_range(partitions: int) -> None:
     assert all(0 <= p < partitions for p in got)
     assert got == [symbol_partition(f"S{i}", partitions) for i in range(200)]
     assert len(set(got)) == partitions  # 200 symbols reach every partition
-

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pulse.processors.progress import NO_WATERMARK, ReadingTracker, ReadProgress, Watermark
 
 M = ("stocktwits.messages", 0)
@@ -34,8 +35,9 @@ def test_reads_move_offset_and_event_time_forward_only() -> None:
     "position, high, caught_up",
     [(10, 10, True), (11, 10, True), (9, 10, False), (-1, 0, True), (-1, 5, False)],
 )
-def test_caught_up_when_position_reaches_the_high_watermark(position: int, high: int,
-                                                            caught_up: bool) -> None:
+def test_caught_up_when_position_reaches_the_high_watermark(
+    position: int, high: int, caught_up: bool
+) -> None:
     t = tracker()
     t.on_position(M, position, high, now_ms=0)
     assert mark(t, M, 2_000).idle is caught_up

@@ -22,7 +22,12 @@ def test_records_are_read_once_and_in_offset_order() -> None:
     order = ReadingOrder()
     order.start(P0, 40)
     assert [order.admit(P0, o) for o in (40, 41, 41, 39, 42)] == [
-        Admission.READ, Admission.READ, Admission.REPEAT, Admission.REPEAT, Admission.READ]
+        Admission.READ,
+        Admission.READ,
+        Admission.REPEAT,
+        Admission.REPEAT,
+        Admission.READ,
+    ]
     assert order.expected(P0) == 43
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from pulse.processors.sentiment import (
     Z95,
     bullish_ratio,
@@ -78,7 +79,10 @@ def test_one_loud_user_cannot_tilt_the_per_user_ratio() -> None:
     s = user_sentiment(labels)
     assert s.ratio == pytest.approx(1 / 16)
     assert s.record_fields() == {
-        "user_bullish": 1, "user_bearish": 15, "user_bullish_ratio": s.ratio,
-        "user_bullish_ratio_low": s.low, "user_bullish_ratio_high": s.high,
+        "user_bullish": 1,
+        "user_bearish": 15,
+        "user_bullish_ratio": s.ratio,
+        "user_bullish_ratio_low": s.low,
+        "user_bullish_ratio_high": s.high,
     }
     assert user_sentiment([(1, None)]).record_fields()["user_bullish_ratio"] is None

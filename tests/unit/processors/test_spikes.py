@@ -4,6 +4,7 @@ import math
 import random
 
 import pytest
+
 from pulse.processors.spikes import Baseline, Severity, SpikeRule, observe, poisson_sf
 
 W = 300_000

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pulse.processors import detectors, sentiment
 from pulse.processors.detectors import DetectorRule, DetectorState
 from pulse.processors.mentions import Mention, MentionKind
@@ -65,20 +66,31 @@ def test_pane_size_is_gcd() -> None:
     assert pane_size_ms((WindowSpec(10 * M, 10 * M), WindowSpec(H, 15 * M))) == 5 * M
 
 
-def cfg(specs: tuple[WindowSpec, ...] = (TUMBLE_1M,), grace_ms: int = 0,
-        horizon_ms: int = H) -> WindowConfig:
+def cfg(
+    specs: tuple[WindowSpec, ...] = (TUMBLE_1M,), grace_ms: int = 0, horizon_ms: int = H
+) -> WindowConfig:
     return WindowConfig(specs=specs, grace_ms=grace_ms, revision_horizon_ms=horizon_ms)
 
 
-def msg(message_id: int, t: int, user: int = 1, sentiment: str | None = None,
-        kind: MentionKind = MentionKind.MESSAGE, symbol: str = "AAPL") -> Mention:
+def msg(
+    message_id: int,
+    t: int,
+    user: int = 1,
+    sentiment: str | None = None,
+    kind: MentionKind = MentionKind.MESSAGE,
+    symbol: str = "AAPL",
+) -> Mention:
     return Mention(kind, symbol, message_id, t, user, sentiment)
 
 
 def test_tumbling_window_counts_users_and_labels() -> None:
     state, c = SymbolState(), cfg()
-    for m in [msg(1, 1_000, 7, "Bullish"), msg(2, 2_000, 7, "Bearish"), msg(3, 59_999, 8),
-              msg(4, 60_000, 9)]:
+    for m in [
+        msg(1, 1_000, 7, "Bullish"),
+        msg(2, 2_000, 7, "Bearish"),
+        msg(3, 59_999, 8),
+        msg(4, 60_000, 9),
+    ]:
         assert add_mention(state, m, -1, c).counted
     closed = close_windows(state, "AAPL", M, c)
     assert len(closed) == 1
@@ -147,8 +159,9 @@ def test_retraction_after_emission_yields_correction_with_next_revision() -> Non
     add_mention(state, msg(2, 20, 2), -1, c)
     close_windows(state, "AAPL", 5 * M, c)
     applied = add_mention(state, msg(1, 10, 1, "Bullish", MentionKind.RETRACTION), 5 * M, c)
-    assert [(x.spec.size_ms, x.revision, x.message_count, x.bullish) for x in applied.corrections] \
-        == [(M, 1, 1, 0), (5 * M, 1, 1, 0)]
+    assert [
+        (x.spec.size_ms, x.revision, x.message_count, x.bullish) for x in applied.corrections
+    ] == [(M, 1, 1, 0), (5 * M, 1, 1, 0)]
     # a second destroy of the same message changes nothing
     again = add_mention(state, msg(1, 10, 1, "Bullish", MentionKind.RETRACTION), 5 * M, c)
     assert again.corrections == () and not again.counted
@@ -216,16 +229,27 @@ def test_pane_chunks_hold_only_what_is_new_and_rebuild_the_pane() -> None:
     for chunk in (first, second):
         rebuilt.apply_chunk(chunk)
     assert (rebuilt.messages, rebuilt.scores, rebuilt.retracted, rebuilt.chunks) == (
-        pane.messages, pane.scores, pane.retracted, pane.chunks)
+        pane.messages,
+        pane.scores,
+        pane.retracted,
+        pane.chunks,
+    )
 
 
 # --- per-user sentiment and the detectors at close ------------------------------------------
 
+
 def test_sentiment_record_counts_messages_and_people() -> None:
     state, c = SymbolState(), cfg()
-    labels = [(7, "Bullish")] * 5 + [(8, "Bearish"), (9, "Bearish"), (10, "Bullish"),
-                                       (11, "Bullish"), (11, "Bearish"), (None, "Bearish"),
-                                       (12, None)]
+    labels = [(7, "Bullish")] * 5 + [
+        (8, "Bearish"),
+        (9, "Bearish"),
+        (10, "Bullish"),
+        (11, "Bullish"),
+        (11, "Bearish"),
+        (None, "Bearish"),
+        (12, None),
+    ]
     for i, (user, label) in enumerate(labels):
         add_mention(state, msg(i + 1, 1_000 + i, user, label), -1, c)  # type: ignore[arg-type]
     rec = close_windows(state, "AAPL", M, c)[0].result.sentiment_record(emitted_at_ms=5)
@@ -256,8 +280,12 @@ FIVE = 5 * M
 
 def detector_cfg(rule: DetectorRule | None = None) -> WindowConfig:
     specs = (TUMBLE_1M, WindowSpec(FIVE, FIVE), WindowSpec(H, FIVE), WindowSpec(H, H))
-    return WindowConfig(specs=specs, grace_ms=0, revision_horizon_ms=H,
-                        rule=rule or DetectorRule(burst=SpikeRule(warmup_windows=3)))
+    return WindowConfig(
+        specs=specs,
+        grace_ms=0,
+        revision_horizon_ms=H,
+        rule=rule or DetectorRule(burst=SpikeRule(warmup_windows=3)),
+    )
 
 
 def test_detectors_score_their_tumbling_windows_only_in_close_order() -> None:
@@ -274,11 +302,20 @@ def test_detectors_score_their_tumbling_windows_only_in_close_order() -> None:
     fired = [x for x in closed if x.verdict is not None]
     assert [(x.result.spec.size_ms, x.result.start_ms) for x in fired] == [(FIVE, 20 * FIVE)]
     # the same windows fed to the pure API by hand, in close order (end, then size)
-    scored = sorted(((x.result.end_ms, x.result.spec.size_ms, x.result) for x in closed
-                     if x.result.spec in c.detector_specs), key=lambda t: t[:2])
-    verdicts = [detectors.observe(direct, r.start_ms, r.spec.size_ms, r.message_count,
-                                  r.distinct_users, c.rule)  # type: ignore[arg-type]
-                for _, _, r in scored]
+    scored = sorted(
+        (
+            (x.result.end_ms, x.result.spec.size_ms, x.result)
+            for x in closed
+            if x.result.spec in c.detector_specs
+        ),
+        key=lambda t: t[:2],
+    )
+    verdicts = [
+        detectors.observe(
+            direct, r.start_ms, r.spec.size_ms, r.message_count, r.distinct_users, c.rule
+        )  # type: ignore[arg-type]
+        for _, _, r in scored
+    ]
     assert [v for v in verdicts if v is not None] == [fired[0].verdict]
     assert state.detectors == direct
     assert [x.warm for x in closed][-1] is False  # the hour-of-day profile needs 5 days
@@ -289,15 +326,28 @@ def test_spike_record_is_the_window_plus_the_verdict_and_fits_the_schema() -> No
     state = SymbolState()
     for window in range(6):
         for i in range(3 if window < 5 else 30):
-            add_mention(state, msg(window * 100 + i, window * FIVE + i, 1_000 + i,
-                                   "Bullish" if i % 3 else "Bearish"), -1, c)
+            add_mention(
+                state,
+                msg(
+                    window * 100 + i,
+                    window * FIVE + i,
+                    1_000 + i,
+                    "Bullish" if i % 3 else "Bearish",
+                ),
+                -1,
+                c,
+            )
     closed = [x for x in close_windows(state, "AAPL", H, c) if x.verdict is not None]
     assert len(closed) == 1
     rec = spike_record(closed[0].result, closed[0].verdict, 99)  # type: ignore[arg-type]
     assert rec == {
-        "symbol": "AAPL", "window_start_ms": 5 * FIVE, "window_end_ms": 6 * FIVE,
-        "window_size_ms": FIVE, **closed[0].verdict.record_fields(),  # type: ignore[union-attr]
-        "bullish_ratio": 20 / 30, "sample_message_ids": [500, 501, 502, 503, 504],
+        "symbol": "AAPL",
+        "window_start_ms": 5 * FIVE,
+        "window_end_ms": 6 * FIVE,
+        "window_size_ms": FIVE,
+        **closed[0].verdict.record_fields(),  # type: ignore[union-attr]
+        "bullish_ratio": 20 / 30,
+        "sample_message_ids": [500, 501, 502, 503, 504],
         "detected_at_ms": 99,
     }
     assert (rec["kind"], rec["count"], rec["distinct_users"]) == ("BURST", 30, 30)
@@ -311,12 +361,12 @@ def _round_trip(schema_file: str, record: dict[str, object]) -> dict[str, object
     import io
 
     import fastavro
+
     from pulse.schemas.serde import load_schema, wire_encoder
 
     schema = load_schema(schema_file)
     data = wire_encoder(1, schema)(record)  # type: ignore[arg-type]
-    return fastavro.schemaless_reader(io.BytesIO(data[5:]), fastavro.parse_schema(schema),
-                                      None)  # type: ignore[return-value]
+    return fastavro.schemaless_reader(io.BytesIO(data[5:]), fastavro.parse_schema(schema), None)  # type: ignore[return-value]
 
 
 def test_symbol_state_of_a_v1_row_starts_its_detectors_cold() -> None:
@@ -328,17 +378,32 @@ def test_symbol_state_of_a_v1_row_starts_its_detectors_cold() -> None:
 
 # --- pane tallies: what a window merges instead of walking every message --------------------
 
+
 def _naive(state: SymbolState, spec: WindowSpec, start_ms: int) -> tuple[object, ...]:
     """A window's tallies by walking every message of its panes (the definition)."""
-    msgs = {i: state.panes[s].user_label(i) for s in range(start_ms, start_ms + spec.size_ms, M)
-            if s in state.panes for i in state.panes[s].messages}
-    scores = [v for s in range(start_ms, start_ms + spec.size_ms, M)
-              for v in state.panes.get(s, Pane()).scores.values()]
+    msgs = {
+        i: state.panes[s].user_label(i)
+        for s in range(start_ms, start_ms + spec.size_ms, M)
+        if s in state.panes
+        for i in state.panes[s].messages
+    }
+    scores = [
+        v
+        for s in range(start_ms, start_ms + spec.size_ms, M)
+        for v in state.panes.get(s, Pane()).scores.values()
+    ]
     labels = [ul for ul in msgs.values() if ul[1] in ("Bullish", "Bearish")]
     bullish = sum(1 for _, label in labels if label == "Bullish")
-    return (len(msgs), len({u for u, _ in msgs.values() if u is not None}), bullish,
-            len(labels) - bullish, len(msgs) - len(labels), len(scores),
-            tuple(sorted(msgs)[:5]), sentiment.user_votes(labels))
+    return (
+        len(msgs),
+        len({u for u, _ in msgs.values() if u is not None}),
+        bullish,
+        len(labels) - bullish,
+        len(msgs) - len(labels),
+        len(scores),
+        tuple(sorted(msgs)[:5]),
+        sentiment.user_votes(labels),
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -354,42 +419,87 @@ def test_window_tallies_merged_from_panes_equal_a_walk_over_every_message(seed: 
         if ids and rng.random() < 0.2:  # destroys, often of a pane's smallest ids
             victim = min(ids) if rng.random() < 0.3 else rng.choice(ids)
             ids.remove(victim)
-            add_mention(state, msg(victim, (victim % 97) * 37_000, kind=MentionKind.RETRACTION),
-                        -1, c)
+            add_mention(
+                state, msg(victim, (victim % 97) * 37_000, kind=MentionKind.RETRACTION), -1, c
+            )
             continue
         mid = rng.randrange(1, 10**6)
         user = rng.choice([None, *range(1, 30)])
-        m = Mention(MentionKind.MESSAGE, "AAPL", mid, (mid % 97) * 37_000, user,
-                    rng.choice((None, "Bullish", "Bearish")))
+        m = Mention(
+            MentionKind.MESSAGE,
+            "AAPL",
+            mid,
+            (mid % 97) * 37_000,
+            user,
+            rng.choice((None, "Bullish", "Bearish")),
+        )
         if add_mention(state, m, -1, c).counted:
             ids.append(mid)
         if n % 5 == 0:
-            add_mention(state, Mention(MentionKind.SCORE, "AAPL", mid, (mid % 97) * 37_000,
-                                       user, None, rng.uniform(-1, 1)), -1, c)
+            add_mention(
+                state,
+                Mention(
+                    MentionKind.SCORE,
+                    "AAPL",
+                    mid,
+                    (mid % 97) * 37_000,
+                    user,
+                    None,
+                    rng.uniform(-1, 1),
+                ),
+                -1,
+                c,
+            )
         if n % 500 == 499:
             for spec in (TUMBLE_1M, HOP_1H_5M):
                 for start in range(-H, 97 * 37_000, spec.advance_ms):
                     r = window_result(state, "AAPL", spec, start, 0, M)
-                    assert (r.message_count, r.distinct_users, r.bullish, r.bearish,
-                            r.unlabelled, r.score_count, r.sample_message_ids,
-                            (r.user_bullish, r.user_bearish)) == _naive(state, spec, start)
+                    assert (
+                        r.message_count,
+                        r.distinct_users,
+                        r.bullish,
+                        r.bearish,
+                        r.unlabelled,
+                        r.score_count,
+                        r.sample_message_ids,
+                        (r.user_bullish, r.user_bearish),
+                    ) == _naive(state, spec, start)
 
 
 def test_pane_tallies_are_rebuilt_from_chunks_and_from_json() -> None:
     pane = Pane()
-    for i, (user, label) in enumerate([(1, "Bullish"), (1, "Bearish"), (None, "Bullish"),
-                                       (2, None), (3, "Bearish"), (4, "Bullish")]):
+    for i, (user, label) in enumerate(
+        [
+            (1, "Bullish"),
+            (1, "Bearish"),
+            (None, "Bullish"),
+            (2, None),
+            (3, "Bearish"),
+            (4, "Bullish"),
+        ]
+    ):
         pane.add_message(10 - i, user, label)
     pane.retract(8)  # (None, Bullish)
     pane.add_score(9, 0.5)
     chunked = Pane()
     chunked.apply_chunk(pane.take_chunk())
     for other in (chunked, Pane.from_json(pane.to_json())):
-        assert (other.bullish, other.bearish, other.anon_bullish, other.anon_bearish,
-                other.messages, other.smallest(), other.score_sum()) == (
-            pane.bullish, pane.bearish, 0, 0, pane.messages, (5, 6, 7, 9, 10), 0.5)
-        assert other.messages == {10: (1, "Bullish"), 9: (1, "Bearish"), 7: (2, None),
-                                  6: (3, "Bearish"), 5: (4, "Bullish")}
+        assert (
+            other.bullish,
+            other.bearish,
+            other.anon_bullish,
+            other.anon_bearish,
+            other.messages,
+            other.smallest(),
+            other.score_sum(),
+        ) == (pane.bullish, pane.bearish, 0, 0, pane.messages, (5, 6, 7, 9, 10), 0.5)
+        assert other.messages == {
+            10: (1, "Bullish"),
+            9: (1, "Bearish"),
+            7: (2, None),
+            6: (3, "Bearish"),
+            5: (4, "Bullish"),
+        }
 
 
 @pytest.mark.parametrize("votes", [(0, 0), (3, 0), (0, 2), (5, 7)])
@@ -399,7 +509,8 @@ def test_sentiment_record_per_user_fields_are_user_sentiments(votes: tuple[int, 
     r = WindowResult("AAPL", TUMBLE_1M, 0, 12, 9, 4, 5, 3, 0.0, 0, 0, (), *votes)
     rec = r.sentiment_record(0)
     assert {k: rec[k] for k in rec if k.startswith("user_")} == (
-        sentiment.UserSentiment.of_votes(*votes).record_fields())
+        sentiment.UserSentiment.of_votes(*votes).record_fields()
+    )
 
 
 @pytest.mark.parametrize("user", [None, 0, 1, 7, 2**40, -3])

@@ -6,6 +6,7 @@ import gzip
 import zlib
 
 import pytest
+
 from pulse.producers.httpbody import BodyTooLarge, BoundedBody, inflater
 from pulse.producers.parse import ParseError
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 import pytest
+
 from pulse.producers import native, parse
 from pulse.producers.firehose import STREAM, FirehoseClient
 from pulse.producers.sse import SseEvent
 from pulse.producers.synthetic import Config, Generator, envelopes
 from pulse.schemas.serde import frame_header, load_schema, wire_encoder
 from pulse.schemas.topics import MESSAGES
-
 from pulse.settings import Settings
 from tests.unit.producers.mutations import mutate_bytes
 from tests.unit.producers.test_parse import REAL_FILES, SAMPLE_MESSAGE, envelope

@@ -12,6 +12,7 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.validation import validate
+
 from pulse.producers import parse
 from pulse.producers.parse import ParseError
 from pulse.schemas.deadletter import Reason
@@ -25,7 +26,6 @@ from pulse.schemas.topics import (
     TRENDING,
     TopicSpec,
 )
-
 from tests.support.data import API_JSON, COLLECTOR, HISTORY, SEEDS
 
 REAL_FILES = sorted(API_JSON.glob("*.json")) + sorted(COLLECTOR.glob("*.json"))

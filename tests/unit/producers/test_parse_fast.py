@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 import pytest
+
 from pulse.producers import parse
 from pulse.producers.synthetic import Config, Generator, envelopes
-
 from tests.unit.producers.mutations import mutate_bytes
 from tests.unit.producers.test_parse import REAL_FILES, SAMPLE_MESSAGE, envelope
 

@@ -12,8 +12,8 @@ import re
 
 import orjson
 import pytest
-from pulse.producers import parse
 
+from pulse.producers import parse
 from tests.support.data import REAL_DATA, SEEDS
 from tests.unit.producers.test_native import HOSTILE_SYMBOLS, PLAIN_SYMBOLS
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE

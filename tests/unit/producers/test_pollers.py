@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pulse.producers.pollers import ChartPoller, SeenIds, stream_path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pulse.producers.sse import SseDecoder, SseEvent
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 import fastavro
 import pytest
 from fastavro.validation import validate
+
 from pulse.producers import parse
 from pulse.producers.synthetic import Burst, Config, Generator, daily_factor, envelopes
 from pulse.schemas.serde import load_schema

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError
+
 from pulse.schemas.admin import AuthenticationFailed, _Refusals, refusal
 
 SCRAM = "SASL authentication error: Authentication failed during authentication due to invalid "

@@ -9,6 +9,7 @@ from typing import Any
 
 import fastavro
 import pytest
+
 from pulse.producers import parse
 from pulse.producers.synthetic import Config, Generator, envelopes
 from pulse.schemas import deadletter, topics
@@ -16,7 +17,6 @@ from pulse.schemas.avro_writer import Mismatch, compile_writer, varint
 from pulse.schemas.deadletter import Reason
 from pulse.schemas.serde import load_schema, wire_encoder
 from pulse.schemas.topics import CHECKPOINTS, DEAD_LETTER, MESSAGES, RAW_SENTIMENT, TRENDING
-
 from tests.unit.producers.test_parse import SAMPLE_MESSAGE, envelope
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import fastavro
 import pytest
+
 from pulse.schemas import topics
 from pulse.schemas.serde import SCHEMA_DIR, load_schema
 
