@@ -75,19 +75,14 @@ class DetectorState:
 
     bursts: dict[int, spikes.Baseline] = field(default_factory=dict)  # by window size
     surge: surges.SurgeState = field(default_factory=surges.SurgeState)
-    # the last to_json(), until observe() may have changed the state: a symbol's meta row is
-    # written after every batch that touches it, its detectors change at most once per close
-    _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The state as a JSON-able dict; the same object until :func:`observe` runs again,
-        so treat it as read-only."""
-        if self._json is None:
-            self._json = {
-                "bursts": {str(k): b.to_json() for k, b in self.bursts.items()},
-                "surge": self.surge.to_json(),
-            }
-        return self._json
+        """The state as a JSON-able dict, built when a meta row is written (on closes and
+        corrections only); not kept, as one per symbol would hold ~2 KB each for nothing."""
+        return {
+            "bursts": {str(k): b.to_json() for k, b in self.bursts.items()},
+            "surge": self.surge.to_json(),
+        }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> DetectorState:
@@ -158,7 +153,6 @@ def observe(
     :param users: distinct users in the window.
     :returns: a :class:`Detection` when an alert fires, else None.
     """
-    state._json = None  # whatever the detectors do below may change the state
     value = users if rule.scored is Scored.USERS else count
     if size_ms in rule.burst_sizes_ms:
         return _burst(state, start_ms, size_ms, value, count, users, rule)
