@@ -2,7 +2,7 @@
 
 Both come from Maven Central into ``<local_downloads>`` (``<local_home>``, that is
 ``~/.cache/stocktwits-pulse``, by default; a separate download cache lets many homes, e.g. CI
-runs, share one download): the broker's jars through ``embedded/pom.xml``, the registry as
+runs, share one download): the broker's jars through ``pulse/local/pom.xml``, the registry as
 the ready-to-run Quarkus archive. Each *instance* (``default`` for ``pulse local up``, a
 throwaway one per test run) has its own ports, data and logs under
 ``<local_home>/instances/<name>/`` and runs detached; PIDs are kept in ``state.json``.

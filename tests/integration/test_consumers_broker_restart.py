@@ -2,7 +2,7 @@
 ``pulse alerts``: each keeps running and shows or delivers what is produced afterwards.
 
 Stopping the shared broker would break every other test, so this one starts a private,
-throwaway broker through the embedded stack (``embedded/``) and uses the shared registry.
+throwaway broker through the local stack (``pulse/local/``) and uses the shared registry.
 ``pulse tail`` and ``pulse alerts`` run as the real commands, in processes of their own.
 """
 

@@ -8,7 +8,7 @@ during the outage and delivered late. A second test kills the broker for 25 s wh
 the signals stage is busy with a backlog, so a batch's records wait for the broker.
 
 Stopping the shared broker would break every other test, so this one starts a private,
-throwaway broker through the embedded stack (``embedded/``) and uses the shared registry.
+throwaway broker through the local stack (``pulse/local/``) and uses the shared registry.
 """
 
 from __future__ import annotations
