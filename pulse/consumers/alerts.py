@@ -137,6 +137,32 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
+def alert_text(spike: Mapping[str, Any]) -> str:
+    """One line for people: what the detector tested (distinct users or messages, over its
+    span, which for a SURGE may be hours before the window) against what it expected.
+
+    Records written before ``scored``/``scored_count``/``span_ms`` existed read as a
+    message count over the window.
+    """
+    severity = chat_escape(printable(str(spike["severity"]), 12))
+    symbol = chat_escape(printable(str(spike["symbol"])))
+    kind = chat_escape(printable(str(spike.get("kind") or "BURST"), 8))
+    users = spike.get("scored") == "USERS"
+    scored = spike.get("scored_count")
+    volume = spike["count"] if scored is None else scored
+    span_ms = spike.get("span_ms") or spike["window_size_ms"]
+    start_ms = spike["window_end_ms"] - span_ms
+    text = (
+        f"${symbol}: {volume:g} {'users' if users else 'messages'} in "
+        f"{format_duration_ms(span_ms)} from {_iso(start_ms)} — {spike['ratio']:.1f}× the "
+        f"expected {spike['expected_count']:.1f} ({kind}, z={spike['score']:.1f}, {severity})"
+    )
+    if users:
+        window = format_duration_ms(spike["window_size_ms"])
+        text += f"; {spike['count']} messages in the {window} window"
+    return text
+
+
 def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body POSTed for a spike: the record itself plus id, ISO times and a text line.
 
@@ -145,13 +171,7 @@ def alert_payload(spike: Mapping[str, Any]) -> dict[str, Any]:
     can neither mention a channel nor disguise a link.
     """
     spike = jsonable(dict(spike))
-    severity = chat_escape(printable(spike["severity"], 12))
-    symbol = chat_escape(printable(spike["symbol"]))
-    text = (
-        f"${symbol}: {spike['count']} messages in {format_duration_ms(spike['window_size_ms'])} "
-        f"from {_iso(spike['window_start_ms'])} — {spike['ratio']:.1f}× the expected "
-        f"{spike['expected_count']:.1f} (z={spike['score']:.1f}, {severity})"
-    )
+    text = alert_text(spike)
     return {
         "type": "pulse.spike",
         "id": alert_id(spike),

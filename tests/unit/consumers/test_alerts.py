@@ -40,10 +40,22 @@ def test_payload_carries_the_spike_an_id_and_a_readable_line() -> None:
     assert body["spike"] == SPIKE
     assert body["window_start"] == "2023-11-14T22:14:00Z"
     assert body["window_end"] == "2023-11-14T22:15:00Z"
-    assert body["text"] == (
-        "$GME: 42 messages in 1m from 2023-11-14T22:14:00Z — 10.0× the expected 4.2 (z=8.2, HIGH)"
+    assert body["text"] == (  # a record without kind/scored/span: a message count, a BURST
+        "$GME: 42 messages in 1m from 2023-11-14T22:14:00Z — 10.0× the expected 4.2 "
+        "(BURST, z=8.2, HIGH)"
     )
     json.dumps(body)  # serialisable as is
+
+
+def test_the_line_says_what_the_detector_scored_over_its_span() -> None:
+    surge = {**SPIKE, "window_start_ms": 1_700_002_800_000, "window_end_ms": 1_700_006_400_000,
+             "window_size_ms": 3_600_000, "kind": "SURGE", "scored": "USERS",
+             "scored_count": 31.0, "span_ms": 3 * 3_600_000, "expected_count": 6.2,
+             "ratio": 5.0, "score": 5.1, "count": 57}  # fmt: skip
+    assert alert_payload(surge)["text"] == (
+        "$GME: 31 users in 3h from 2023-11-14T21:00:00Z — 5.0× the expected 6.2 "
+        "(SURGE, z=5.1, HIGH); 57 messages in the 1h window"
+    )
 
 
 def test_the_same_window_of_the_same_symbol_is_one_alert() -> None:
