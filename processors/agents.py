@@ -82,13 +82,15 @@ class Sink:
 
     def __init__(self, app: faust.App, settings: Settings, exactly_once: bool) -> None:
         self.app = app
-        # flushed per batch (pulse.kafka.FLUSHED: a bounded queue, a full one waits for
+        # flushed per batch (pulse.kafka.CLOSES: a bounded queue, a full one waits for
         # deliveries), and no Python callback for records that were delivered: only errors
         # need us
         self.producer: Producer | None = (
             None
             if exactly_once
-            else kafka.producer(kafka.producer_config(settings, role=STAGE, errors_only=True))
+            else kafka.producer(
+                kafka.producer_config(settings, batching=kafka.CLOSES, role=STAGE, errors_only=True)
+            )
         )
         self._errors: list[str] = []
         self._state: list[tuple[str, bytes, bytes | None, int]] = []
@@ -142,7 +144,9 @@ class Sink:
                 self.producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:  # queue full: let librdkafka send some
-                self.producer.poll(0.05)
+                # no delivery reports to serve (errors only), so poll() sleeps its whole
+                # timeout: keep it short, a burst of closes refills the queue many times
+                self.producer.poll(0.001)
 
     def end_partition(self, msg: Any) -> None:
         """Exactly-once: the records queued so far belong to the transaction of ``msg``'s
