@@ -69,9 +69,8 @@ class FanOutProcess(Child):
         return self.tail(200)[-4000:]
 
 
-@pytest.fixture
-def fo_settings(settings: Settings) -> Settings:
-    """Default partition counts (6 raw × 6 symbol), short idle timers, a free metrics port."""
+def fan_out_settings(settings: Settings) -> Settings:
+    """Default partition counts (6 raw × 6 symbol), short idle timers; the topics created."""
     # an app id of its own: the consumer group (<app id>-fan-out) is not namespaced by the
     # topic prefix, and tests sharing one would keep rebalancing each other
     s = settings.replace(
@@ -85,6 +84,12 @@ def fo_settings(settings: Settings) -> Settings:
         s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES, topics.DEAD_LETTER)
     )
     return s
+
+
+@pytest.fixture
+def fo_settings(settings: Settings) -> Settings:
+    """:func:`fan_out_settings` on the shared broker."""
+    return fan_out_settings(settings)
 
 
 @pytest.fixture
@@ -372,16 +377,7 @@ def test_broker_outage_is_not_a_quiet_stream(
     private_broker: tuple[Any, Settings], fan_out: list[FanOutProcess], tmp_path: Path
 ) -> None:
     stack, base = private_broker
-    s = base.replace(
-        raw_partitions=6,
-        symbol_partitions=6,
-        raw_idle_ms=500,
-        idle_close_s=3.0,
-        app_id=f"fanout-test-{uuid.uuid4().hex[:8]}",
-    )
-    ensure_topics(
-        s, (topics.MESSAGES, topics.RAW_SENTIMENT, topics.MENTION_BATCHES, topics.DEAD_LETTER)
-    )
+    s = fan_out_settings(base)
     first = [("m", message_event(i + 1, T0 + i * 1_000, [SYMS[i % 12]])) for i in range(300)]
     write(s, first)
     proc = start(fan_out, s, tmp_path)
