@@ -9,9 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
-# The producers' native fast path (native/: Rust, built by maturin): the toolchain of the
-# official Rust image, in this stage only. --build-arg PULSE_NATIVE=0 skips it; the producers
-# then run their pure-Python path (same records, slower).
+# The producers' and the fan-out's native fast paths (native/: Rust, built by maturin): the
+# toolchain of the official Rust image, in this stage only. --build-arg PULSE_NATIVE=0 skips
+# it; both then run their pure-Python paths (same records, slower).
 ARG PULSE_NATIVE=1
 COPY --from=rust:1.95.0-slim-bookworm /usr/local/cargo /usr/local/cargo
 COPY --from=rust:1.95.0-slim-bookworm /usr/local/rustup /usr/local/rustup

@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-# native/: the producers' Rust fast path (PyO3, built by maturin with cargo; ~35 s the first
-# time). Without cargo the producers run their pure-Python path and the test that wants the
-# module installed fails, saying so.
+# native/: the producers' and the fan-out's Rust fast paths (PyO3, built by maturin with
+# cargo; ~35 s the first time). Without cargo both run their pure-Python paths and the tests
+# that want the module installed fail, saying so.
 NATIVE := native/pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
 $(BIN)/.installed: pyproject.toml $(NATIVE)
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml $(NATIVE)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@if command -v cargo >/dev/null; then $(BIN)/pip install -q ./native; \
-	  else echo "cargo not found: native/ not built, the producers use their Python path"; fi
+	  else echo "cargo not found: native/ not built, the producers and the fan-out use their Python paths"; fi
 	touch $@
 
 ## Run the pipeline end to end on the embedded Kafka + registry.

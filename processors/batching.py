@@ -18,7 +18,10 @@ from pulse.processors.mentions import (
     ANY_SYMBOL,
     COLUMNS,
     MentionKind,
+    MessageParts,
+    distinct_names,
     distinct_symbols,
+    message_parts,
     symbol_partition,
 )
 from pulse.processors.progress import ReadProgress
@@ -61,34 +64,33 @@ class BatchBuilder:
         return p
 
     def add_message(self, event: dict[str, Any]) -> int:
+        """Add the mentions of a decoded MessageEvent (see :meth:`add_message_parts`)."""
+        return self.add_message_parts(message_parts(event))
+
+    def add_message_parts(self, parts: MessageParts) -> int:
         """Add the mentions of a MessageEvent; returns its event time (the raw partition's
         progress, as :func:`processors.mentions.message_event_time_ms`).
 
-        Raises ``ValueError``/``KeyError``/``TypeError`` for an unusable event, before any of
-        its mentions is added.
+        Raises ``ValueError`` for an unusable event, before any of its mentions is added.
         """
-        message = event.get("message")
-        message_id = event["message_id"]
-        if message is None:
-            if event["action"] == "create":
+        create, message_id, event_ms, body = parts
+        if body is None:
+            if create:
                 raise ValueError("create without a message body")
-            t = event["event_time_ms"]
-            row = (_RETRACTION, ANY_SYMBOL, message_id, t, None, None, None)
+            row = (_RETRACTION, ANY_SYMBOL, message_id, event_ms, None, None, None)
             for rows in self.rows:  # symbols unknown: every partition resolves it by id
                 rows.append(row)
             self.kinds[_RETRACTION] += self.partitions
-            return int(t)
-        kind = _MESSAGE if event["action"] == "create" else _RETRACTION
-        t = message["created_at_ms"]
-        user_id = message["user"]["id"]
-        sentiment = message.get("sentiment")
-        symbols = distinct_symbols(message.get("symbols") or [])
+            return event_ms
+        kind = _MESSAGE if create else _RETRACTION
+        t, user_id, sentiment, names = body
+        symbols = distinct_names(names)
         for sym in symbols:
             self.rows[self.partition(sym)].append(
                 (kind, sym, message_id, t, user_id, sentiment, None)
             )
         self.kinds[kind] += len(symbols)
-        return int(t)
+        return t
 
     def add_sentiment(self, event: dict[str, Any]) -> int:
         """Add the SCORE mentions of a /sentiment event; returns its event time."""

@@ -58,12 +58,40 @@ class Mention(NamedTuple):
 
 def distinct_symbols(symbols: list[dict[str, Any]]) -> tuple[str, ...]:
     """Symbols of a message, upstream order, each once; case as upstream spells it."""
+    return distinct_names([ref.get("symbol") or "" for ref in symbols])
+
+
+def distinct_names(names: list[str]) -> tuple[str, ...]:
+    """:func:`distinct_symbols` of the symbols' names."""
     out: list[str] = []
-    for ref in symbols:
-        sym = (ref.get("symbol") or "").strip()
+    for name in names:
+        sym = name.strip()
         if sym and sym not in out:
             out.append(sym)
     return tuple(out)
+
+
+# What the fan-out reads of a MessageEvent (message_event.avsc): (action is "create",
+# message_id, event_time_ms, body), body None for a destroy without one, else (created_at_ms,
+# user id, sentiment label, symbol names in upstream order). The native reader
+# (processors/message_reader.py) returns these from the Avro bytes; message_parts from a
+# decoded record.
+Body = tuple[int, int, "str | None", list[str]]
+MessageParts = tuple[bool, int, int, "Body | None"]
+
+
+def message_parts(event: dict[str, Any]) -> MessageParts:
+    """The :data:`MessageParts` of a decoded MessageEvent."""
+    message = event.get("message")
+    body: Body | None = None
+    if message is not None:
+        body = (
+            message["created_at_ms"],
+            message["user"]["id"],
+            message.get("sentiment"),
+            [ref.get("symbol") or "" for ref in message.get("symbols") or []],
+        )
+    return event["action"] == "create", event["message_id"], event["event_time_ms"], body
 
 
 def message_event_time_ms(event: dict[str, Any]) -> int:

@@ -257,12 +257,13 @@ class Serde:
             de = self._deserializers.get(topic)
             if de is None:
                 de = self._deserializers[topic] = wire_decoder(
-                    load_schema(spec.schema_file), self._writer_schema
+                    load_schema(spec.schema_file), self.writer_schema
                 )
         return de
 
     @cache  # noqa: B019 - one Serde per process; ids are few and immutable
-    def _writer_schema(self, schema_id: int) -> dict[str, Any]:
+    def writer_schema(self, schema_id: int) -> dict[str, Any]:
+        """The schema registered under ``schema_id`` (asked once per id)."""
         # by id only: no subject lookups (Apicurio serves no "associations")
         text = self.client.get_schema(schema_id).schema_str
         if text is None:  # the client's Schema type allows it; a registry answers with the text

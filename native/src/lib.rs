@@ -1,5 +1,7 @@
-//! The producers' native fast path: a Firehose `Message` `create` envelope, as raw JSON bytes,
-//! straight to the Confluent-framed Avro `MessageEvent` value, with no Python objects between.
+//! The native fast paths. The fan-out's (`message_reader.rs`): a framed Avro `MessageEvent` →
+//! the few fields that become mentions. The producers' (this file): a Firehose `Message`
+//! `create` envelope, as raw JSON bytes, straight to the Confluent-framed Avro `MessageEvent`
+//! value, with no Python objects between.
 //!
 //! It mirrors `producers/parse.py` (`_message_create_fast`, `_message_fast` and the helpers
 //! they call) and `schemas/avro_writer.py` for `schemas/message_event.avsc`, and returns
@@ -22,6 +24,8 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use pyo3::prelude::*;
+
+mod message_reader;
 use pyo3::types::PyBytes;
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -723,6 +727,7 @@ fn firehose_message<'py>(
 #[pymodule]
 fn pulse_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(firehose_message, m)?)?;
+    m.add_class::<message_reader::MessageReader>()?;
     m.add("MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES)?;
     Ok(())
 }
