@@ -115,16 +115,17 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 # librdkafka keeps each fetched record batch, decompressed, while any record of it waits in
-# the local queue, and its size bounds count compressed bytes: with 2 MB per partition
-# fetched (lz4 raw records) the prefetch cost ~140 MB of RSS (500k-record bench). Fetches of
-# 512 KB per partition hold ~60 MB. They were slower only because a full queue postpones a
-# partition's next fetch by fetch.queue.backoff.ms (1 s by default): at 10 ms the small
-# fetches read faster than the large ones did (60k vs 53k msgs/s, fan-out alone).
+# the local queue, and its size bounds count compressed bytes: the prefetch is most of the
+# fan-out's memory beyond its imports. 128 KB per partition and a 1 MB queue hold little
+# (fan-out ~96 MB peak in the 500k-record bench, ~105 MB at twice these sizes, ~120 MB at
+# four times) and still read ~160k msgs/s, three times what the signals stage applies. A full
+# queue postpones a partition's next fetch by fetch.queue.backoff.ms, 1 s by default: at
+# 10 ms small fetches are not slow.
 PREFETCH = {
-    "fetch.max.bytes": 2 * 1024 * 1024,
-    "max.partition.fetch.bytes": 256 * 1024,
+    "fetch.max.bytes": 1024 * 1024,
+    "max.partition.fetch.bytes": 128 * 1024,
     "queued.min.messages": 10_000,
-    "queued.max.messages.kbytes": 2 * 1024,
+    "queued.max.messages.kbytes": 1024,
     "fetch.queue.backoff.ms": 10,
 }
 
