@@ -107,6 +107,11 @@ def build(settings: Settings) -> Pipeline:
         key_serializer="raw",
         value_serializer="raw",
         table_standby_replicas=0,
+        # a mention-batch record carries thousands of mentions: 64 of them waiting (faust's
+        # default is 4096) and 256 KB fetches keep a stage far behind its fan-out (a backfill)
+        # from holding ~50 MB of them; the agent takes at most 200 per batch anyway
+        stream_buffer_maxsize=64,
+        consumer_max_fetch_size=256 * 1024,
     )
     keep_queues_on_redundant_resume(app.flow_control)  # faust-streaming #596
     gaps_exclude_the_record_read()
