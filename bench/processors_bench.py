@@ -8,7 +8,8 @@
    with every other setting at its default (6 raw and 6 symbol partitions, windows, grace,
    idle close), and computes from the input how many volume records the windows must give;
 2. times the bare confluent-kafka consume + Avro decode + count loop over that topic
-   (``bench/fanout_bench.py``'s, the Python ceiling on this machine);
+   (``bench/fanout_bench.py``'s: the loop a user would write, fastavro decoding each whole
+   record; the fan-out reads only the fields it needs, natively when ``native/`` is built);
 3. starts ``pulse worker`` (supervisor + fan-out + signals processes) over the backlog and
    follows both stages' /metrics until every expected volume record was emitted; samples the
    RSS of the worker's process tree from /proc meanwhile.
@@ -65,6 +66,7 @@ from pulse.processors.batching import BatchBuilder, columns
 from pulse.processors.engine import Batch, PartitionEngine
 from pulse.processors.fanout import BATCH_SIZE
 from pulse.processors.mentions import from_columns
+from pulse.processors.message_reader import native_available
 from pulse.processors.progress import ReadProgress
 from pulse.processors.windows import WindowSpec
 from pulse.processors.worker import prepare
@@ -576,6 +578,8 @@ def print_result(exp: Expected, bare: float, r: Result) -> None:
         f"{r.wait_s:.1f} s spent only waiting for the idle close; {r.total_s:.1f} s in all)"
     )
     print(f"ratio pipeline / bare loop: {rate / bare:.1%} (target ≥ 50 %)")
+    reader = "native" if native_available() else "fastavro (native/ not installed)"
+    print(f"  the fan-out's message reader: {reader}")
     fan_s = max(tl.fanned_out - tl.first_read, 0.02)  # within one poll for a tiny input
     print(
         f"  fan-out read everything after {fan_s:.1f} s "
