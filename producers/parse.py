@@ -405,35 +405,6 @@ def _message_fast(
         created_ms = when_ms
     else:
         created_ms = timestamp_ms(created, "created_at")  # a ParseError: careful path too
-
-    uget = user.get
-    user_id, username, name = uget("id"), uget("username"), uget("name")
-    identity, join_date, classification = (
-        uget("identity"),
-        uget("join_date"),
-        uget("classification"),
-    )
-    followers, following, ideas = uget("followers"), uget("following"), uget("ideas")
-    watchlist_stocks = uget("watchlist_stocks_count")
-    if (
-        type(user_id) is not int
-        or type(username) is not str
-        or type(name) not in _STR_OR_NONE
-        or type(identity) not in _STR_OR_NONE
-        or type(join_date) not in _STR_OR_NONE
-        or type(followers) not in _INT_OR_NONE
-        or type(following) not in _INT_OR_NONE
-        or type(ideas) not in _INT_OR_NONE
-        or type(watchlist_stocks) not in _INT_OR_NONE
-    ):
-        raise _Unusual
-    if classification is None:
-        classification = []
-    elif type(classification) is list:
-        classification = [c for c in classification if isinstance(c, str)]
-    else:
-        raise _Unusual
-
     symbols = get("symbols")
     if symbols is None:
         symbol_refs = []
@@ -441,41 +412,7 @@ def _message_fast(
         symbol_refs = [_symbol_ref_fast(s) for s in symbols]
     else:
         raise _Unusual
-
-    entities = get("entities")
-    if entities is None:
-        sentiment = chart_url = None
-    elif type(entities) is dict:
-        labelled = entities.get("sentiment")
-        basic = None if labelled is None else _opt_dict(labelled).get("basic")
-        sentiment = basic if basic in SENTIMENTS else None
-        chart = entities.get("chart")
-        chart = _NO_CHART if chart is None else _opt_dict(chart)
-        chart_url = _opt_str(chart.get("url")) or _opt_str(chart.get("original"))
-    else:
-        raise _Unusual
-
-    source = get("source")
-    if source is not None:
-        if type(source) is not dict:
-            raise _Unusual
-        source_id, title, url = source.get("id"), source.get("title"), source.get("url")
-        if (
-            type(source_id) not in _INT_OR_NONE
-            or type(title) not in _STR_OR_NONE
-            or type(url) not in _STR_OR_NONE
-        ):
-            raise _Unusual
-        source = {"id": source_id, "title": title, "url": url}
-
-    mentioned = get("mentioned_users")
-    if mentioned is None:
-        mentioned = []
-    elif type(mentioned) is list:
-        mentioned = [u for u in mentioned if isinstance(u, str)]
-    else:
-        raise _Unusual
-
+    sentiment, chart_url = _entities_fast(get("entities"))
     # rarer parts: the careful helpers (they never raise), called only when the field is there
     score, conversation = get("sentiment"), get("conversation")
     likes, reshares, reshared = get("likes"), get("reshares"), get("reshare_message")
@@ -484,19 +421,7 @@ def _message_fast(
         "id": message_id,
         "body": body,
         "created_at_ms": created_ms,
-        "user": {
-            "id": user_id,
-            "username": username,
-            "name": name,
-            "official": uget("official") is True,
-            "identity": identity,
-            "classification": classification,
-            "join_date": join_date,
-            "followers": followers,
-            "following": following,
-            "ideas": ideas,
-            "watchlist_stocks_count": watchlist_stocks,
-        },
+        "user": _user_fast(user),
         "symbols": symbol_refs,
         "sentiment": sentiment,
         "sentiment_score": (
@@ -513,11 +438,84 @@ def _message_fast(
             else _opt_int(_opt_dict(_opt_dict(reshared).get("message")).get("id"))
         ),
         "links": [] if links is None else _links(links),
-        "source": source,
-        "mentioned_users": mentioned,
+        "source": _source_fast(get("source")),
+        "mentioned_users": _strings_fast(get("mentioned_users")),
         "prices": [] if prices is None else _prices(prices),
         "chart_url": chart_url,
     }
+
+
+def _user_fast(user: dict[str, Any]) -> dict[str, Any]:
+    """The User record of :func:`_message_fast`; raises _Unusual for an odd field."""
+    uget = user.get
+    user_id, username, name = uget("id"), uget("username"), uget("name")
+    identity, join_date = uget("identity"), uget("join_date")
+    followers, following, ideas = uget("followers"), uget("following"), uget("ideas")
+    watchlist_stocks = uget("watchlist_stocks_count")
+    if (
+        type(user_id) is not int
+        or type(username) is not str
+        or type(name) not in _STR_OR_NONE
+        or type(identity) not in _STR_OR_NONE
+        or type(join_date) not in _STR_OR_NONE
+        or type(followers) not in _INT_OR_NONE
+        or type(following) not in _INT_OR_NONE
+        or type(ideas) not in _INT_OR_NONE
+        or type(watchlist_stocks) not in _INT_OR_NONE
+    ):
+        raise _Unusual
+    return {
+        "id": user_id,
+        "username": username,
+        "name": name,
+        "official": uget("official") is True,
+        "identity": identity,
+        "classification": _strings_fast(uget("classification")),
+        "join_date": join_date,
+        "followers": followers,
+        "following": following,
+        "ideas": ideas,
+        "watchlist_stocks_count": watchlist_stocks,
+    }
+
+
+def _strings_fast(values: Any) -> list[str]:
+    """A list's strings (None: none); raises _Unusual for anything but a list or None."""
+    if values is None:
+        return []
+    if type(values) is list:
+        return [v for v in values if isinstance(v, str)]
+    raise _Unusual
+
+
+def _entities_fast(entities: Any) -> tuple[str | None, str | None]:
+    """(sentiment label, chart url) of a message's ``entities``."""
+    if entities is None:
+        return None, None
+    if type(entities) is not dict:
+        raise _Unusual
+    labelled = entities.get("sentiment")
+    basic = None if labelled is None else _opt_dict(labelled).get("basic")
+    chart = entities.get("chart")
+    chart = _NO_CHART if chart is None else _opt_dict(chart)
+    chart_url = _opt_str(chart.get("url")) or _opt_str(chart.get("original"))
+    return (basic if basic in SENTIMENTS else None), chart_url
+
+
+def _source_fast(source: Any) -> dict[str, Any] | None:
+    """The Source record of a message's ``source``."""
+    if source is None:
+        return None
+    if type(source) is not dict:
+        raise _Unusual
+    source_id, title, url = source.get("id"), source.get("title"), source.get("url")
+    if (
+        type(source_id) not in _INT_OR_NONE
+        or type(title) not in _STR_OR_NONE
+        or type(url) not in _STR_OR_NONE
+    ):
+        raise _Unusual
+    return {"id": source_id, "title": title, "url": url}
 
 
 _NO_CHART: Mapping[str, Any] = {}
