@@ -293,6 +293,9 @@ def test_bad_records_become_dead_letters_and_the_rest_flows(
     garbage = b"\x00not avro at all"
     wrong_id = frame_header(987_654_321) + b"\x00\x02\x04"
     plain_json = b'{"action": "create"}'
+    # the registered schema, the body cut short: the native reader's refusal
+    first_message = next(event for kind, event in events if kind == "m")
+    truncated = Serde(s).serializer(topics.MESSAGES)(first_message)[:-3]
     for i, (kind, event) in enumerate(events):
         writer.send(topics.MESSAGES if kind == "m" else topics.RAW_SENTIMENT, event)
         if i == 20:
@@ -300,6 +303,7 @@ def test_bad_records_become_dead_letters_and_the_rest_flows(
             writer.send_bytes(topics.RAW_SENTIMENT, b"w", wrong_id)
         if i == 50:
             writer.send_bytes(topics.MESSAGES, b"j", plain_json)
+            writer.send_bytes(topics.MESSAGES, b"t", truncated)
     writer.flush()
     start(fan_out, s, tmp_path)
     wait_fanned_out(s, timeout_s=90)
@@ -309,9 +313,10 @@ def test_bad_records_become_dead_letters_and_the_rest_flows(
     # every dead letter is flushed before the raw offsets are committed: the topic is whole
     dead_letters = topics.DEAD_LETTER.full_name(s)
     dead = consume(s, dead_letters, records_in(s, dead_letters), 20.0)
-    assert len(dead) == 3
+    assert len(dead) == 4
     got = {bytes(decode(m.value())["raw"]): (decode(m.value()), dict(m.headers())) for m in dead}
-    assert set(got) == {garbage, wrong_id, plain_json}
+    assert set(got) == {garbage, wrong_id, plain_json, truncated}
+    assert "truncated" in got[truncated][0]["error"]
     for raw, (record, headers) in got.items():
         assert record["reason"] == "decode_failed" and record["stage"] == "fan-out"
         assert headers["dlq.reason"] == b"decode_failed"
