@@ -28,6 +28,11 @@ from pulse.processors.progress import ReadProgress
 
 # A record stays well under Kafka's default 1 MB limit: a mention takes ~25-40 bytes encoded.
 MAX_MENTIONS_PER_RECORD = 16_384
+# While every raw partition a fan-out reads is quiet, its marks are written again this often
+# (a record per symbol partition): the signals stage's idle close goes by the batch records'
+# clock (processors/engine.py), so a quiet live stream's windows close as that clock passes
+# their end + grace.
+QUIET_REPEAT_MS = 5_000
 
 _MESSAGE = MentionKind.MESSAGE.value
 _RETRACTION = MentionKind.RETRACTION.value
@@ -123,18 +128,27 @@ def batch_record(
 
 @dataclass
 class MarksLedger:
-    """The marks last written to each symbol partition, so an unchanged one gets no record."""
+    """The marks last written to each symbol partition, and when: an unchanged one gets no
+    record, unless all of them are quiet and :data:`QUIET_REPEAT_MS` have passed."""
 
     sent: dict[int, list[ReadProgress]] = field(default_factory=dict)
+    sent_at: dict[int, int] = field(default_factory=dict)
 
-    def changed(self, partition: int, marks: list[ReadProgress]) -> bool:
-        return self.sent.get(partition) != marks
+    def due(self, partition: int, marks: list[ReadProgress], now_ms: int) -> bool:
+        if self.sent.get(partition) != marks:
+            return True
+        quiet = bool(marks) and all(m.quiet for m in marks)
+        return quiet and now_ms - self.sent_at.get(partition, now_ms) >= QUIET_REPEAT_MS
 
-    def snapshot(self) -> dict[int, list[ReadProgress]]:
-        return dict(self.sent)
+    def note(self, partition: int, marks: list[ReadProgress], now_ms: int) -> None:
+        self.sent[partition] = marks
+        self.sent_at[partition] = now_ms
 
-    def restore(self, snapshot: dict[int, list[ReadProgress]]) -> None:
-        self.sent = dict(snapshot)
+    def snapshot(self) -> tuple[dict[int, list[ReadProgress]], dict[int, int]]:
+        return dict(self.sent), dict(self.sent_at)
+
+    def restore(self, snapshot: tuple[dict[int, list[ReadProgress]], dict[int, int]]) -> None:
+        self.sent, self.sent_at = dict(snapshot[0]), dict(snapshot[1])
 
 
 def partition_records(
@@ -142,11 +156,12 @@ def partition_records(
     marks: list[ReadProgress],
     ledger: MarksLedger,
     raw_partitions: int,
+    now_ms: int,
     max_mentions: int = MAX_MENTIONS_PER_RECORD,
 ) -> list[tuple[int, dict[str, Any]]]:
     """(symbol partition, MentionBatch record) to write for this batch, and note them sent.
 
-    One record per partition with mentions, or whose marks changed since its last record;
+    One record per partition with mentions, or whose marks are due (:meth:`MarksLedger.due`);
     none for a partition with neither. Rows beyond ``max_mentions`` go into extra records
     written first; they carry the partition's *previous* marks, which stay true, so that only
     the last record of the batch claims the new progress (the signals stage must not move its
@@ -155,7 +170,7 @@ def partition_records(
     out: list[tuple[int, dict[str, Any]]] = []
     new_marks = [m.to_avro() for m in marks]
     for p, rows in enumerate(builder.rows):
-        if not rows and not ledger.changed(p, marks):
+        if not rows and not ledger.due(p, marks, now_ms):
             continue
         previous = [m.to_avro() for m in ledger.sent.get(p, [])]
         start = 0
@@ -165,5 +180,5 @@ def partition_records(
             )
             start += max_mentions
         out.append((p, batch_record(rows[start:], new_marks, raw_partitions)))
-        ledger.sent[p] = marks
+        ledger.note(p, marks, now_ms)
     return out

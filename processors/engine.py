@@ -324,17 +324,26 @@ class PartitionEngine:
             heapq.heappush(self._due, (end, symbol))
 
     def _idle_close(self, trigger_ms: int, out: Outputs, offset: int) -> None:
-        """Every raw partition went quiet: close every open window of the partition now."""
+        """Every raw partition went quiet: close every open window that is over by the batch
+        record's clock (end + grace at or before ``trigger_ms``, the fan-out's wall clock).
+
+        History (a replay, a backfill) is over: all of it closes at once. A live stream's
+        windows still running stay open, so its data after a quiet spell counts instead of
+        being late; the fan-out repeats its quiet marks while the stream stays quiet, and
+        they close as the clock passes them.
+        """
         ends = [
             start + spec.size_ms
             for state in self.states.values()
             for spec in self.cfg.specs
             for start in state.pending.get(spec.key, ())
         ]
-        if ends:
-            self.clock.force(max(ends))
+        target = min(max(ends), trigger_ms - self.cfg.grace_ms) if ends else None
+        if target is not None and target > self.clock.watermark_ms:
+            self.clock.force(target)
+            closed = out.closed_windows
             self._close_due(trigger_ms, out, offset)
-            out.idle_close = True
+            out.idle_close = out.closed_windows > closed
 
     def _close_due(self, trigger_ms: int, out: Outputs, offset: int) -> None:
         wm = self.clock.watermark_ms

@@ -649,7 +649,7 @@ class FanOut:
         return [
             Out(topic, p, str(p).encode(), encode(record))
             for p, record in partition_records(
-                self.builder, marks, self.ledger, self.raw_partitions
+                self.builder, marks, self.ledger, self.raw_partitions, now_ms
             )
         ]
 

@@ -6,7 +6,13 @@ from typing import Any
 import fastavro
 import pytest
 
-from pulse.processors.batching import BatchBuilder, MarksLedger, columns, partition_records
+from pulse.processors.batching import (
+    QUIET_REPEAT_MS,
+    BatchBuilder,
+    MarksLedger,
+    columns,
+    partition_records,
+)
 from pulse.processors.mentions import (
     ANY_SYMBOL,
     from_columns,
@@ -100,30 +106,48 @@ def test_a_bad_event_adds_nothing() -> None:
     assert builder.rows == [[], [], []] and sum(builder.kinds.values()) == 0
 
 
-def marks(offset: int, idle: bool = False) -> list[ReadProgress]:
-    return [ReadProgress("m", 0, offset, 1_000 + offset, idle, False)]
+def marks(offset: int, idle: bool = False, quiet: bool = False) -> list[ReadProgress]:
+    return [ReadProgress("m", 0, offset, 1_000 + offset, idle or quiet, quiet)]
 
 
 def test_one_record_per_partition_with_mentions_or_changed_marks() -> None:
     builder, ledger = BatchBuilder(3), MarksLedger()
     builder.add_message(message(1, ["AAPL"]))
     p = symbol_partition("AAPL", 3)
-    first = partition_records(builder, marks(1), ledger, raw_partitions=6)
+    first = partition_records(builder, marks(1), ledger, raw_partitions=6, now_ms=0)
     # first marks: every partition learns them; one of them has the mention
     assert [q for q, _ in first] == [0, 1, 2]
     assert {q: len(r["symbol"]) for q, r in first} == {q: int(q == p) for q in range(3)}
     assert all(r["raw_partitions"] == 6 and r["progress"][0]["offset"] == 1 for _, r in first)
     builder.clear()
-    assert partition_records(builder, marks(1), ledger, 6) == []  # nothing changed
-    assert [q for q, _ in partition_records(builder, marks(1, idle=True), ledger, 6)] == [0, 1, 2]
+    later = QUIET_REPEAT_MS * 10
+    assert partition_records(builder, marks(1), ledger, 6, later) == []  # nothing changed
+    idle = partition_records(builder, marks(1, idle=True), ledger, 6, later)
+    assert [q for q, _ in idle] == [0, 1, 2]
+
+
+def test_quiet_marks_are_written_again_as_the_clock_goes_on() -> None:
+    builder, ledger = BatchBuilder(2), MarksLedger()
+    assert len(partition_records(builder, marks(1, quiet=True), ledger, 6, 0)) == 2
+    assert partition_records(builder, marks(1, quiet=True), ledger, 6, QUIET_REPEAT_MS - 1) == []
+    again = partition_records(builder, marks(1, quiet=True), ledger, 6, QUIET_REPEAT_MS)
+    assert [q for q, _ in again] == [0, 1]
+    # idle but not quiet: the clock alone writes nothing
+    partition_records(builder, marks(1, idle=True), ledger, 6, 2 * QUIET_REPEAT_MS)
+    assert partition_records(builder, marks(1, idle=True), ledger, 6, 9 * QUIET_REPEAT_MS) == []
+    # a rewind (exactly-once abort) restores when marks were last written, too
+    snap = ledger.snapshot()
+    partition_records(builder, marks(1, quiet=True), ledger, 6, 10 * QUIET_REPEAT_MS)
+    ledger.restore(snap)
+    assert ledger.sent_at == {0: 2 * QUIET_REPEAT_MS, 1: 2 * QUIET_REPEAT_MS}
 
 
 def test_oversized_partitions_split_and_only_the_last_record_claims_new_progress() -> None:
     builder, ledger = BatchBuilder(1), MarksLedger()
-    partition_records(builder, marks(0), ledger, 1)
+    partition_records(builder, marks(0), ledger, 1, 0)
     for i in range(25):
         builder.add_message(message(i, ["AAPL"]))
-    out = partition_records(builder, marks(25), ledger, 1, max_mentions=10)
+    out = partition_records(builder, marks(25), ledger, 1, 0, max_mentions=10)
     assert [len(r["symbol"]) for _, r in out] == [10, 10, 5]
     assert [r["progress"][0]["offset"] for _, r in out] == [0, 0, 25]
     assert [m for _, r in out for m in r["message_id"]] == list(range(25))
@@ -134,5 +158,5 @@ def test_records_match_the_schema() -> None:
     for kind, event in events(50):
         (builder.add_message if kind == "m" else builder.add_sentiment)(event)
     schema = fastavro.parse_schema(load_schema("mention_batch.avsc"))
-    for _, record in partition_records(builder, marks(50), MarksLedger(), 6):
+    for _, record in partition_records(builder, marks(50), MarksLedger(), 6, 0):
         assert fastavro.validation.validate(record, schema)

@@ -50,19 +50,42 @@ def test_watermark_of_one_symbol_closes_windows_of_the_others() -> None:
     assert out.changed == {"AAPL", "TSLA", "NVDA"}
 
 
-def test_every_raw_partition_quiet_closes_everything_open_and_later_data_is_late() -> None:
+def test_every_raw_partition_quiet_closes_all_of_a_history_and_later_data_is_late() -> None:
     engine = PartitionEngine(CFG)
     feed(engine, mention(1, 1_000), 1, 0)
     feed(engine, mention(2, M + 1_000), 2, 0)
     assert engine.has_open()
-    idle = engine.on_batch(Batch([], [mark(M + 1_000, idle=True)], 1), 98, 0)
+    now = 100 * M  # the batch records' clock: long after the replayed history
+    idle = engine.on_batch(Batch([], [mark(M + 1_000, idle=True)], 1), now, 0)
     assert idle.volumes == [] and engine.has_open()  # idle alone does not close
-    out = engine.on_batch(Batch([], [mark(M + 1_000, idle=True, quiet=True)], 1), 99, 0)
+    out = engine.on_batch(Batch([], [mark(M + 1_000, idle=True, quiet=True)], 1), now + 1, 0)
     assert [v["window_start_ms"] for v in out.volumes] == [0, M] and out.idle_close
     assert not engine.has_open()
-    late = feed(engine, mention(3, M + 2_000), 100, 7)
+    late = feed(engine, mention(3, M + 2_000), now + 2, 7)
     assert late.late[0]["lateness_ms"] == 2 * M - (M + 2_000)
     assert late.late[0]["detected_at_ms"] == 7
+
+
+def test_a_quiet_live_stream_closes_only_windows_over_by_the_clock_and_data_after_it_counts() -> (
+    None
+):
+    engine = PartitionEngine(CFG)
+    feed(engine, mention(1, 1_000), 1_000, 0)
+    feed(engine, mention(2, M + 1_000), M + 1_000, 0)
+    quiet = [mark(M + 1_000, idle=True, quiet=True)]
+    # quiet 10 s after the last message: the first minute is over (end + grace passed), the
+    # second is still running and stays open
+    out = engine.on_batch(Batch([], quiet, 1), M + 11_000, 0)
+    assert [v["window_start_ms"] for v in out.volumes] == [0] and out.idle_close
+    assert engine.has_open()
+    # the stream goes on: its message in the running minute counts, nothing is late
+    more = feed(engine, mention(3, M + 20_000), M + 20_000, 0)
+    assert more.late == [] and more.volumes == []
+    # quiet again, and the marks repeated as the clock passes the minute's end + grace
+    assert engine.on_batch(Batch([], quiet, 1), M + 30_000, 0).volumes == []
+    last = engine.on_batch(Batch([], quiet, 1), 2 * M + CFG.grace_ms, 0)
+    assert [(v["window_start_ms"], v["message_count"]) for v in last.volumes] == [(M, 2)]
+    assert not engine.has_open()
 
 
 def test_watermark_waits_for_the_slowest_raw_partition_unless_it_is_idle() -> None:
