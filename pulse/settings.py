@@ -63,7 +63,9 @@ class Settings:
         30_000, "How far behind the newest event time a mention may arrive and still count."
     )
     idle_close_s: float = _setting(
-        10.0, "Wall-clock seconds without input after which open windows are closed anyway."
+        10.0,
+        "Wall-clock seconds without input after which the windows that are over by the clock "
+        "(end + grace passed) close without waiting for more data; running windows stay open.",
     )
     raw_idle_ms: int = _setting(
         2_000,
