@@ -59,6 +59,29 @@ KILL_AT_SECOND = (38, 60)
 STREAM_BEFORE_KILL_S = 10.0  # the live stream flows through both stages before the kill
 
 
+def live_settings(base: Settings, tmp_path: Path, **changes: Any) -> Settings:
+    """A worker of its own with default grace and idle close, 1m windows only: a live-rate
+    test spans minutes, not hours."""
+    return worker_settings(
+        base,
+        tmp_path,
+        windows="1m",
+        hopping_windows="",
+        spike_windows="1m",
+        surge_window="",
+        **changes,
+    )
+
+
+def start_stages(settings: Settings, tmp_path: Path) -> list[WorkerProcess]:
+    """Topics and schemas, then the fan-out and signals stages as two processes."""
+    prepare(settings)
+    return [
+        WorkerProcess(settings, tmp_path / f"{stage}.log", stage=stage).start()
+        for stage in ("fan-out", "signals")
+    ]
+
+
 def kill_kafka(stack: LocalStack) -> None:
     """SIGKILL the broker (its whole process group): no clean shutdown, no goodbye."""
     pid = stack._load_state()["kafka_pid"]
@@ -158,14 +181,8 @@ def test_broker_killed_under_a_live_stream_closes_nothing_and_loses_nothing(
     private_broker: tuple[LocalStack, Settings], tmp_path: Path
 ) -> None:
     stack, base = private_broker
-    s = worker_settings(
-        base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m", surge_window=""
-    )  # default grace and idle close
-    prepare(s)
-    stages = [
-        WorkerProcess(s, tmp_path / f"{stage}.log", stage=stage).start()
-        for stage in ("fan-out", "signals")
-    ]
+    s = live_settings(base, tmp_path)
+    stages = start_stages(s, tmp_path)
     writer = LiveWriter(s)
     try:
         assert wait_until(lambda: ready(s.web_port), 120), stages[1].log_tail()
@@ -220,9 +237,7 @@ def test_broker_killed_while_signals_is_busy(
     private_broker: tuple[LocalStack, Settings], tmp_path: Path
 ) -> None:
     stack, base = private_broker
-    s = worker_settings(
-        base, tmp_path, windows="1m", hopping_windows="", spike_windows="1m", surge_window=""
-    )
+    s = live_settings(base, tmp_path)
     prepare(s)
     writer = RawWriter(s)
     t0, expected = 1_767_225_600_000, defaultdict(int)

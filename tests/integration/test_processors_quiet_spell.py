@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pulse.processors.worker import prepare
 from pulse.schemas import topics
 from pulse.settings import Settings
-from tests.integration.test_processors_broker_outage import raw_windows
-from tests.integration.test_processors_e2e import worker_settings
+from tests.integration.test_processors_broker_outage import live_settings, raw_windows, start_stages
 from tests.integration.test_processors_recovery import ready
-from tests.support.harness import RawWriter, WorkerProcess, message_event, read_records, wait_until
+from tests.support.harness import RawWriter, message_event, read_records, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,22 +49,9 @@ def volumes_by_window(settings: Settings) -> dict[tuple[str, int], int]:
 def test_a_quiet_spell_closes_what_is_over_and_the_stream_resumes_in_the_running_window(
     settings: Settings, tmp_path: Path
 ) -> None:
-    s = worker_settings(
-        settings,
-        tmp_path,
-        raw_partitions=6,
-        symbol_partitions=6,
-        windows="1m",
-        hopping_windows="",
-        spike_windows="1m",
-        surge_window="",
-    )  # default grace (30 s) and idle close (10 s)
-    assert (s.grace_ms, s.idle_close_s) == (30_000, 10.0)
-    prepare(s)
-    stages = [
-        WorkerProcess(s, tmp_path / f"{stage}.log", stage=stage).start()
-        for stage in ("fan-out", "signals")
-    ]
+    s = live_settings(settings, tmp_path, raw_partitions=6, symbol_partitions=6)
+    assert (s.grace_ms, s.idle_close_s) == (30_000, 10.0)  # the defaults
+    stages = start_stages(s, tmp_path)
     writer = RawWriter(s)
     try:
         assert wait_until(lambda: ready(s.web_port), 120), stages[1].log_tail()
